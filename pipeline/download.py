@@ -1,0 +1,55 @@
+"""download stage: put the competition's files in data/raw/<competition>/ and check them.
+
+Reads params ``competition``, ``data`` and ``standin``. Writes
+``data/raw/<competition>/`` (image zip, labels CSV, sample submission; the
+stand-in adds ``solution.csv``), built in a temporary folder and renamed only
+once every check has passed.
+
+    python -m pipeline.download
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from pipeline.atomic import atomic_dir
+from pipeline.competitions import CompetitionSpec, get_spec
+from pipeline.config import Params, load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.kaggle_io import download_competition
+from pipeline.paths import raw_dir
+from pipeline.raw_data import check_competition_files, ingest
+from pipeline.standin import write_standin
+
+log = logging.getLogger(__name__)
+
+
+def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int]:
+    """Fill ``out_dir`` (empty) from the configured source; return the checked image counts."""
+    source = params.data.source
+    if source == "standin":
+        write_standin(out_dir, spec, params.standin)
+    elif source == "kaggle":
+        with tempfile.TemporaryDirectory(dir=out_dir) as download_dir:
+            ingest(download_competition(spec.slug, Path(download_dir)), out_dir, spec, params.data.max_unpacked_bytes)
+    else:
+        if not params.data.local_path:
+            raise PipelineError("params.yaml: data.local_path: empty; set it to the competition's zip or folder")
+        ingest(Path(params.data.local_path).expanduser(), out_dir, spec, params.data.max_unpacked_bytes)
+    return check_competition_files(out_dir, spec, params.data.max_unpacked_bytes, official_counts=source != "standin")
+
+
+@cli
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    params = load_params()
+    spec = get_spec(params.competition)
+    target = raw_dir(spec.slug)
+    with atomic_dir(target) as tmp:
+        counts = fetch(tmp, spec, params)
+    log.info("%s: %d train and %d test images from %s", target, counts["train"], counts["test"], params.data.source)
+
+
+if __name__ == "__main__":
+    main()

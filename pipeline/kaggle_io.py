@@ -1,0 +1,78 @@
+"""The official ``kaggle`` client, imported lazily and wrapped so failures are one line and never show a key.
+
+Credentials are read where the client reads them: ``KAGGLE_API_TOKEN`` or
+``~/.kaggle/access_token``; ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``; or
+``kaggle.json`` in ``KAGGLE_CONFIG_DIR``, ``~/.kaggle`` or ``~/.config/kaggle``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+HOW_TO_AUTHENTICATE = (
+    "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), "
+    "or save kaggle.json from https://www.kaggle.com/settings to ~/.kaggle/kaggle.json with chmod 600"
+)
+
+
+def _config_dirs() -> list[Path]:
+    home = Path.home()
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    explicit = os.environ.get("KAGGLE_CONFIG_DIR")
+    return [Path(explicit)] if explicit else [home / ".kaggle", xdg / "kaggle"]
+
+
+def credentials_found() -> bool:
+    if os.environ.get("KAGGLE_API_TOKEN") or (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
+        return True
+    names = ("kaggle.json", "access_token", "access_token.txt")
+    return any((folder / name).is_file() for folder in _config_dirs() for name in names)
+
+
+def authenticated_api():
+    """A logged-in ``KaggleApi``, or a one-line PipelineError saying how to log in."""
+    if not credentials_found():
+        raise PipelineError(HOW_TO_AUTHENTICATE)
+    # Importing the kaggle package authenticates at import time and prints help when that fails.
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        try:
+            api.authenticate()
+        except SystemExit:
+            raise PipelineError(HOW_TO_AUTHENTICATE) from None
+    return api
+
+
+def _explain(error: Exception, competition: str) -> PipelineError:
+    import requests
+
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status in (401, 403):
+        return PipelineError(f"Kaggle refused access to {competition} (HTTP {status}): check your credentials "
+                             f"and accept the rules at https://www.kaggle.com/competitions/{competition}/rules")
+    if status == 404:
+        return PipelineError(f"Kaggle has no competition named {competition!r} (HTTP 404)")
+    if isinstance(error, requests.ConnectionError):
+        return PipelineError(f"cannot reach Kaggle to download {competition}: no network connection")
+    return PipelineError(f"downloading {competition} from Kaggle failed: {type(error).__name__} (HTTP {status})")
+
+
+def download_competition(competition: str, target_dir: Path) -> Path:
+    """Download the competition's bundle zip into ``target_dir`` and return its path."""
+    import requests
+
+    api = authenticated_api()
+    try:
+        api.competition_download_files(competition, path=str(target_dir), force=True, quiet=True)
+    except requests.RequestException as error:
+        raise _explain(error, competition) from None
+    bundle = target_dir / f"{competition}.zip"
+    if not bundle.is_file():
+        raise PipelineError(f"{target_dir}: the Kaggle client wrote no {bundle.name}")
+    return bundle

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny stand-in competition and a throw-away copy of the repository."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.competitions import STATE_FARM
+from pipeline.config import StandinParams
+from pipeline.standin import write_standin
+
+REPO = Path(__file__).resolve().parents[1]
+REPO_FILES = ["pipeline", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
+              ".dvc/.gitignore"]
+TINY_STANDIN = dict(seed=7, train_drivers=5, test_drivers=2, frames_per_class=2, width=64, height=48,
+                    jpeg_quality=80, public_fraction=0.31)
+
+
+def run(args: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's environment first on PATH (DVC stages call `python`)."""
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "PYTHONPATH": str(cwd), **(env or {})}
+    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_competition(tmp_path_factory) -> Path:
+    """A tiny stand-in State Farm folder: 5 train drivers, 2 test drivers, 64x48 frames."""
+    out = tmp_path_factory.mktemp("tiny") / STATE_FARM.slug
+    out.mkdir()
+    write_standin(out, STATE_FARM, StandinParams(**TINY_STANDIN), workers=1)
+    return out
+
+
+def set_params(repo: Path, **sections) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in sections.items():
+        params[key] = {**params[key], **value} if isinstance(value, dict) else value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """The pipeline's files in a fresh git repo with one commit, sized tiny; DVC needs the commit."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in REPO_FILES:
+        source, target = REPO / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    set_params(repo, standin=TINY_STANDIN, folds={"n_splits": 3})
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        run(command, repo)
+    return repo
