@@ -17,6 +17,9 @@ from pipeline.standin import write_standin
 REPO = Path(__file__).resolve().parents[1]
 REPO_FILES = ["pipeline", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
               ".dvc/.gitignore"]
+# `dvc exp run` commits; a fresh CI machine has no git identity of its own.
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "pipeline-tests", "GIT_AUTHOR_EMAIL": "tests@pipeline.local",
+                "GIT_COMMITTER_NAME": "pipeline-tests", "GIT_COMMITTER_EMAIL": "tests@pipeline.local"}
 TINY_STANDIN = dict(seed=7, train_drivers=5, test_drivers=2, frames_per_class=2, width=64, height=48,
                     jpeg_quality=80, public_fraction=0.31)
 
@@ -24,7 +27,7 @@ TINY_STANDIN = dict(seed=7, train_drivers=5, test_drivers=2, frames_per_class=2,
 def run(args: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command with this interpreter's environment first on PATH (DVC stages call `python`)."""
     full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                "PYTHONPATH": str(cwd), **(env or {})}
+                "PYTHONPATH": str(cwd), **GIT_IDENTITY, **(env or {})}
     result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -61,6 +64,6 @@ def repo_copy(tmp_path) -> Path:
             shutil.copy2(source, target)
     set_params(repo, standin=TINY_STANDIN, folds={"n_splits": 3})
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+                    ["git", "commit", "-qm", "init"]):
         run(command, repo)
     return repo

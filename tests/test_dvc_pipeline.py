@@ -1,0 +1,51 @@
+"""`dvc repro` end to end on a tiny stand-in, in a throw-away git repo."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pandas as pd
+
+from pipeline.competitions import STATE_FARM
+from pipeline.paths import folds_csv, raw_dir
+from tests.conftest import run, set_params
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def test_repro_builds_every_stage_then_has_nothing_to_do(repo_copy):
+    first = run(DVC + ["repro"], repo_copy)
+    assert "Running stage 'download'" in first.stdout and "Running stage 'folds'" in first.stdout
+    raw = repo_copy / raw_dir(STATE_FARM.slug)
+    assert (raw / "imgs.zip").is_file() and (raw / "driver_imgs_list.csv").is_file()
+    folds = pd.read_csv(repo_copy / folds_csv(STATE_FARM.slug))
+    assert folds.fold.nunique() == 3 and (folds.groupby("subject").fold.nunique() == 1).all()
+
+    second = run(DVC + ["repro"], repo_copy)
+    assert "Running stage" not in second.stdout
+    status = run(DVC + ["status"], repo_copy)
+    assert "up to date" in status.stdout
+
+
+def test_changing_a_folds_param_reruns_only_the_folds_stage(repo_copy):
+    run(DVC + ["repro"], repo_copy)
+    set_params(repo_copy, folds={"n_splits": 2})
+    again = run(DVC + ["repro"], repo_copy)
+    assert "Running stage 'folds'" in again.stdout and "Running stage 'download'" not in again.stdout
+    assert pd.read_csv(repo_copy / folds_csv(STATE_FARM.slug)).fold.nunique() == 2
+
+
+def test_dvc_exp_run_sets_the_top_level_dropout(repo_copy):
+    run(DVC + ["exp", "run", "-S", "dropout=0.3", "-n", "drop03"], repo_copy)
+    table = json.loads(run(DVC + ["exp", "show", "--json"], repo_copy).stdout)
+    experiments = [exp for commit in table for exp in (commit.get("experiments") or [])]
+    params = [run_["data"]["params"]["params.yaml"]["data"] for exp in experiments for run_ in exp["revs"]]
+    assert any(p["dropout"] == 0.3 for p in params)
+
+
+def test_a_bad_param_fails_dvc_repro_with_the_one_line_error(repo_copy):
+    set_params(repo_copy, folds={"n_splits": 9})
+    result = run(DVC + ["repro"], repo_copy, check=False)
+    assert result.returncode != 0
+    assert "error: params.yaml: folds.n_splits: 9 folds need at least 9 distinct subject values" in result.stderr
+    assert not (repo_copy / folds_csv(STATE_FARM.slug)).exists()
