@@ -20,6 +20,9 @@ from PIL import Image
 
 from pipeline.errors import PipelineError
 
+# Fixed member timestamps: archives we write are byte-identical for identical content, so DVC hashes stay put.
+ZIP_DATE = (2016, 4, 5, 0, 0, 0)
+
 
 def check_member_name(container: Path, name: str) -> None:
     """Refuse a member name that would land outside the folder it is extracted to."""

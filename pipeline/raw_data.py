@@ -17,9 +17,7 @@ import pandas as pd
 
 from pipeline.competitions import CompetitionSpec
 from pipeline.errors import PipelineError
-from pipeline.images import ImageArchive
-
-ZIP_DATE = (2016, 4, 5, 0, 0, 0)
+from pipeline.images import ZIP_DATE, ImageArchive
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
