@@ -8,6 +8,7 @@ Any other timm name loads its weights from the hub and needs a network.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections import OrderedDict
 
@@ -38,10 +39,16 @@ def _offline_state_dict(name: str, model: torch.nn.Module) -> OrderedDict:
     return OrderedDict(zip(target.keys(), shipped.values()))
 
 
-def create_backbone(name: str, num_classes: int = 0, pretrained: bool = True) -> torch.nn.Module:
-    """A timm model with ImageNet weights; ``num_classes=0`` gives pooled pre-logit features."""
+def create_backbone(name: str, num_classes: int = 0, pretrained: bool = True,
+                    param_key: str = "backbone") -> torch.nn.Module:
+    """A timm model with ImageNet weights; ``num_classes=0`` gives pooled pre-logit features.
+
+    ``param_key`` is the params.yaml key the name came from, for the error message.
+    """
     if name not in timm.list_models():
-        raise PipelineError(f"backbone {name!r}: timm has no such model")
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        raise PipelineError(f"params.yaml: {param_key}: timm has no model {name!r}"
+                            + (f" (did you mean {close[0]!r}?)" if close else ""))
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     if name in OFFLINE_WEIGHTS:
@@ -54,7 +61,7 @@ def create_backbone(name: str, num_classes: int = 0, pretrained: bool = True) ->
         return timm.create_model(name, pretrained=True, num_classes=num_classes)
     except Exception as error:  # hub and network errors come in many types
         raise PipelineError(
-            f"backbone {name}: its pretrained weights could not be downloaded ({type(error).__name__}); "
+            f"params.yaml: {param_key}: {name}: its pretrained weights could not be downloaded ({type(error).__name__}); "
             f"backbones that work offline: {', '.join(OFFLINE_WEIGHTS)}"
         ) from None
 

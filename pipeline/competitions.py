@@ -28,10 +28,18 @@ class CompetitionSpec:
     solution_csv: str  # hidden test labels; only the stand-in ships one
     metric: str
     official_counts: dict[str, int]  # what Kaggle serves; checked for real downloads
+    flip_safe: bool = False  # may images be mirrored (augmentation, test views) without changing the class?
 
     @property
     def submission_columns(self) -> tuple[str, ...]:
         return (self.id_column, *self.classes)
+
+    def train_member(self, image_id: str, label: str) -> str:
+        """Archive member of a training image."""
+        return f"{self.train_prefix}{label}/{image_id}"
+
+    def test_member(self, image_id: str) -> str:
+        return f"{self.test_prefix}{image_id}"
 
     @property
     def required_files(self) -> tuple[str, ...]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pipeline.competitions import get_spec
 from pipeline.errors import PipelineError
@@ -52,6 +52,54 @@ class FoldsParams(Section):
     seed: int = Field(ge=0)
 
 
+# YAML has no float type for `1`, so floats accept ints; a pair is a [low, high] list.
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, strict=False)]
+
+
+def _ordered(pair: list[float]) -> list[float]:
+    if pair[0] > pair[1]:
+        raise ValueError(f"expected [low, high], got {pair}")
+    return pair
+
+
+Range = Annotated[list[Annotated[float, Field(gt=0.0, strict=False)]], Field(min_length=2, max_length=2),
+                  AfterValidator(_ordered)]
+
+
+class AugmentParams(Section):
+    """Train-time augmentation (pipeline/augment.py), shared by augmented feature passes and fine-tuning."""
+
+    rotate_degrees: float = Field(ge=0.0, le=45.0, strict=False)
+    translate: Fraction  # of the frame's width and height
+    scale: Range
+    crop_scale: Range  # RandomResizedCrop's share of the frame's area
+    crop_ratio: Range  # and its width/height (State Farm frames are 4:3)
+    brightness: Fraction
+    contrast: Fraction
+    saturation: Fraction
+    hue: Annotated[float, Field(ge=0.0, le=0.5, strict=False)]
+    dropout_holes: int = Field(ge=0, le=32)  # CoarseDropout, 0 turns it off
+    dropout_size: Fraction  # largest hole side, as a fraction of the image side
+    hflip: bool  # only for competitions whose classes survive a mirror (not State Farm)
+
+
+class BackboneParams(Section):
+    image_size: int = Field(ge=32, le=1024)
+
+
+class FeaturesParams(Section):
+    """Cached pooled features of pretrained backbones (pipeline/features.py)."""
+
+    backbones: dict[str, BackboneParams] = Field(min_length=1)  # timm names
+    test_views: list[Literal["full", "zoom", "left", "right", "up", "down", "hflip"]] = Field(min_length=1)
+    train_passes: int = Field(ge=0, le=100)  # augmented passes over the train images, besides the views
+    seed: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    # DataLoader processes decoding JPEGs; auto: none on CPU (they would steal the model's cores), all but one on CUDA
+    workers: Literal["auto"] | Annotated[int, Field(ge=0)]
+    amp: bool  # bf16/fp16 autocast on CUDA; CPU always runs float32
+
+
 class Params(Section):
     competition: str
     # Head dropout; top level so that `dvc exp run -S dropout=0.3` reaches it.
@@ -59,6 +107,8 @@ class Params(Section):
     data: DataParams
     standin: StandinParams
     folds: FoldsParams
+    augment: AugmentParams
+    features: FeaturesParams
 
 
 def _one_line(error: pydantic.ValidationError, source: Path) -> str:
@@ -83,7 +133,14 @@ def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
         params = Params.model_validate(raw)
     except pydantic.ValidationError as error:
         raise PipelineError(_one_line(error, source)) from None
-    get_spec(params.competition, source)
+    spec = get_spec(params.competition, source)
+    if not spec.flip_safe:
+        if params.augment.hflip:
+            raise PipelineError(f"{source}: augment.hflip: {spec.slug} classes change under a horizontal flip")
+        if "hflip" in params.features.test_views:
+            raise PipelineError(f"{source}: features.test_views: {spec.slug} classes change under a horizontal flip")
+    if len(set(params.features.test_views)) != len(params.features.test_views):
+        raise PipelineError(f"{source}: features.test_views: a view is listed twice")
     return params
 
 

@@ -18,3 +18,8 @@ def raw_dir(competition: str) -> Path:
 def folds_csv(competition: str) -> Path:
     """Train images with their driver-grouped fold: img, classname, subject, fold."""
     return DATA / "folds" / competition / "driver_folds.csv"
+
+
+def features_dir(competition: str, backbone: str) -> Path:
+    """One backbone's cached pooled features: train/test arrays, their index tables, features.json."""
+    return DATA / "features" / competition / backbone

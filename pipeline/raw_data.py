@@ -44,6 +44,11 @@ def load_labels(raw: Path, spec: CompetitionSpec) -> pd.DataFrame:
     return table
 
 
+def load_test_ids(raw: Path, spec: CompetitionSpec) -> list[str]:
+    """Test image ids in the sample submission's order, the order every test table keeps."""
+    return list(_read_csv(raw / spec.sample_submission, spec.submission_columns)[spec.id_column])
+
+
 def check_competition_files(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int,
                             official_counts: bool) -> dict[str, int]:
     """Check that the archive and both CSVs agree image for image; return the train and test counts."""

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ GIT_IDENTITY = {"GIT_AUTHOR_NAME": "pipeline-tests", "GIT_AUTHOR_EMAIL": "tests@
                 "GIT_COMMITTER_NAME": "pipeline-tests", "GIT_COMMITTER_EMAIL": "tests@pipeline.local"}
 TINY_STANDIN = dict(seed=7, train_drivers=5, test_drivers=2, frames_per_class=2, width=64, height=48,
                     jpeg_quality=80, public_fraction=0.31)
+TINY_FEATURES = dict(backbones={"tf_efficientnet_lite0": {"image_size": 64}}, batch_size=64, workers=0)
 
 
 def run(args: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -62,8 +64,25 @@ def repo_copy(tmp_path) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    set_params(repo, standin=TINY_STANDIN, folds={"n_splits": 3})
+    set_params(repo, standin=TINY_STANDIN, folds={"n_splits": 3}, features=TINY_FEATURES)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "commit", "-qm", "init"]):
         run(command, repo)
     return repo
+
+
+def put_competition(repo: Path, source: Path) -> Path:
+    """Copy a competition folder to where the download stage would have put it in ``repo``."""
+    target = repo / "data" / "raw" / STATE_FARM.slug
+    shutil.copytree(source, target)
+    return target
+
+
+def replace_member(archive: Path, member: str, data: bytes) -> None:
+    """Rewrite one member of a zip in place (to plant a broken image)."""
+    with zipfile.ZipFile(archive) as old:
+        members = {name: old.read(name) for name in old.namelist()}
+    members[member] = data
+    with zipfile.ZipFile(archive, "w") as new:
+        for name, content in members.items():
+            new.writestr(name, content)

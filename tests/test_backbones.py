@@ -43,9 +43,9 @@ def test_a_hub_only_backbone_offline_names_it_and_the_offline_ones(tmp_path):
                  check=False)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "backbone resnet18" in lines[0] and "tf_efficientnet_lite0" in lines[0]
+    assert len(lines) == 1 and "resnet18: its pretrained weights" in lines[0] and "tf_efficientnet_lite0" in lines[0]
 
 
 def test_an_unknown_backbone_name_is_refused():
-    with pytest.raises(PipelineError, match="'resnet9000': timm has no such model"):
+    with pytest.raises(PipelineError, match="timm has no model 'resnet9000'"):
         create_backbone("resnet9000")

@@ -49,3 +49,13 @@ def test_a_bad_param_fails_dvc_repro_with_the_one_line_error(repo_copy):
     assert result.returncode != 0
     assert "error: params.yaml: folds.n_splits: 9 folds need at least 9 distinct subject values" in result.stderr
     assert not (repo_copy / folds_csv(STATE_FARM.slug)).exists()
+
+
+def test_adding_a_backbone_runs_only_its_features_stage(repo_copy):
+    run(DVC + ["repro"], repo_copy)
+    backbones = {"tf_efficientnet_lite0": {"image_size": 64}, "resnet9000": {"image_size": 64}}
+    set_params(repo_copy, features={"backbones": backbones})
+    again = run(DVC + ["repro"], repo_copy, check=False)
+    assert "Running stage 'features@tf_efficientnet_lite0'" not in again.stdout
+    assert "Running stage 'features@resnet9000'" in again.stdout
+    assert "error: params.yaml: features.backbones.resnet9000: timm has no model 'resnet9000'" in again.stderr

@@ -1,0 +1,94 @@
+"""Is feature caching bound by the model, or by JPEG decoding? Ratio of the two, measured in one run.
+
+Prints, for one backbone at one batch size on this machine:
+(a) model-only forward throughput on random tensors already on the device,
+(b) end-to-end throughput of the features stage's own code path (zip -> draft
+    JPEG decode -> resize -> DataLoader -> device -> float16 memmap),
+their ratio b/a (target >= 0.8), and peak RSS of this process and its workers.
+Reads the stand-in (or real) competition in data/raw/<competition>/ (`dvc repro download`);
+``--images`` cycles its train images to make a run long enough for a GPU.
+
+    python bench/features.py                                   # CPU, params.yaml's batch size and workers
+    python bench/features.py --batch-size 256 --images 100000   # a GPU machine (16 cores: 15 workers)
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.augment import view_transform
+from pipeline.backbones import create_backbone, data_config
+from pipeline.competitions import get_spec
+from pipeline.config import load_params
+from pipeline.features import extract
+from pipeline.image_data import ArchiveImages, autocast, pick_device, resolve_workers
+from pipeline.images import ImageArchive
+from pipeline.paths import raw_dir
+from pipeline.raw_data import load_labels
+
+
+def model_only(model, batch_size: int, size: int, device: torch.device, amp: bool, seconds: float) -> float:
+    batch = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    done, start = 0, None
+    with torch.inference_mode(), autocast(device, amp):
+        for step in range(10_000):
+            if step == 2:  # two warm-up batches (cudnn autotune, allocator)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            model(batch).float().cpu()  # the same device->host copy the stage makes
+            if start is not None:
+                done += batch_size
+                if time.perf_counter() - start > seconds:
+                    break
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    params = load_params()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default=next(iter(params.features.backbones)))
+    parser.add_argument("--batch-size", type=int, default=params.features.batch_size)
+    parser.add_argument("--workers", default=params.features.workers, type=lambda v: v if v == "auto" else int(v))
+    parser.add_argument("--images", type=int, default=0, help="images for (b), cycling the train set (0: all once)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of (a)")
+    args = parser.parse_args()
+
+    spec = get_spec(params.competition)
+    raw = raw_dir(spec.slug)
+    labels = load_labels(raw, spec)
+    members = [spec.train_member(i, c) for i, c in zip(labels[spec.id_column], labels[spec.label_column])]
+    members = [members[i % len(members)] for i in range(args.images or len(members))]
+    size = params.features.backbones.get(args.backbone, next(iter(params.features.backbones.values()))).image_size
+    device = pick_device()
+    args.workers = resolve_workers(args.workers, device)
+    model = create_backbone(args.backbone).eval().to(device, memory_format=torch.channels_last)
+    config = data_config(model)
+    print(f"{args.backbone} at {size}px, batch {args.batch_size}, {args.workers} workers, {device}"
+          f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, amp={params.features.amp}, "
+          f"{torch.get_num_threads()} torch threads")
+
+    forward = model_only(model, args.batch_size, size, device, params.features.amp, args.seconds)
+    print(f"(a) model-only forward:        {forward:9.1f} img/s")
+    dataset = ArchiveImages(ImageArchive(raw / spec.image_archive), members,
+                            view_transform("full", size, config["interpolation"]), size)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = np.lib.format.open_memmap(Path(tmp) / "bench.npy", mode="w+", dtype=np.float16,
+                                        shape=(len(members), model.num_features))
+        end_to_end = extract(model, dataset, out, config["mean"], config["std"], args.batch_size, args.workers,
+                             device, params.features.amp, "end-to-end")
+    print(f"(b) end-to-end from JPEGs:     {end_to_end:9.1f} img/s  ({len(members)} images)")
+    print(f"ratio b/a:                     {end_to_end / forward:9.2f}  (target >= 0.8)")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak RSS: {own:.0f} MiB main process, {workers:.0f} MiB largest worker")
+
+
+if __name__ == "__main__":
+    main()

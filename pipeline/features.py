@@ -1,0 +1,152 @@
+"""features stage: pooled pre-logit features of one pretrained backbone for every train and test image.
+
+The convolutional body is the slow part and does not change between head
+experiments, so it runs once per backbone; heads then train in seconds.
+Reads params ``competition``, ``features`` (this backbone's entry) and
+``augment``; the image zip, labels CSV and sample submission. Writes
+``data/features/<competition>/<backbone>/``:
+
+- ``train_index.csv`` / ``test_index.csv``: image ids in array row order
+- ``train_views.npy`` float16 [views, n_train, dim], ``test_views.npy`` [views, n_test, dim]
+- ``train_aug.npy`` float16 [train_passes, n_train, dim] when ``train_passes`` > 0
+- ``features.json``: backbone, image size, views, preprocessing, dimension
+
+Arrays are filled batch by batch through ``np.lib.format.open_memmap`` (memory
+stays flat however large the competition); read them with ``mmap_mode="r"``.
+
+    python -m pipeline.features tf_efficientnet_lite0
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_dir
+from pipeline.augment import train_transform, view_transform
+from pipeline.backbones import create_backbone, data_config
+from pipeline.competitions import CompetitionSpec, get_spec
+from pipeline.config import Params, load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.image_data import ArchiveImages, autocast, batches, loader, pick_device, to_model_input
+from pipeline.images import ImageArchive
+from pipeline.paths import features_dir, raw_dir
+from pipeline.raw_data import load_labels, load_test_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """One backbone's cached features, memory-mapped."""
+
+    train_ids: list[str]
+    test_ids: list[str]
+    train_views: np.ndarray  # [views, n_train, dim]
+    test_views: np.ndarray  # [views, n_test, dim]
+    train_aug: np.ndarray  # [passes, n_train, dim], passes may be 0
+    meta: dict
+
+
+def load_feature_set(folder: Path) -> FeatureSet:
+    def array(name: str) -> np.ndarray:
+        return np.load(folder / name, mmap_mode="r")
+
+    meta = json.loads((folder / "features.json").read_text())
+    train_aug = array("train_aug.npy") if meta["train_passes"] else np.zeros((0, *array("train_views.npy").shape[1:]),
+                                                                             np.float16)
+    return FeatureSet(list(pd.read_csv(folder / "train_index.csv").img), list(pd.read_csv(folder / "test_index.csv").img),
+                      array("train_views.npy"), array("test_views.npy"), train_aug, meta)
+
+
+def extract(model: torch.nn.Module, dataset: ArchiveImages, out: np.ndarray, mean, std, batch_size: int,
+            workers: int | str, device: torch.device, amp: bool, label: str) -> float:
+    """Fill ``out`` [len(dataset), dim] with pooled features; return images per second."""
+    start = time.perf_counter()
+    with torch.inference_mode(), tqdm(total=len(dataset), unit="img", desc=label, mininterval=2,
+                                      disable=None) as progress:
+        for indices, images in batches(loader(dataset, batch_size, workers, device)):
+            with autocast(device, amp):
+                features = model(to_model_input(images, mean, std, device))
+            chunk = features.float().cpu().numpy().astype(np.float16)
+            if not np.isfinite(chunk).all():  # float16 overflows past 65504; catch it here, not in a submission
+                bad = dataset.members[int(indices[np.nonzero(~np.isfinite(chunk).all(1))[0][0]])]
+                raise PipelineError(f"{dataset.archive.path}:{bad}: {label}: non-finite features")
+            out[indices.numpy()] = chunk
+            progress.update(len(indices))
+    return len(dataset) / (time.perf_counter() - start)
+
+
+def cache_features(backbone: str, params: Params, spec: CompetitionSpec, raw: Path, out_dir: Path,
+                   device: torch.device) -> dict:
+    """Write one backbone's feature set into ``out_dir`` (empty); return its features.json content."""
+    settings, size = params.features, params.features.backbones[backbone].image_size
+    model = create_backbone(backbone, num_classes=0, param_key=f"features.backbones.{backbone}")
+    model = model.eval().to(device, memory_format=torch.channels_last)
+    config = data_config(model)
+    archive = ImageArchive(raw / spec.image_archive)
+    labels = load_labels(raw, spec).sort_values(spec.id_column, ignore_index=True)
+    test_ids = load_test_ids(raw, spec)
+    members = {"train": [spec.train_member(i, c) for i, c in zip(labels[spec.id_column], labels[spec.label_column])],
+               "test": [spec.test_member(i) for i in test_ids]}
+    labels[[spec.id_column]].rename(columns={spec.id_column: "img"}).to_csv(out_dir / "train_index.csv", index=False)
+    pd.DataFrame({"img": test_ids}).to_csv(out_dir / "test_index.csv", index=False)
+
+    dim = model.num_features
+    run = dict(mean=config["mean"], std=config["std"], batch_size=settings.batch_size, workers=settings.workers,
+               device=device, amp=settings.amp)
+    speeds = []
+    for split in ("train", "test"):
+        views = np.lib.format.open_memmap(out_dir / f"{split}_views.npy", mode="w+", dtype=np.float16,
+                                          shape=(len(settings.test_views), len(members[split]), dim))
+        for v, view in enumerate(settings.test_views):
+            dataset = ArchiveImages(archive, members[split], view_transform(view, size, config["interpolation"]), size)
+            speeds.append(extract(model, dataset, views[v], label=f"{backbone} {split} {view}", **run))
+        views.flush()
+    if settings.train_passes:
+        augmented = np.lib.format.open_memmap(out_dir / "train_aug.npy", mode="w+", dtype=np.float16,
+                                              shape=(settings.train_passes, len(members["train"]), dim))
+        for p in range(settings.train_passes):
+            # One seed per (pass, image): the same augmentation whatever the worker count.
+            seeds = np.random.SeedSequence([settings.seed, p]).generate_state(len(members["train"]))
+            dataset = ArchiveImages(archive, members["train"], train_transform(params.augment, size, settings.seed),
+                                    size, seeds=seeds)
+            speeds.append(extract(model, dataset, augmented[p], label=f"{backbone} train pass {p + 1}", **run))
+        augmented.flush()
+    meta = {"backbone": backbone, "image_size": size, "dim": dim, "test_views": list(settings.test_views),
+            "train_passes": settings.train_passes, "mean": list(config["mean"]), "std": list(config["std"]),
+            "interpolation": config["interpolation"], "n_train": len(members["train"]), "n_test": len(members["test"])}
+    (out_dir / "features.json").write_text(json.dumps(meta, indent=2) + "\n")
+    log.info("%s: %d train and %d test images, %d views, %d augmented passes, %.1f img/s on %s", backbone,
+             meta["n_train"], meta["n_test"], len(settings.test_views), settings.train_passes,
+             float(np.mean(speeds)), device)
+    return meta
+
+
+@cli
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    params = load_params()
+    if len(sys.argv) != 2:
+        raise PipelineError("usage: python -m pipeline.features <backbone listed under features.backbones>")
+    backbone = sys.argv[1]
+    if backbone not in params.features.backbones:
+        raise PipelineError(f"params.yaml: features.backbones: {backbone!r} is not listed "
+                            f"(listed: {', '.join(params.features.backbones)})")
+    spec = get_spec(params.competition)
+    target = features_dir(spec.slug, backbone)
+    with atomic_dir(target) as tmp:
+        cache_features(backbone, params, spec, raw_dir(spec.slug), tmp, pick_device())
+    log.info("wrote %s", target)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Images from the competition archive to model-ready batches, without the model ever waiting on JPEG decoding.
+
+Workers decode at reduced size (libjpeg scales 640x480 to 320x240 while
+decoding, pipeline/images.py), transform with albumentations and hand over uint8 HWC arrays;
+float conversion and normalisation happen on the model's device, where they
+are nearly free. A bad image does not raise inside a worker (the DataLoader
+would wrap the message in a traceback); it travels as an ``error`` string and
+``batches`` raises it as one line.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+from typing import Iterator, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.errors import PipelineError
+from pipeline.images import ImageArchive
+
+
+class ArchiveImages(Dataset):
+    """``members[i]`` of ``archive``, transformed to ``size x size`` uint8 HWC.
+
+    ``seeds`` (one per item) reseeds a random transform per sample, so the
+    augmentation an image gets does not depend on worker count or order.
+    """
+
+    def __init__(self, archive: ImageArchive, members: Sequence[str], transform: A.Compose, size: int,
+                 seeds: Sequence[int] | None = None):
+        self.archive, self.members, self.transform, self.size, self.seeds = archive, members, transform, size, seeds
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def _load(self, index: int) -> tuple[np.ndarray | None, str]:
+        try:
+            image = self.archive.load_rgb(self.members[index], draft_size=(self.size, self.size))
+        except PipelineError as error:
+            return None, str(error)
+        if self.seeds is not None:
+            self.transform.set_random_seed(int(self.seeds[index]))
+        return self.transform(image=image)["image"], ""
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        """A whole batch, each image written straight into one uint8 tensor (no per-sample tensors to stack)."""
+        images = torch.zeros(len(indices), self.size, self.size, 3, dtype=torch.uint8)
+        errors = []
+        for row, index in enumerate(indices):
+            image, error = self._load(index)
+            errors.append(error)
+            if image is not None:
+                images[row] = torch.from_numpy(image)
+        return {"index": torch.as_tensor(indices), "image": images, "error": errors}
+
+
+def _already_batched(batch: dict) -> dict:
+    return batch
+
+
+def _quiet_worker(_: int) -> None:
+    cv2.setNumThreads(1)  # each worker is one decoding core; OpenCV's own pool would oversubscribe
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    # Workers fork from a clean server process that has imported this module but run nothing: forking the
+    # stage itself after OpenCV started its thread pool deadlocks the child.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["pipeline.image_data"])
+    return context
+
+
+def resolve_workers(setting: int | str, device: torch.device) -> int:
+    """``auto``: on 2 CPU cores decoding in-process costs the model ~4 %, a worker process ~25 % (bench/features.py)."""
+    if setting != "auto":
+        return int(setting)
+    return max((os.cpu_count() or 1) - 1, 1) if device.type == "cuda" else 0
+
+
+def loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.device, shuffle: bool = False,
+           seed: int = 0, sampler=None) -> DataLoader:
+    workers = resolve_workers(workers, device)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, multiprocessing_context=_worker_context() if workers else None, pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
+                      persistent_workers=workers > 0, collate_fn=_already_batched, prefetch_factor=4 if workers else None,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def batches(data: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(indices, uint8 NHWC images) per batch; the first unreadable image stops everything with its one line."""
+    for batch in data:
+        errors = [e for e in batch["error"] if e]
+        if errors:
+            raise PipelineError(errors[0])
+        yield batch["index"], batch["image"]
+
+
+def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                   device: torch.device) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW in channels_last memory (a permute, no copy) on ``device``."""
+    images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return images.sub_(mean_t).div_(std_t).contiguous(memory_format=torch.channels_last)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA GPUs that have it, fp16 on older ones; CPU stays float32."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)

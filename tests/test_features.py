@@ -1,0 +1,88 @@
+"""The features stage: memory-mapped float16 features in a fixed row order, and one clear line for a bad image."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.competitions import STATE_FARM
+from pipeline.config import load_params
+from pipeline.errors import PipelineError
+from pipeline.features import cache_features, load_feature_set
+from pipeline.paths import features_dir
+from tests.conftest import REPO, TINY_FEATURES, put_competition, replace_member, run, set_params
+
+BACKBONE = "tf_efficientnet_lite0"
+
+
+def _params(tmp_path, **features):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    set_params(tmp_path, features={**TINY_FEATURES, **features})
+    return load_params(tmp_path / "params.yaml")
+
+
+def _cache(tmp_path, tiny_competition, name, **features):
+    out = tmp_path / name
+    out.mkdir()
+    cache_features(BACKBONE, _params(tmp_path, **features), STATE_FARM, tiny_competition, out, torch.device("cpu"))
+    return load_feature_set(out)
+
+
+def test_features_are_float16_memmaps_in_label_and_sample_submission_order(tmp_path, tiny_competition):
+    features = _cache(tmp_path, tiny_competition, "out", test_views=["full", "zoom"], train_passes=1)
+    labels = pd.read_csv(tiny_competition / "driver_imgs_list.csv")
+    sample = pd.read_csv(tiny_competition / "sample_submission.csv")
+    assert features.train_ids == sorted(labels.img) and features.test_ids == list(sample.img)
+    assert features.train_views.shape == (2, len(labels), 1280) and features.train_views.dtype == np.float16
+    assert features.test_views.shape == (2, len(sample), 1280) and features.train_aug.shape == (1, len(labels), 1280)
+    assert isinstance(features.train_views, np.memmap)
+    for array in (features.train_views, features.test_views, features.train_aug):
+        assert np.isfinite(array).all() and np.abs(array).sum(-1).min() > 0  # every row was written
+    # A crop and an augmented pass are different images, so different features.
+    assert not np.allclose(features.train_views[0], features.train_views[1])
+    assert not np.allclose(features.train_views[0], features.train_aug[0])
+    assert features.meta["test_views"] == ["full", "zoom"] and features.meta["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_worker_count_changes_nothing_even_for_augmented_passes(tmp_path, tiny_competition):
+    # Two workers forked from a process that already opened the zip: each must read with its own handle.
+    one = _cache(tmp_path, tiny_competition, "one", workers=0, train_passes=1, batch_size=16)
+    two = _cache(tmp_path, tiny_competition, "two", workers=2, train_passes=1, batch_size=16)
+    np.testing.assert_array_equal(one.train_aug, two.train_aug)
+    np.testing.assert_allclose(one.test_views.astype(np.float32), two.test_views.astype(np.float32), atol=1e-3)
+
+
+def test_a_flip_view_is_refused_for_state_farm(tmp_path):
+    with pytest.raises(PipelineError, match="features.test_views: .* change under a horizontal flip"):
+        _params(tmp_path, test_views=["full", "hflip"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "empty"])
+def test_a_bad_jpeg_stops_the_stage_naming_it_and_leaves_no_features(repo_copy, tiny_competition, damage):
+    raw = put_competition(repo_copy, tiny_competition)
+    member = "train/" + next(iter(pd.read_csv(raw / "driver_imgs_list.csv").pipe(lambda t: t.classname + "/" + t.img)))
+    with __import__("zipfile").ZipFile(raw / "imgs.zip") as archive:
+        good = archive.read(member)
+    broken = {"truncated": good[: len(good) // 2], "corrupt": b"\xff\xd8\xff" + bytes(200), "empty": b""}[damage]
+    replace_member(raw / "imgs.zip", member, broken)
+    result = run([sys.executable, "-m", "pipeline.features", BACKBONE], repo_copy, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: data/raw/{STATE_FARM.slug}/imgs.zip:{member}: ")
+    folder = repo_copy / features_dir(STATE_FARM.slug, BACKBONE)
+    assert not folder.exists() and list(folder.parent.iterdir()) == []
+
+
+def test_an_unlisted_backbone_argument_is_refused(repo_copy):
+    result = run([sys.executable, "-m", "pipeline.features", "resnet18"], repo_copy, check=False)
+    assert result.returncode == 2
+    assert "features.backbones: 'resnet18' is not listed" in result.stderr
+
+
+def test_features_json_records_how_they_were_made(tmp_path, tiny_competition):
+    meta = _cache(tmp_path, tiny_competition, "out").meta
+    assert json.loads(json.dumps(meta)) == meta
+    assert meta["backbone"] == BACKBONE and meta["image_size"] == 64 and meta["dim"] == 1280
