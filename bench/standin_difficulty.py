@@ -1,7 +1,7 @@
 """How hard is the stand-in? A frozen-feature head on unseen drivers, against a random split.
 
-Extracts pooled tf_efficientnet_lite0 features (offline ImageNet weights, 224 px)
-for the competition in data/raw/<competition>/ (run `dvc repro download` first),
+Reads the features stage's cached tf_efficientnet_lite0 features (offline ImageNet
+weights, full view; run `dvc repro features` first),
 fits a logistic-regression head and prints multi-class log loss and accuracy for:
 driver-grouped CV (the folds stage's split), a random stratified split (which
 leaks near-duplicate frames of the same driver), and the hidden test drivers.
@@ -10,35 +10,18 @@ leaks near-duplicate frames of the same driver), and the hidden test drivers.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
-import timm
-import torch
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.backbones import create_backbone, data_config
 from pipeline.competitions import get_spec
 from pipeline.config import load_params
-from pipeline.images import ImageArchive
-from pipeline.paths import raw_dir
-
-
-def features(archive: ImageArchive, members: list[str], model: torch.nn.Module, size: int) -> np.ndarray:
-    transform = timm.data.create_transform(**{**data_config(model), "crop_pct": 1.0, "input_size": (3, size, size)})
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(members), 32):
-            batch = [transform(Image.fromarray(archive.load_rgb(m, draft_size=(size, size))))
-                     for m in members[start:start + 32]]
-            out.append(model(torch.stack(batch).contiguous(memory_format=torch.channels_last)).numpy())
-    return np.concatenate(out)
+from pipeline.features import load_feature_set
+from pipeline.paths import features_dir, raw_dir
 
 
 def main() -> None:
@@ -47,13 +30,11 @@ def main() -> None:
     raw = raw_dir(spec.slug)
     labels = pd.read_csv(raw / spec.labels_csv).sort_values(spec.id_column, ignore_index=True)
     solution = pd.read_csv(raw / spec.solution_csv)
-    archive = ImageArchive(raw / spec.image_archive)
-    model = create_backbone("tf_efficientnet_lite0").eval().to(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    x_train = features(archive, [f"{spec.train_prefix}{c}/{i}" for c, i in zip(labels.classname, labels.img)], model, 224)
-    x_test = features(archive, [f"{spec.test_prefix}{i}" for i in solution.img], model, 224)
-    n = len(x_train) + len(x_test)
-    print(f"features: {n} images in {time.perf_counter() - start:.0f} s ({n / (time.perf_counter() - start):.1f} img/s)")
+    cached = load_feature_set(features_dir(spec.slug, "tf_efficientnet_lite0"))
+    train_rows = pd.Series(range(len(cached.train_ids)), index=cached.train_ids).loc[labels.img].to_numpy()
+    test_rows = pd.Series(range(len(cached.test_ids)), index=cached.test_ids).loc[solution.img].to_numpy()
+    x_train = np.asarray(cached.train_views[0], np.float32)[train_rows]
+    x_test = np.asarray(cached.test_views[0], np.float32)[test_rows]
 
     y, groups = labels.classname.to_numpy(), labels.subject.to_numpy()
     head = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))

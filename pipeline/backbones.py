@@ -39,26 +39,27 @@ def _offline_state_dict(name: str, model: torch.nn.Module) -> OrderedDict:
     return OrderedDict(zip(target.keys(), shipped.values()))
 
 
-def create_backbone(name: str, num_classes: int = 0, pretrained: bool = True,
-                    param_key: str = "backbone") -> torch.nn.Module:
+def create_backbone(name: str, num_classes: int = 0, pretrained: bool = True, param_key: str = "backbone",
+                    **timm_kwargs) -> torch.nn.Module:
     """A timm model with ImageNet weights; ``num_classes=0`` gives pooled pre-logit features.
 
-    ``param_key`` is the params.yaml key the name came from, for the error message.
+    ``param_key`` is the params.yaml key the name came from, for the error message; ``timm_kwargs``
+    (e.g. ``drop_rate``) go to ``timm.create_model``.
     """
     if name not in timm.list_models():
         close = difflib.get_close_matches(name, timm.list_models(), n=1)
         raise PipelineError(f"params.yaml: {param_key}: timm has no model {name!r}"
                             + (f" (did you mean {close[0]!r}?)" if close else ""))
     if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
     if name in OFFLINE_WEIGHTS:
-        model = timm.create_model(name, pretrained=False)
+        model = timm.create_model(name, pretrained=False, **timm_kwargs)
         model.load_state_dict(_offline_state_dict(name, model))
         if num_classes != model.num_classes:  # reset_classifier re-initialises even at the same size
             model.reset_classifier(num_classes)
         return model
     try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes)
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, **timm_kwargs)
     except Exception as error:  # hub and network errors come in many types
         raise PipelineError(
             f"params.yaml: {param_key}: {name}: its pretrained weights could not be downloaded ({type(error).__name__}); "

@@ -100,6 +100,51 @@ class FeaturesParams(Section):
     amp: bool  # bf16/fp16 autocast on CUDA; CPU always runs float32
 
 
+class HeadsParams(Section):
+    """Small classifiers on cached features (pipeline/heads.py); dropout is the top-level key."""
+
+    hidden: int = Field(ge=8, le=8192)
+    epochs: int = Field(ge=1, le=1000)
+    batch_size: int = Field(ge=8)
+    lr: float = Field(gt=0.0, le=1.0, strict=False)
+    weight_decay: float = Field(ge=0.0, le=1.0, strict=False)
+    warmup_epochs: int = Field(ge=0)
+    patience: int = Field(ge=1)  # early stopping on the fold's validation log loss
+    seed: int = Field(ge=0)
+    random_split_check: bool  # also fit on a random, non-driver split to show how much it flatters
+
+
+class FinetuneParams(Section):
+    """Whole-net fine-tuning per fold (pipeline/finetune.py); the defaults are the 2-core CPU preset."""
+
+    backbone: str  # timm name; offline weights for tf_efficientnet_lite0..2
+    folds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)  # one DVC stage each: finetune@<fold>
+    image_size: int = Field(ge=32, le=1024)
+    epochs: int = Field(ge=1, le=500)
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0.0, le=1.0, strict=False)  # the new head's; the body gets lr * body_lr_factor
+    body_lr_factor: float = Field(ge=0.0, le=1.0, strict=False)
+    weight_decay: float = Field(ge=0.0, le=1.0, strict=False)
+    warmup_epochs: float = Field(ge=0.0, strict=False)
+    freeze_epochs: int = Field(ge=0)  # progressive unfreezing: only the head learns for this many epochs
+    grad_clip: float = Field(ge=0.0, strict=False)  # max gradient norm; 0 turns clipping off
+    ema_decay: float = Field(ge=0.0, lt=1.0, strict=False)  # EMA of weights; 0 turns it off
+    patience: int = Field(ge=1)
+    amp: bool  # bf16 (fp16 on older GPUs) on CUDA; CPU runs float32
+    workers: Literal["auto"] | Annotated[int, Field(ge=0)]
+    seed: int = Field(ge=0)
+
+
+class EnsembleParams(Section):
+    """Blend, calibrate and post-process every model's predictions (pipeline/ensemble.py)."""
+
+    models: list[str] = Field(min_length=1)  # heads-<backbone> / finetune-<backbone> folders to blend
+    calibrate: bool  # fit a temperature on out-of-fold predictions
+    clip_grid: list[Annotated[float, Field(gt=0.0, lt=0.5, strict=False)]] = Field(min_length=1)
+    neighbours: int = Field(ge=0, le=100)  # test-neighbour smoothing; 0 turns it off
+    neighbour_backbone: str  # whose cached features define "neighbour"
+
+
 class Params(Section):
     competition: str
     # Head dropout; top level so that `dvc exp run -S dropout=0.3` reaches it.
@@ -109,6 +154,9 @@ class Params(Section):
     folds: FoldsParams
     augment: AugmentParams
     features: FeaturesParams
+    heads: HeadsParams
+    finetune: FinetuneParams
+    ensemble: EnsembleParams
 
 
 def _one_line(error: pydantic.ValidationError, source: Path) -> str:
@@ -139,6 +187,10 @@ def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
             raise PipelineError(f"{source}: augment.hflip: {spec.slug} classes change under a horizontal flip")
         if "hflip" in params.features.test_views:
             raise PipelineError(f"{source}: features.test_views: {spec.slug} classes change under a horizontal flip")
+    bad_fold = next((f for f in params.finetune.folds if f >= params.folds.n_splits), None)
+    if bad_fold is not None or len(set(params.finetune.folds)) != len(params.finetune.folds):
+        raise PipelineError(f"{source}: finetune.folds: {params.finetune.folds} must be distinct folds below "
+                            f"folds.n_splits={params.folds.n_splits}")
     if len(set(params.features.test_views)) != len(params.features.test_views):
         raise PipelineError(f"{source}: features.test_views: a view is listed twice")
     return params

@@ -42,7 +42,6 @@ def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int
 
 @cli
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     params = load_params()
     spec = get_spec(params.competition)
     target = raw_dir(spec.slug)

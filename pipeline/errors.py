@@ -6,6 +6,7 @@ and exits with status 2; a traceback is reserved for bugs.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from typing import Callable
 
@@ -18,10 +19,11 @@ class PipelineError(Exception):
 
 
 def cli(main: Callable[[], None]) -> Callable[[], None]:
-    """Run a stage's ``main`` and turn a PipelineError into a one-line message and exit 2."""
+    """Run a stage's ``main`` with INFO logging, and turn a PipelineError into a one-line message and exit 2."""
 
     @functools.wraps(main)
     def run() -> None:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
         try:
             main()
         except PipelineError as error:

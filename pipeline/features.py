@@ -133,7 +133,6 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, raw: Pa
 
 @cli
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     params = load_params()
     if len(sys.argv) != 2:
         raise PipelineError("usage: python -m pipeline.features <backbone listed under features.backbones>")

@@ -41,7 +41,6 @@ def make_folds(labels: pd.DataFrame, spec: CompetitionSpec, n_splits: int, seed:
 
 @cli
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     params = load_params()
     spec = get_spec(params.competition)
     folds = make_folds(load_labels(raw_dir(spec.slug), spec), spec, params.folds.n_splits, params.folds.seed)

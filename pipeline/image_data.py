@@ -10,7 +10,6 @@ would wrap the message in a traceback); it travels as an ``error`` string and
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 from typing import Iterator, Sequence
 
@@ -70,14 +69,6 @@ def _quiet_worker(_: int) -> None:
     cv2.setNumThreads(1)  # each worker is one decoding core; OpenCV's own pool would oversubscribe
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
-    # Workers fork from a clean server process that has imported this module but run nothing: forking the
-    # stage itself after OpenCV started its thread pool deadlocks the child.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pipeline.image_data"])
-    return context
-
-
 def resolve_workers(setting: int | str, device: torch.device) -> int:
     """``auto``: on 2 CPU cores decoding in-process costs the model ~4 %, a worker process ~25 % (bench/features.py)."""
     if setting != "auto":
@@ -88,8 +79,11 @@ def resolve_workers(setting: int | str, device: torch.device) -> int:
 def loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.device, shuffle: bool = False,
            seed: int = 0, sampler=None) -> DataLoader:
     workers = resolve_workers(workers, device)
+    # One decoding thread per process, set before workers fork: OpenCV's thread pool does not survive a fork
+    # (a forked worker deadlocks in it), and parallelism comes from the workers anyway.
+    cv2.setNumThreads(1)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, multiprocessing_context=_worker_context() if workers else None, pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
+                      num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
                       persistent_workers=workers > 0, collate_fn=_already_batched, prefetch_factor=4 if workers else None,
                       generator=torch.Generator().manual_seed(seed))
 

@@ -49,7 +49,7 @@ def authenticated_api():
     return api
 
 
-def _explain(error: Exception, competition: str) -> PipelineError:
+def _explain(error: Exception, competition: str, action: str = "download") -> PipelineError:
     import requests
 
     status = getattr(getattr(error, "response", None), "status_code", None)
@@ -59,8 +59,8 @@ def _explain(error: Exception, competition: str) -> PipelineError:
     if status == 404:
         return PipelineError(f"Kaggle has no competition named {competition!r} (HTTP 404)")
     if isinstance(error, requests.ConnectionError):
-        return PipelineError(f"cannot reach Kaggle to download {competition}: no network connection")
-    return PipelineError(f"downloading {competition} from Kaggle failed: {type(error).__name__} (HTTP {status})")
+        return PipelineError(f"cannot reach Kaggle to {action} {competition}: no network connection")
+    return PipelineError(f"{action} for {competition} on Kaggle failed: {type(error).__name__} (HTTP {status})")
 
 
 def download_competition(competition: str, target_dir: Path) -> Path:
@@ -76,3 +76,20 @@ def download_competition(competition: str, target_dir: Path) -> Path:
     if not bundle.is_file():
         raise PipelineError(f"{target_dir}: the Kaggle client wrote no {bundle.name}")
     return bundle
+
+
+def submit_file(competition: str, path: Path, message: str) -> str:
+    """Upload a submission CSV (start a blob upload, send the file, create the submission); Kaggle's answer."""
+    import requests
+
+    api = authenticated_api()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            response = api.competition_submit(str(path), message, competition, quiet=True)
+    except requests.RequestException as error:
+        raise _explain(error, competition, "submit to") from None
+    answer = getattr(response, "message", "") or ""
+    if answer == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+        detail = " ".join(printed.getvalue().split())[:200]
+        raise PipelineError(f"{path}: the upload to Kaggle failed{': ' + detail if detail else ''}")
+    return answer

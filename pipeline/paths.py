@@ -23,3 +23,27 @@ def folds_csv(competition: str) -> Path:
 def features_dir(competition: str, backbone: str) -> Path:
     """One backbone's cached pooled features: train/test arrays, their index tables, features.json."""
     return DATA / "features" / competition / backbone
+
+
+def predictions_dir(competition: str, model: str) -> Path:
+    """A model's out-of-fold and test probabilities, one ``fold<k>/`` per fold (pipeline/predictions.py)."""
+    return DATA / "predictions" / competition / model
+
+
+def ensemble_dir(competition: str) -> Path:
+    """The blended, calibrated out-of-fold and test probabilities and how they were made."""
+    return DATA / "ensemble" / competition
+
+
+SUBMISSIONS = Path("submissions")
+METRICS = Path("metrics")
+
+
+def metrics_dir(stage: str) -> Path:
+    """DVCLive's folder for one stage: metrics.json and plots/ (declared in dvc.yaml)."""
+    return METRICS / stage
+
+
+def models_dir(competition: str, model: str) -> Path:
+    """Checkpoints of a fine-tuned model, one ``fold<k>/`` per fold (``last.pt`` to resume, ``best.pt``)."""
+    return Path("models") / competition / model

@@ -16,13 +16,14 @@ from pipeline.config import StandinParams
 from pipeline.standin import write_standin
 
 REPO = Path(__file__).resolve().parents[1]
-REPO_FILES = ["pipeline", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
+REPO_FILES = ["pipeline", "submissions/README.md", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
               ".dvc/.gitignore"]
 # `dvc exp run` commits; a fresh CI machine has no git identity of its own.
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "pipeline-tests", "GIT_AUTHOR_EMAIL": "tests@pipeline.local",
                 "GIT_COMMITTER_NAME": "pipeline-tests", "GIT_COMMITTER_EMAIL": "tests@pipeline.local"}
 TINY_STANDIN = dict(seed=7, train_drivers=5, test_drivers=2, frames_per_class=2, width=64, height=48,
                     jpeg_quality=80, public_fraction=0.31)
+TINY_FINETUNE = dict(folds=[0, 1, 2], image_size=32, epochs=1, batch_size=16, workers=0)
 TINY_FEATURES = dict(backbones={"tf_efficientnet_lite0": {"image_size": 64}}, batch_size=64, workers=0)
 
 
@@ -64,7 +65,8 @@ def repo_copy(tmp_path) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    set_params(repo, standin=TINY_STANDIN, folds={"n_splits": 3}, features=TINY_FEATURES)
+    set_params(repo, standin=TINY_STANDIN, folds={"n_splits": 3}, features=TINY_FEATURES,
+               finetune=TINY_FINETUNE)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "commit", "-qm", "init"]):
         run(command, repo)

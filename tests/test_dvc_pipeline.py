@@ -20,6 +20,15 @@ def test_repro_builds_every_stage_then_has_nothing_to_do(repo_copy):
     assert (raw / "imgs.zip").is_file() and (raw / "driver_imgs_list.csv").is_file()
     folds = pd.read_csv(repo_copy / folds_csv(STATE_FARM.slug))
     assert folds.fold.nunique() == 3 and (folds.groupby("subject").fold.nunique() == 1).all()
+    submission = pd.read_csv(repo_copy / "submissions" / "latest.csv")
+    assert list(submission.columns) == ["img", *STATE_FARM.classes]
+    assert len(list((repo_copy / "submissions").glob(f"{STATE_FARM.slug}-*.csv"))) == 1
+    shown = json.loads(run(DVC + ["metrics", "show", "--json"], repo_copy).stdout)
+    metrics = {path: m["data"] for path, m in next(iter(shown.values()))["data"].items()}
+    assert {"cv_log_loss", "private_log_loss", "public_log_loss"} <= set(metrics["metrics/submission/metrics.json"])
+    assert "random_split_cv_log_loss" in metrics["metrics/heads-tf_efficientnet_lite0/metrics.json"]
+    plots = run(DVC + ["plots", "show", "--json"], repo_copy).stdout
+    assert "oof_confusion.json" in plots
 
     second = run(DVC + ["repro"], repo_copy)
     assert "Running stage" not in second.stdout
@@ -28,9 +37,9 @@ def test_repro_builds_every_stage_then_has_nothing_to_do(repo_copy):
 
 
 def test_changing_a_folds_param_reruns_only_the_folds_stage(repo_copy):
-    run(DVC + ["repro"], repo_copy)
-    set_params(repo_copy, folds={"n_splits": 2})
-    again = run(DVC + ["repro"], repo_copy)
+    run(DVC + ["repro", "folds"], repo_copy)
+    set_params(repo_copy, folds={"n_splits": 2}, finetune={"folds": [0, 1]})
+    again = run(DVC + ["repro", "folds"], repo_copy)
     assert "Running stage 'folds'" in again.stdout and "Running stage 'download'" not in again.stdout
     assert pd.read_csv(repo_copy / folds_csv(STATE_FARM.slug)).fold.nunique() == 2
 
@@ -39,8 +48,11 @@ def test_dvc_exp_run_sets_the_top_level_dropout(repo_copy):
     run(DVC + ["exp", "run", "-S", "dropout=0.3", "-n", "drop03"], repo_copy)
     table = json.loads(run(DVC + ["exp", "show", "--json"], repo_copy).stdout)
     experiments = [exp for commit in table for exp in (commit.get("experiments") or [])]
-    params = [run_["data"]["params"]["params.yaml"]["data"] for exp in experiments for run_ in exp["revs"]]
-    assert any(p["dropout"] == 0.3 for p in params)
+    runs = [run_["data"] for exp in experiments for run_ in exp["revs"]]
+    [ours] = [r for r in runs if r["params"]["params.yaml"]["data"]["dropout"] == 0.3]
+    assert "cv_log_loss" in ours["metrics"]["metrics/submission/metrics.json"]["data"]
+    [baseline] = [commit for commit in table if commit["rev"] != "workspace"]
+    assert baseline["data"]["params"]["params.yaml"]["data"]["dropout"] == 0.5
 
 
 def test_a_bad_param_fails_dvc_repro_with_the_one_line_error(repo_copy):
@@ -52,10 +64,10 @@ def test_a_bad_param_fails_dvc_repro_with_the_one_line_error(repo_copy):
 
 
 def test_adding_a_backbone_runs_only_its_features_stage(repo_copy):
-    run(DVC + ["repro"], repo_copy)
+    run(DVC + ["repro", "features"], repo_copy)
     backbones = {"tf_efficientnet_lite0": {"image_size": 64}, "resnet9000": {"image_size": 64}}
     set_params(repo_copy, features={"backbones": backbones})
-    again = run(DVC + ["repro"], repo_copy, check=False)
+    again = run(DVC + ["repro", "features"], repo_copy, check=False)
     assert "Running stage 'features@tf_efficientnet_lite0'" not in again.stdout
     assert "Running stage 'features@resnet9000'" in again.stdout
     assert "error: params.yaml: features.backbones.resnet9000: timm has no model 'resnet9000'" in again.stderr

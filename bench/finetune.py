@@ -1,0 +1,100 @@
+"""Does fine-tuning wait for data? Training images/s of the stage's own loop against the model alone.
+
+Prints, at one batch size and image size on this machine: (a) model-only
+training throughput (forward + backward + AdamW step on random tensors already
+on the device, same AMP and channels_last), (b) the finetune stage's
+``train_one_epoch`` on the competition's train images (zip -> reduced JPEG
+decode -> albumentations augmentation -> DataLoader -> device), and b/a
+(target >= 0.7 on a GPU). Needs `dvc repro download` first; ``--images``
+cycles the train set so a GPU run lasts long enough.
+
+    python bench/finetune.py                                          # CPU, params.yaml's finetune preset
+    python bench/finetune.py --batch-size 128 --image-size 224 --images 30000   # a GPU machine
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from pipeline.augment import train_transform
+from pipeline.backbones import create_backbone, data_config
+from pipeline.competitions import get_spec
+from pipeline.config import load_params
+from pipeline.finetune import train_one_epoch
+from pipeline.image_data import autocast, loader, pick_device, resolve_workers, ArchiveImages
+from pipeline.images import ImageArchive
+from pipeline.paths import raw_dir
+from pipeline.raw_data import load_labels
+from pipeline.training import warmup_cosine
+
+
+def model_only(model, optimizer, batch_size: int, size: int, device, amp: bool, seconds: float) -> float:
+    inputs = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    targets = torch.randint(0, model.num_classes, (batch_size,), device=device)
+    done, start = 0, None
+    model.train()
+    for step in range(100_000):
+        if step == 3:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with autocast(device, amp):
+            loss = torch.nn.functional.cross_entropy(model(inputs).float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the loop reads the loss each step too
+        if start is not None:
+            done += batch_size
+            if time.perf_counter() - start > seconds:
+                break
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    params = load_params()
+    settings = params.finetune
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=settings.batch_size)
+    parser.add_argument("--image-size", type=int, default=settings.image_size)
+    parser.add_argument("--workers", default=settings.workers, type=lambda v: v if v == "auto" else int(v))
+    parser.add_argument("--images", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    settings = settings.model_copy(update={"batch_size": args.batch_size, "image_size": args.image_size})
+
+    spec = get_spec(params.competition)
+    raw = raw_dir(spec.slug)
+    labels = load_labels(raw, spec)
+    members = [spec.train_member(i, c) for i, c in zip(labels[spec.id_column], labels[spec.label_column])]
+    rows = [i % len(members) for i in range(args.images or len(members))]
+    device = pick_device()
+    workers = resolve_workers(args.workers, device)
+    settings = settings.model_copy(update={"workers": workers})
+    model = create_backbone(settings.backbone, num_classes=len(spec.classes)).to(device,
+                                                                                  memory_format=torch.channels_last)
+    config = data_config(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    print(f"{settings.backbone} at {args.image_size}px, batch {args.batch_size}, {workers} workers, {device}"
+          f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, amp={settings.amp}")
+    forward_backward = model_only(model, optimizer, args.batch_size, args.image_size, device, settings.amp,
+                                  args.seconds)
+    print(f"(a) model-only train step:     {forward_backward:9.1f} img/s")
+
+    dataset = ArchiveImages(ImageArchive(raw / spec.image_archive), [members[i] for i in rows],
+                            train_transform(params.augment, args.image_size, settings.seed), args.image_size,
+                            seeds=np.arange(len(rows)))
+    dataset.targets = labels[spec.label_column].map({c: i for i, c in enumerate(spec.classes)}).to_numpy()[rows]
+    sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
+    data = loader(dataset, args.batch_size, workers, device, sampler=sampler)
+    schedule = warmup_cosine(optimizer, 0, len(data))
+    _, full_loop = train_one_epoch(model, data, optimizer, schedule, device, config["mean"], config["std"], settings)
+    print(f"(b) full training loop:        {full_loop:9.1f} img/s  ({len(rows)} images, augmented)")
+    print(f"ratio b/a:                     {full_loop / forward_backward:9.2f}  (target >= 0.7 on a GPU)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""ensemble stage: one calibrated prediction from every model's out-of-fold and test probabilities.
+
+Steps, each fit on out-of-fold predictions only (never on the leaderboard):
+1. blend: non-negative weights summing to one that minimise out-of-fold log loss;
+2. temperature: one scalar on the blend's log-probabilities (calibration);
+3. neighbour smoothing: average each prediction with its k nearest neighbours
+   in feature space among images of unseen drivers (held-out fold / test set),
+   the trick top State Farm solutions used; its weight is fit out of fold;
+4. clipping to [eps, 1 - eps], eps chosen from ``ensemble.clip_grid``.
+
+Reads params ``ensemble``, ``competition``, every model in ``ensemble.models``
+under ``data/predictions/<competition>/`` and the folds CSV. Writes
+``data/ensemble/<competition>/`` (``oof.csv``, ``test.csv``, ``blend.json``)
+and ``metrics/ensemble/`` (metrics.json, out-of-fold confusion matrix).
+
+    python -m pipeline.ensemble
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+from dvclive import Live
+from scipy.optimize import minimize, minimize_scalar
+from sklearn.neighbors import NearestNeighbors
+
+from pipeline.atomic import atomic_dir
+from pipeline.competitions import get_spec
+from pipeline.config import load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.features import load_feature_set
+from pipeline.metrics import accuracy, kaggle_proba, multiclass_log_loss
+from pipeline.paths import ensemble_dir, features_dir, folds_csv, metrics_dir, predictions_dir, raw_dir
+from pipeline.predictions import load_model
+from pipeline.raw_data import load_test_ids
+
+log = logging.getLogger(__name__)
+NEIGHBOUR_WEIGHTS = np.linspace(0.0, 0.9, 10)
+
+
+def blend_weights(oofs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Weights on the simplex minimising the log loss of the weighted mean of probabilities."""
+    if len(oofs) == 1:
+        return np.ones(1)
+    stacked = np.stack(oofs)
+    result = minimize(lambda w: multiclass_log_loss(labels, np.tensordot(w, stacked, 1)),
+                      np.full(len(oofs), 1 / len(oofs)), method="SLSQP", bounds=[(0.0, 1.0)] * len(oofs),
+                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}])
+    weights = np.clip(result.x, 0, None)
+    return weights / weights.sum()
+
+
+def blend(probas: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    return np.tensordot(weights, np.stack(probas), 1)
+
+
+def with_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
+    logits = np.log(kaggle_proba(proba)) / temperature
+    logits -= logits.max(1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(1, keepdims=True)
+
+
+def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
+    return float(minimize_scalar(lambda t: multiclass_log_loss(labels, with_temperature(proba, t)),
+                                 bounds=(0.05, 20.0), method="bounded").x)
+
+
+def neighbour_mean(proba: np.ndarray, features: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    """Mean prediction of each image's k nearest (cosine) other images within its group."""
+    result = np.empty_like(proba)
+    for group in np.unique(groups):
+        rows = np.nonzero(groups == group)[0]
+        n = min(k + 1, len(rows))
+        _, nearest = NearestNeighbors(n_neighbors=n, metric="cosine").fit(features[rows]).kneighbors(features[rows])
+        result[rows] = proba[rows][nearest[:, 1:]].mean(1) if n > 1 else proba[rows]
+    return result
+
+
+def smooth(proba: np.ndarray, neighbours: np.ndarray, weight: float) -> np.ndarray:
+    return (1 - weight) * proba + weight * neighbours
+
+
+def main_for() -> None:
+    params = load_params()
+    spec = get_spec(params.competition)
+    settings = params.ensemble
+    folds = pd.read_csv(folds_csv(spec.slug))
+    labels = folds[spec.label_column].map({c: i for i, c in enumerate(spec.classes)}).to_numpy()
+    test_ids = load_test_ids(raw_dir(spec.slug), spec)
+    oofs, tests, report = [], [], {}
+    for model in settings.models:
+        oof, test = load_model(predictions_dir(spec.slug, model), folds, spec.classes, test_ids)
+        oofs.append(oof.to_numpy())
+        tests.append(test.to_numpy())
+        report[f"{model}/cv_log_loss"] = multiclass_log_loss(labels, oofs[-1])
+
+    weights = blend_weights(oofs, labels)
+    oof, test = blend(oofs, weights), blend(tests, weights)
+    report["blend/cv_log_loss"] = multiclass_log_loss(labels, oof)
+    temperature = fit_temperature(oof, labels) if settings.calibrate else 1.0
+    oof, test = with_temperature(oof, temperature), with_temperature(test, temperature)
+    report["calibrated/cv_log_loss"] = multiclass_log_loss(labels, oof)
+
+    neighbour_weight = 0.0
+    if settings.neighbours:
+        if settings.neighbour_backbone not in params.features.backbones:
+            raise PipelineError(f"params.yaml: ensemble.neighbour_backbone: {settings.neighbour_backbone!r} "
+                                f"is not under features.backbones")
+        cached = load_feature_set(features_dir(spec.slug, settings.neighbour_backbone))
+        order = pd.Series(range(len(cached.train_ids)), index=cached.train_ids).loc[folds.img].to_numpy()
+        train_features = np.asarray(cached.train_views, np.float32).mean(0)[order]
+        test_features = np.asarray(cached.test_views, np.float32).mean(0)
+        oof_near = neighbour_mean(oof, train_features, folds.fold.to_numpy(), settings.neighbours)
+        losses = [multiclass_log_loss(labels, smooth(oof, oof_near, w)) for w in NEIGHBOUR_WEIGHTS]
+        neighbour_weight = float(NEIGHBOUR_WEIGHTS[int(np.argmin(losses))])
+        test_near = neighbour_mean(test, test_features, np.zeros(len(test)), settings.neighbours)
+        oof, test = smooth(oof, oof_near, neighbour_weight), smooth(test, test_near, neighbour_weight)
+        report["neighbours/cv_log_loss"] = multiclass_log_loss(labels, oof)
+
+    clip = min(settings.clip_grid, key=lambda eps: multiclass_log_loss(labels, kaggle_proba(oof, eps)))
+    oof, test = kaggle_proba(oof, clip), kaggle_proba(test, clip)
+    oof, test = oof / oof.sum(1, keepdims=True), test / test.sum(1, keepdims=True)
+    report.update(cv_log_loss=multiclass_log_loss(labels, oof), cv_accuracy=accuracy(labels, oof))
+    recipe = {"models": list(settings.models), "weights": weights.round(6).tolist(), "temperature": temperature,
+              "neighbours": settings.neighbours, "neighbour_weight": neighbour_weight, "clip": clip}
+
+    with atomic_dir(ensemble_dir(spec.slug)) as out, \
+            Live(str(metrics_dir("ensemble")), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        for name, ids, proba in (("oof", folds.img, oof), ("test", test_ids, test)):
+            table = pd.DataFrame(proba, columns=list(spec.classes))
+            table.insert(0, "img", list(ids))
+            table.to_csv(out / f"{name}.csv", index=False, float_format="%.7g")
+        (out / "blend.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        live.summary.update(report)
+        names = np.array(spec.classes)
+        live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[oof.argmax(1)].tolist(),
+                              name="oof_confusion.json")
+    for key, value in report.items():
+        log.info("%-45s %.4f", key, value)
+    log.info("blend weights %s, temperature %.3f, neighbour weight %.2f, clip %g", recipe["weights"], temperature,
+             neighbour_weight, clip)
+
+
+main = cli(main_for)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""heads stage: a small classifier per driver fold on one backbone's cached features.
+
+BatchNorm -> Linear -> ReLU -> Dropout -> Linear, trained with AdamW, warm-up +
+cosine, early stopping on the held-out drivers' log loss. Trains on every
+cached view and augmented pass of the fold's training images; predicts
+held-out and test images averaged over the test-time views, as the submission
+will be. Reads params ``dropout``, ``heads``, the folds CSV and the backbone's
+features. Writes ``data/predictions/<competition>/heads-<backbone>/fold<k>/``
+(``oof.csv``, ``test.csv``, ``head.pt``) and DVCLive metrics and curves under
+``metrics/heads-<backbone>/``.
+
+    python -m pipeline.heads tf_efficientnet_lite0
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import pandas as pd
+import torch
+from dvclive import Live
+from sklearn.model_selection import StratifiedKFold
+from torch import nn
+
+from pipeline.atomic import atomic_dir
+from pipeline.competitions import get_spec
+from pipeline.config import HeadsParams, load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.features import FeatureSet, load_feature_set
+from pipeline.metrics import accuracy, multiclass_log_loss
+from pipeline.paths import features_dir, folds_csv, metrics_dir, predictions_dir
+from pipeline.predictions import write_fold
+from pipeline.training import EarlyStopping, seed_everything, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+def make_head(dim: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm1d(dim), nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, n_classes))
+
+
+def predict(head: nn.Module, views: np.ndarray) -> np.ndarray:
+    """Softmax probabilities averaged over views ([views, n, dim] -> [n, classes])."""
+    head.eval()
+    with torch.inference_mode():
+        return np.mean([head(torch.from_numpy(np.asarray(v, np.float32))).softmax(-1).numpy() for v in views], 0)
+
+
+def train_head(x: np.ndarray, y: np.ndarray, val_views: np.ndarray, y_val: np.ndarray, n_classes: int,
+               settings: HeadsParams, dropout: float, seed: int, curve=None) -> nn.Module:
+    """Fit one head on ``x`` [n, dim]; keep the epoch with the best held-out log loss."""
+    seed_everything(seed)
+    head = make_head(x.shape[1], settings.hidden, n_classes, dropout)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = -(-len(x) // settings.batch_size)
+    schedule = warmup_cosine(optimizer, settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch)
+    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+    stopper = EarlyStopping(settings.patience)
+    for epoch in range(settings.epochs):
+        head.train()
+        order = torch.randperm(len(x))
+        losses = []
+        for start in range(0, len(x), settings.batch_size):
+            batch = order[start:start + settings.batch_size]
+            if len(batch) < 2:  # BatchNorm needs two samples
+                continue
+            loss = nn.functional.cross_entropy(head(inputs[batch]), targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        val_loss = multiclass_log_loss(y_val, predict(head, val_views))
+        if curve is not None:
+            curve(epoch, float(np.mean(losses)), val_loss)
+        if stopper.update(epoch, val_loss, head):
+            break
+    head.load_state_dict(stopper.best_state)
+    return head
+
+
+def training_rows(features: FeatureSet, rows: np.ndarray) -> np.ndarray:
+    """Every cached view and augmented pass of the given train rows, stacked as separate samples."""
+    copies = [features.train_views[v][rows] for v in range(len(features.train_views))]
+    copies += [features.train_aug[p][rows] for p in range(len(features.train_aug))]
+    return np.concatenate(copies).astype(np.float32)
+
+
+def cross_validate(features: FeatureSet, labels: np.ndarray, fold_of: np.ndarray, n_classes: int,
+                   settings: HeadsParams, dropout: float, live: Live | None = None, prefix: str = ""):
+    """Per fold: (held-out rows, held-out probabilities, test probabilities, head)."""
+    results = []
+    copies = len(features.train_views) + len(features.train_aug)
+    for fold in np.unique(fold_of):
+        train, held_out = np.nonzero(fold_of != fold)[0], np.nonzero(fold_of == fold)[0]
+
+        def curve(epoch: int, train_loss: float, val_loss: float, fold=fold) -> None:
+            if live is not None:
+                live.step = epoch
+                live.log_metric(f"{prefix}fold{fold}/train_loss", train_loss)
+                live.log_metric(f"{prefix}fold{fold}/val_log_loss", val_loss)
+
+        val_views = np.asarray(features.train_views[:, held_out], np.float32)
+        head = train_head(training_rows(features, train), np.tile(labels[train], copies), val_views,
+                          labels[held_out], n_classes, settings, dropout, settings.seed + int(fold), curve)
+        results.append((held_out, predict(head, val_views), predict(head, features.test_views), head))
+    return results
+
+
+def main_for(backbone: str) -> None:
+    params = load_params()
+    spec = get_spec(params.competition)
+    settings = params.heads
+    features = load_feature_set(features_dir(spec.slug, backbone))
+    folds = pd.read_csv(folds_csv(spec.slug)).set_index("img").loc[features.train_ids].reset_index()
+    labels = folds[spec.label_column].map({c: i for i, c in enumerate(spec.classes)}).to_numpy()
+    fold_of = folds.fold.to_numpy()
+    model_name = f"heads-{backbone}"
+    oof = np.zeros((len(labels), len(spec.classes)))
+    with atomic_dir(predictions_dir(spec.slug, model_name)) as out, \
+            Live(str(metrics_dir(model_name)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        for held_out, oof_proba, test_proba, head in cross_validate(
+                features, labels, fold_of, len(spec.classes), settings, params.dropout, live):
+            fold = int(fold_of[held_out[0]])
+            oof[held_out] = oof_proba
+            write_fold(out / f"fold{fold}", spec.classes, folds.img[held_out], oof_proba, features.test_ids, test_proba)
+            torch.save({"state_dict": head.state_dict(), "backbone": backbone, "dropout": params.dropout,
+                        "heads": settings.model_dump(), "classes": list(spec.classes)}, out / f"fold{fold}" / "head.pt")
+            fold_loss = multiclass_log_loss(labels[held_out], oof_proba)
+            live.summary[f"fold{fold}_log_loss"] = fold_loss
+            log.info("%s fold %d: log loss %.4f, accuracy %.3f", model_name, fold, fold_loss,
+                     accuracy(labels[held_out], oof_proba))
+        cv_loss = multiclass_log_loss(labels, oof)
+        live.summary.update(cv_log_loss=cv_loss, cv_accuracy=accuracy(labels, oof))
+        if settings.random_split_check:
+            # The same head on a split that ignores drivers: near-duplicate frames leak into validation.
+            random_fold = np.zeros(len(labels), int)
+            splitter = StratifiedKFold(len(np.unique(fold_of)), shuffle=True, random_state=settings.seed)
+            for k, (_, rows) in enumerate(splitter.split(labels, labels)):
+                random_fold[rows] = k
+            random_oof = np.zeros_like(oof)
+            for held_out, proba, _, _ in cross_validate(features, labels, random_fold, len(spec.classes), settings,
+                                                        params.dropout):
+                random_oof[held_out] = proba
+            live.summary["random_split_cv_log_loss"] = multiclass_log_loss(labels, random_oof)
+            log.info("%s random-split CV log loss %.4f (driver split %.4f)", model_name,
+                     live.summary["random_split_cv_log_loss"], cv_loss)
+        log.info("%s: CV log loss %.4f, accuracy %.3f", model_name, cv_loss, live.summary["cv_accuracy"])
+
+
+@cli
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise PipelineError("usage: python -m pipeline.heads <backbone listed under features.backbones>")
+    main_for(sys.argv[1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Fine-tuning a fold: an interrupted run resumes where it stopped and ends where an uninterrupted one does;
+torchrun with two CPU processes writes the same prediction format."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+from pipeline.competitions import STATE_FARM
+from pipeline.paths import models_dir, predictions_dir
+from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
+
+MODEL = "finetune-tf_efficientnet_lite0"
+FINETUNE = [sys.executable, "-m", "pipeline.finetune", "--fold", "0"]
+
+
+def _prepare(repo, tiny_competition, **finetune):
+    put_competition(repo, tiny_competition)
+    set_params(repo, finetune=finetune)
+    run([sys.executable, "-m", "pipeline.folds"], repo)
+
+
+def _fold0(repo) -> tuple[pd.DataFrame, pd.DataFrame]:
+    folder = repo / predictions_dir(STATE_FARM.slug, MODEL) / "fold0"
+    return pd.read_csv(folder / "oof.csv"), pd.read_csv(folder / "test.csv")
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrupted_one(repo_copy, tiny_competition,
+                                                                                          tmp_path):
+    settings = dict(epochs=4, image_size=64, patience=10)
+    _prepare(repo_copy, tiny_competition, **settings)
+    last = repo_copy / models_dir(STATE_FARM.slug, MODEL) / "fold0" / "last.pt"
+    env = {**os.environ, "PATH": f"{sys.executable.rsplit('/', 1)[0]}:{os.environ['PATH']}",
+           "PYTHONPATH": str(repo_copy), **GIT_IDENTITY}
+    process = subprocess.Popen(FINETUNE, cwd=repo_copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last.exists(), "no checkpoint was written before the kill"
+    assert not (repo_copy / predictions_dir(STATE_FARM.slug, MODEL)).exists()  # nothing half-written
+
+    resumed = run(FINETUNE, repo_copy)
+    assert "resuming from" in resumed.stderr
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for name in ("pipeline", "params.yaml"):
+        os.symlink(repo_copy / name, fresh / name)
+    put_competition(fresh, tiny_competition)
+    (fresh / "data" / "folds").mkdir(parents=True)
+    os.symlink(repo_copy / "data" / "folds" / STATE_FARM.slug, fresh / "data" / "folds" / STATE_FARM.slug)
+    run(FINETUNE, fresh)
+    for resumed_table, fresh_table in zip(_fold0(repo_copy), _fold0(fresh)):
+        pd.testing.assert_frame_equal(resumed_table, fresh_table, atol=1e-4)
+
+
+def test_torchrun_with_two_cpu_processes_writes_the_usual_predictions(repo_copy, tiny_competition):
+    _prepare(repo_copy, tiny_competition, epochs=1)
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
+         "pipeline.finetune", "--fold", "0"], repo_copy, env={"OMP_NUM_THREADS": "1"})
+    oof, test = _fold0(repo_copy)
+    folds = pd.read_csv(repo_copy / "data" / "folds" / STATE_FARM.slug / "driver_folds.csv")
+    assert sorted(oof.img) == sorted(folds.img[folds.fold == 0])
+    assert list(test.img) == list(pd.read_csv(repo_copy / "data" / "raw" / STATE_FARM.slug / "sample_submission.csv").img)
+    for table in (oof, test):
+        assert list(table.columns) == ["img", *STATE_FARM.classes]
+        assert (table[list(STATE_FARM.classes)].sum(axis=1) - 1).abs().max() < 1e-4
