@@ -19,11 +19,14 @@ class PipelineError(Exception):
 
 
 def cli(main: Callable[[], None]) -> Callable[[], None]:
-    """Run a stage's ``main`` with INFO logging, and turn a PipelineError into a one-line message and exit 2."""
+    """Run a stage's ``main`` with its INFO logging on, and turn a PipelineError into a one-line message and exit 2."""
 
     @functools.wraps(main)
     def run() -> None:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        # Our own progress at INFO; libraries (timm, the hub, DVC) only when they warn.
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        for ours in ("pipeline", "__main__"):  # a stage run with `python -m` logs as __main__
+            logging.getLogger(ours).setLevel(logging.INFO)
         try:
             main()
         except PipelineError as error:
