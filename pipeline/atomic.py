@@ -9,7 +9,13 @@ from typing import Iterator
 
 
 def _temporary_sibling(path: Path) -> Path:
-    # Same directory, so the final rename never crosses a filesystem.
+    """A fresh temporary name beside ``path``; leftovers of killed runs (SIGKILL skips cleanup) are removed first.
+
+    Same directory, so the final rename never crosses a filesystem. DVC runs one stage per output at a
+    time (it locks the repository), so a leftover is never another live run's.
+    """
+    for leftover in path.parent.glob(f".{path.name}.tmp-*"):
+        _remove(leftover)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
@@ -25,7 +31,6 @@ def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on failure it is deleted."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_sibling(path)
-    _remove(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -38,7 +43,6 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it replaces ``path`` whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_sibling(path)
-    _remove(tmp)
     tmp.mkdir()
     try:
         yield tmp

@@ -87,7 +87,8 @@ def test_real_client_downloads_unpacks_and_checks_the_full_competition(kaggle_re
     assert responses.calls[0].request.headers["Authorization"].startswith("Basic ")
     logged = capsys.readouterr()
     assert FAKE_KEY not in logged.out + logged.err
-    assert not any(FAKE_KEY.encode() in p.read_bytes() for p in raw.iterdir() if p.suffix == ".csv")
+    # Nowhere in the repository: outputs, params, DVC's files.
+    assert not any(FAKE_KEY.encode() in p.read_bytes() for p in kaggle_repo.rglob("*") if p.is_file())
 
 
 @responses.activate
