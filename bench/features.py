@@ -63,7 +63,7 @@ def main() -> None:
     spec = get_spec(params.competition)
     raw = raw_dir(spec.slug)
     labels = load_labels(raw, spec)
-    members = [spec.train_member(i, c) for i, c in zip(labels[spec.id_column], labels[spec.label_column])]
+    members = spec.train_members(labels)
     members = [members[i % len(members)] for i in range(args.images or len(members))]
     size = params.features.backbones.get(args.backbone, next(iter(params.features.backbones.values()))).image_size
     device = pick_device()

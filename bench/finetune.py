@@ -69,7 +69,7 @@ def main() -> None:
     spec = get_spec(params.competition)
     raw = raw_dir(spec.slug)
     labels = load_labels(raw, spec)
-    members = [spec.train_member(i, c) for i, c in zip(labels[spec.id_column], labels[spec.label_column])]
+    members = spec.train_members(labels)
     rows = [i % len(members) for i in range(args.images or len(members))]
     device = pick_device()
     workers = resolve_workers(args.workers, device)

@@ -38,6 +38,10 @@ class CompetitionSpec:
         """Archive member of a training image."""
         return f"{self.train_prefix}{label}/{image_id}"
 
+    def train_members(self, table) -> list[str]:
+        """Archive members of the training images in ``table`` (rows with id and label columns), in row order."""
+        return [self.train_member(i, c) for i, c in zip(table[self.id_column], table[self.label_column])]
+
     def test_member(self, image_id: str) -> str:
         return f"{self.test_prefix}{image_id}"
 

@@ -95,7 +95,7 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, raw: Pa
     archive = ImageArchive(raw / spec.image_archive)
     labels = load_labels(raw, spec).sort_values(spec.id_column, ignore_index=True)
     test_ids = load_test_ids(raw, spec)
-    members = {"train": [spec.train_member(i, c) for i, c in zip(labels[spec.id_column], labels[spec.label_column])],
+    members = {"train": spec.train_members(labels),
                "test": [spec.test_member(i) for i in test_ids]}
     labels[[spec.id_column]].rename(columns={spec.id_column: "img"}).to_csv(out_dir / "train_index.csv", index=False)
     pd.DataFrame({"img": test_ids}).to_csv(out_dir / "test_index.csv", index=False)

@@ -140,7 +140,7 @@ def finetune_fold(params: Params, fold: int, rank: int = 0, world: int = 1) -> N
     class_index = {c: i for i, c in enumerate(spec.classes)}
     train_rows = folds[folds.fold != fold].reset_index(drop=True)
     held_out = folds[folds.fold == fold].reset_index(drop=True)
-    members = lambda table: [spec.train_member(i, c) for i, c in zip(table.img, table[spec.label_column])]  # noqa: E731
+    members = spec.train_members
     train_set = ArchiveImages(archive, members(train_rows), train_transform(params.augment, settings.image_size,
                                                                             settings.seed), settings.image_size)
     train_set.targets = train_rows[spec.label_column].map(class_index).to_numpy()
