@@ -1,12 +1,21 @@
-"""What a competition is: files, classes, grouping column, submission format, metric.
+"""What a competition is: files, classes, how labels and groups are read, submission format, metric.
 
-One ``CompetitionSpec`` per Kaggle competition; stages look theirs up by the
+One ``CompetitionSpec`` per competition; stages look theirs up by the
 ``competition`` key of params.yaml and never hard-code a file name or class list.
+Two ways of labelling the training images are supported:
+
+- ``csv``: images sit in ``train/<class>/`` and a labels CSV lists id, class and
+  group (State Farm's ``driver_imgs_list.csv``; own data's ``labels.csv``);
+- ``file_name``: the class is the file name's first dot-separated part,
+  ``train/dog.123.jpg`` (Dogs vs. Cats), and there is no group.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+import numpy as np
 
 from pipeline.errors import PipelineError
 
@@ -14,40 +23,46 @@ from pipeline.errors import PipelineError
 @dataclass(frozen=True)
 class CompetitionSpec:
     slug: str
-    classes: tuple[str, ...]
-    class_descriptions: tuple[str, ...]
-    image_archive: str  # the zip DVC tracks; images are read straight from it
-    train_prefix: str  # archive folder holding one sub-folder per class
-    test_prefix: str  # archive folder holding the unlabeled test images
-    labels_csv: str
-    labels_columns: tuple[str, ...]
-    id_column: str  # image file name, the key of every table
-    label_column: str
-    group_column: str  # folds never split a group (State Farm: the driver)
-    sample_submission: str
-    solution_csv: str  # hidden test labels; only the stand-in ships one
-    metric: str
-    official_counts: dict[str, int]  # what Kaggle serves; checked for real downloads
+    classes: tuple[str, ...]  # empty: the data's own (own data: its class folders, in the sample submission)
+    train_archive: str  # the zip DVC tracks that holds the training images; images are read straight from it
+    test_archive: str  # may be the same zip
+    labels_from: Literal["csv", "file_name"]
+    labels_csv: str  # "" when the labels are in the file names
+    labels_columns: tuple[str, ...]  # the labels CSV's columns, as the competition names them
+    id_column: str  # in the labels CSV: the image file name
+    label_column: str  # in the labels CSV and in the stand-in's solution.csv
+    group_column: str  # folds never split a group (State Farm: the driver); "" = no groups, plain stratified folds
+    submission_id: str  # the sample submission's id column
+    test_suffix: str  # test member = test/<id><suffix> (Dogs vs. Cats ids are numbers, files <id>.jpg)
+    positive_class: str  # binary competitions submit one column, this class's probability; "" = one per class
+    metric: Literal["multiclass_log_loss", "binary_log_loss"]
+    official_counts: dict[str, int]  # what Kaggle serves, checked for real downloads; {} = not checked
     flip_safe: bool = False  # may images be mirrored (augmentation, test views) without changing the class?
+    kaggle: bool = True  # can the kaggle client download it?
+    class_descriptions: tuple[str, ...] = ()
+    train_prefix: str = "train/"
+    test_prefix: str = "test/"
+    sample_submission: str = "sample_submission.csv"
+    solution_csv: str = "solution.csv"  # hidden test labels; only the stand-ins ship one
 
     @property
     def submission_columns(self) -> tuple[str, ...]:
-        return (self.id_column, *self.classes)
+        return (self.submission_id, "label") if self.positive_class else (self.submission_id, *self.classes)
 
-    def train_member(self, image_id: str, label: str) -> str:
-        """Archive member of a training image."""
-        return f"{self.train_prefix}{label}/{image_id}"
-
-    def train_members(self, table) -> list[str]:
-        """Archive members of the training images in ``table`` (rows with id and label columns), in row order."""
-        return [self.train_member(i, c) for i, c in zip(table[self.id_column], table[self.label_column])]
-
-    def test_member(self, image_id: str) -> str:
-        return f"{self.test_prefix}{image_id}"
+    @property
+    def archives(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.train_archive, self.test_archive)))
 
     @property
     def required_files(self) -> tuple[str, ...]:
-        return (self.image_archive, self.labels_csv, self.sample_submission)
+        return (*self.archives, *([self.labels_csv] if self.labels_csv else []), self.sample_submission)
+
+    def class_indices(self, labels) -> np.ndarray:
+        """Class names -> column indices of every probability table."""
+        return np.array([self.classes.index(label) for label in labels], dtype=np.int64)
+
+    def test_member(self, image_id: str) -> str:
+        return f"{self.test_prefix}{image_id}{self.test_suffix}"
 
 
 STATE_FARM = CompetitionSpec(
@@ -65,21 +80,63 @@ STATE_FARM = CompetitionSpec(
         "hair and makeup",
         "talking to passenger",
     ),
-    image_archive="imgs.zip",
-    train_prefix="train/",
-    test_prefix="test/",
+    train_archive="imgs.zip",
+    test_archive="imgs.zip",
+    labels_from="csv",
     labels_csv="driver_imgs_list.csv",
     labels_columns=("subject", "classname", "img"),
     id_column="img",
     label_column="classname",
     group_column="subject",
-    sample_submission="sample_submission.csv",
-    solution_csv="solution.csv",
+    submission_id="img",
+    test_suffix="",
+    positive_class="",
     metric="multiclass_log_loss",
     official_counts={"train": 22_424, "test": 79_726},
 )
 
-SPECS = {spec.slug: spec for spec in (STATE_FARM,)}
+DOGS_VS_CATS = CompetitionSpec(
+    slug="dogs-vs-cats-redux-kernels-edition",
+    classes=("cat", "dog"),
+    train_archive="train.zip",
+    test_archive="test.zip",
+    labels_from="file_name",
+    labels_csv="",
+    labels_columns=(),
+    id_column="img",
+    label_column="label",
+    group_column="",
+    submission_id="id",
+    test_suffix=".jpg",
+    positive_class="dog",
+    metric="binary_log_loss",
+    official_counts={"train": 25_000, "test": 12_500},
+    flip_safe=True,
+)
+
+# A folder per class, an optional group CSV and test folder (params section own_data); download packs them
+# into this layout, the same as State Farm's: images.zip (train/<class>/, test/), labels.csv, sample_submission.csv.
+OWN_DATA = CompetitionSpec(
+    slug="own-data",
+    classes=(),
+    train_archive="images.zip",
+    test_archive="images.zip",
+    labels_from="csv",
+    labels_csv="labels.csv",
+    labels_columns=("img", "label", "group"),
+    id_column="img",
+    label_column="label",
+    group_column="group",
+    submission_id="id",
+    test_suffix="",
+    positive_class="",
+    metric="multiclass_log_loss",
+    official_counts={},
+    flip_safe=True,  # the user's call: augment.hflip stays off unless they turn it on
+    kaggle=False,
+)
+
+SPECS = {spec.slug: spec for spec in (STATE_FARM, DOGS_VS_CATS, OWN_DATA)}
 
 
 def get_spec(slug: str, source: Path = Path("params.yaml")) -> CompetitionSpec:

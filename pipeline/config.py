@@ -34,6 +34,15 @@ class DataParams(Section):
     max_unpacked_bytes: int = Field(gt=0)
 
 
+class OwnDataParams(Section):
+    """competition: own-data with data.source: local (pipeline/own_data.py)."""
+
+    train_dir: str  # <train_dir>/<class>/*.jpg, a folder per class
+    test_dir: str  # optional: unlabeled *.jpg to predict; "" = CV only, no submission
+    groups_csv: str  # optional: columns img and group_column; folds never split a group
+    group_column: str
+
+
 class StandinParams(Section):
     """Size of the synthetic stand-in competition; the default keeps `dvc repro` short on 2 CPU cores."""
 
@@ -150,6 +159,7 @@ class Params(Section):
     # Head dropout; top level so that `dvc exp run -S dropout=0.3` reaches it.
     dropout: float = Field(ge=0.0, lt=1.0, strict=False)
     data: DataParams
+    own_data: OwnDataParams
     standin: StandinParams
     folds: FoldsParams
     augment: AugmentParams
@@ -182,6 +192,12 @@ def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
     except pydantic.ValidationError as error:
         raise PipelineError(_one_line(error, source)) from None
     spec = get_spec(params.competition, source)
+    if params.data.source == "kaggle" and not spec.kaggle:
+        raise PipelineError(f"{source}: data.source: {spec.slug} is not on Kaggle; use local (or standin)")
+    if spec.slug == "own-data" and params.data.source == "local" and not params.own_data.train_dir:
+        raise PipelineError(f"{source}: own_data.train_dir: empty; set it to your folder of class folders")
+    if bool(params.own_data.groups_csv) != bool(params.own_data.group_column):
+        raise PipelineError(f"{source}: own_data.group_column: give both groups_csv and group_column, or neither")
     if not spec.flip_safe:
         if params.augment.hflip:
             raise PipelineError(f"{source}: augment.hflip: {spec.slug} classes change under a horizontal flip")

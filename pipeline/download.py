@@ -1,9 +1,9 @@
 """download stage: put the competition's files in data/raw/<competition>/ and check them.
 
-Reads params ``competition``, ``data`` and ``standin``. Writes
-``data/raw/<competition>/`` (image zip, labels CSV, sample submission; the
-stand-in adds ``solution.csv``), built in a temporary folder and renamed only
-once every check has passed.
+Reads params ``competition``, ``data``, ``own_data`` and ``standin``. Writes
+``data/raw/<competition>/`` (the competition's image zip(s) and CSVs,
+pipeline/raw_data.py; the stand-ins add ``solution.csv``), built in a temporary
+folder and renamed only once every check has passed.
 
     python -m pipeline.download
 """
@@ -14,12 +14,13 @@ import tempfile
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir
-from pipeline.competitions import CompetitionSpec, get_spec
+from pipeline.competitions import OWN_DATA, CompetitionSpec, get_spec
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.kaggle_io import download_competition
+from pipeline.own_data import ingest_own_data
 from pipeline.paths import raw_dir
-from pipeline.raw_data import check_competition_files, ingest
+from pipeline.raw_data import check_competition_files, ingest, with_classes
 from pipeline.standin import write_standin
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int
     source = params.data.source
     if source == "standin":
         write_standin(out_dir, spec, params.standin)
+    elif spec is OWN_DATA:
+        ingest_own_data(params.own_data, out_dir, params.data.max_unpacked_bytes)
     elif source == "kaggle":
         with tempfile.TemporaryDirectory(dir=out_dir) as download_dir:
             ingest(download_competition(spec.slug, Path(download_dir)), out_dir, spec, params.data.max_unpacked_bytes)
@@ -37,7 +40,8 @@ def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int
         if not params.data.local_path:
             raise PipelineError("params.yaml: data.local_path: empty; set it to the competition's zip or folder")
         ingest(Path(params.data.local_path).expanduser(), out_dir, spec, params.data.max_unpacked_bytes)
-    return check_competition_files(out_dir, spec, params.data.max_unpacked_bytes, official_counts=source != "standin")
+    return check_competition_files(out_dir, with_classes(spec, out_dir), params.data.max_unpacked_bytes,
+                                   official_counts=source != "standin")
 
 
 @cli
@@ -46,7 +50,12 @@ def main() -> None:
     spec = get_spec(params.competition)
     target = raw_dir(spec.slug)
     with atomic_dir(target) as tmp:
-        counts = fetch(tmp, spec, params)
+        try:
+            counts = fetch(tmp, spec, params)
+        except PipelineError as error:
+            # Name the file as the user knows it, not by the temporary folder it was checked in.
+            shown = params.data.local_path if params.data.source == "local" and params.data.local_path else target
+            raise PipelineError(str(error).replace(str(tmp), str(shown))) from None
     log.info("%s: %d train and %d test images from %s", target, counts["train"], counts["test"], params.data.source)
 
 

@@ -27,14 +27,14 @@ from scipy.optimize import minimize, minimize_scalar
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.atomic import atomic_dir
-from pipeline.competitions import get_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.features import load_feature_set
-from pipeline.metrics import accuracy, kaggle_proba, multiclass_log_loss
-from pipeline.paths import ensemble_dir, features_dir, folds_csv, metrics_dir, predictions_dir, raw_dir
+from pipeline.folds import load_folds
+from pipeline.metrics import accuracy, competition_metric, kaggle_proba, multiclass_log_loss
+from pipeline.paths import ensemble_dir, features_dir, metrics_dir, predictions_dir, raw_dir
 from pipeline.predictions import load_model
-from pipeline.raw_data import load_test_ids
+from pipeline.raw_data import load_spec, load_test_ids
 
 log = logging.getLogger(__name__)
 NEIGHBOUR_WEIGHTS = np.linspace(0.0, 0.9, 10)
@@ -85,24 +85,24 @@ def smooth(proba: np.ndarray, neighbours: np.ndarray, weight: float) -> np.ndarr
 
 def main_for() -> None:
     params = load_params()
-    spec = get_spec(params.competition)
+    spec = load_spec(params.competition)
     settings = params.ensemble
-    folds = pd.read_csv(folds_csv(spec.slug))
-    labels = folds[spec.label_column].map({c: i for i, c in enumerate(spec.classes)}).to_numpy()
+    folds = load_folds(spec.slug)
+    labels = spec.class_indices(folds.label)
     test_ids = load_test_ids(raw_dir(spec.slug), spec)
     oofs, tests, report = [], [], {}
     for model in settings.models:
         oof, test = load_model(predictions_dir(spec.slug, model), folds, spec.classes, test_ids)
         oofs.append(oof.to_numpy())
         tests.append(test.to_numpy())
-        report[f"{model}/cv_log_loss"] = multiclass_log_loss(labels, oofs[-1])
+        report[f"{model}/cv_log_loss"] = competition_metric(spec, labels, oofs[-1])
 
     weights = blend_weights(oofs, labels)
     oof, test = blend(oofs, weights), blend(tests, weights)
-    report["blend/cv_log_loss"] = multiclass_log_loss(labels, oof)
+    report["blend/cv_log_loss"] = competition_metric(spec, labels, oof)
     temperature = fit_temperature(oof, labels) if settings.calibrate else 1.0
     oof, test = with_temperature(oof, temperature), with_temperature(test, temperature)
-    report["calibrated/cv_log_loss"] = multiclass_log_loss(labels, oof)
+    report["calibrated/cv_log_loss"] = competition_metric(spec, labels, oof)
 
     neighbour_weight = 0.0
     if settings.neighbours:
@@ -118,12 +118,12 @@ def main_for() -> None:
         neighbour_weight = float(NEIGHBOUR_WEIGHTS[int(np.argmin(losses))])
         test_near = neighbour_mean(test, test_features, np.zeros(len(test)), settings.neighbours)
         oof, test = smooth(oof, oof_near, neighbour_weight), smooth(test, test_near, neighbour_weight)
-        report["neighbours/cv_log_loss"] = multiclass_log_loss(labels, oof)
+        report["neighbours/cv_log_loss"] = competition_metric(spec, labels, oof)
 
     clip = min(settings.clip_grid, key=lambda eps: multiclass_log_loss(labels, kaggle_proba(oof, eps)))
     oof, test = kaggle_proba(oof, clip), kaggle_proba(test, clip)
     oof, test = oof / oof.sum(1, keepdims=True), test / test.sum(1, keepdims=True)
-    report.update(cv_log_loss=multiclass_log_loss(labels, oof), cv_accuracy=accuracy(labels, oof))
+    report.update(cv_log_loss=competition_metric(spec, labels, oof), cv_accuracy=accuracy(labels, oof))
     recipe = {"models": list(settings.models), "weights": weights.round(6).tolist(), "temperature": temperature,
               "neighbours": settings.neighbours, "neighbour_weight": neighbour_weight, "clip": clip}
 

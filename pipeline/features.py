@@ -3,7 +3,7 @@
 The convolutional body is the slow part and does not change between head
 experiments, so it runs once per backbone; heads then train in seconds.
 Reads params ``competition``, ``features`` (this backbone's entry) and
-``augment``; the image zip, labels CSV and sample submission. Writes
+``augment``; the competition's raw files (pipeline/raw_data.py). Writes
 ``data/features/<competition>/<backbone>/``:
 
 - ``train_index.csv`` / ``test_index.csv``: image ids in array row order
@@ -33,13 +33,13 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_dir
 from pipeline.augment import train_transform, view_transform
 from pipeline.backbones import create_backbone, data_config
-from pipeline.competitions import CompetitionSpec, get_spec
+from pipeline.competitions import CompetitionSpec
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.image_data import ArchiveImages, autocast, batches, loader, pick_device, to_model_input
 from pipeline.images import ImageArchive
 from pipeline.paths import features_dir, raw_dir
-from pipeline.raw_data import load_labels, load_test_ids
+from pipeline.raw_data import load_spec, load_test_ids, train_table
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,10 @@ def load_feature_set(folder: Path) -> FeatureSet:
     meta = json.loads((folder / "features.json").read_text())
     train_aug = array("train_aug.npy") if meta["train_passes"] else np.zeros((0, *array("train_views.npy").shape[1:]),
                                                                              np.float16)
-    return FeatureSet(list(pd.read_csv(folder / "train_index.csv").img), list(pd.read_csv(folder / "test_index.csv").img),
+    def ids(name: str) -> list[str]:
+        return list(pd.read_csv(folder / name, dtype=str, keep_default_na=False).img)
+
+    return FeatureSet(ids("train_index.csv"), ids("test_index.csv"),
                       array("train_views.npy"), array("test_views.npy"), train_aug, meta)
 
 
@@ -76,7 +79,8 @@ def extract(model: torch.nn.Module, dataset: ArchiveImages, out: np.ndarray, mea
         for indices, images in batches(loader(dataset, batch_size, workers, device)):
             with autocast(device, amp):
                 features = model(to_model_input(images, mean, std, device))
-            chunk = features.float().cpu().numpy().astype(np.float16)
+            with np.errstate(over="ignore"):  # an overflow becomes inf, caught just below
+                chunk = features.float().cpu().numpy().astype(np.float16)
             if not np.isfinite(chunk).all():  # float16 overflows past 65504; catch it here, not in a submission
                 bad = dataset.members[int(indices[np.nonzero(~np.isfinite(chunk).all(1))[0][0]])]
                 raise PipelineError(f"{dataset.archive.path}:{bad}: {label}: non-finite features")
@@ -92,12 +96,11 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, raw: Pa
     model = create_backbone(backbone, num_classes=0, param_key=f"features.backbones.{backbone}")
     model = model.eval().to(device, memory_format=torch.channels_last)
     config = data_config(model)
-    archive = ImageArchive(raw / spec.image_archive)
-    labels = load_labels(raw, spec).sort_values(spec.id_column, ignore_index=True)
+    archives = {"train": ImageArchive(raw / spec.train_archive), "test": ImageArchive(raw / spec.test_archive)}
+    train = train_table(raw, spec)
     test_ids = load_test_ids(raw, spec)
-    members = {"train": spec.train_members(labels),
-               "test": [spec.test_member(i) for i in test_ids]}
-    labels[[spec.id_column]].rename(columns={spec.id_column: "img"}).to_csv(out_dir / "train_index.csv", index=False)
+    members = {"train": list(train.member), "test": [spec.test_member(i) for i in test_ids]}
+    train[["img"]].to_csv(out_dir / "train_index.csv", index=False)
     pd.DataFrame({"img": test_ids}).to_csv(out_dir / "test_index.csv", index=False)
 
     dim = model.num_features
@@ -108,7 +111,7 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, raw: Pa
         views = np.lib.format.open_memmap(out_dir / f"{split}_views.npy", mode="w+", dtype=np.float16,
                                           shape=(len(settings.test_views), len(members[split]), dim))
         for v, view in enumerate(settings.test_views):
-            dataset = ArchiveImages(archive, members[split], view_transform(view, size, config["interpolation"]), size)
+            dataset = ArchiveImages(archives[split], members[split], view_transform(view, size, config["interpolation"]), size)
             speeds.append(extract(model, dataset, views[v], label=f"{backbone} {split} {view}", **run))
         views.flush()
     if settings.train_passes:
@@ -117,7 +120,7 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, raw: Pa
         for p in range(settings.train_passes):
             # One seed per (pass, image): the same augmentation whatever the worker count.
             seeds = np.random.SeedSequence([settings.seed, p]).generate_state(len(members["train"]))
-            dataset = ArchiveImages(archive, members["train"], train_transform(params.augment, size, settings.seed),
+            dataset = ArchiveImages(archives["train"], members["train"], train_transform(params.augment, size, settings.seed),
                                     size, seeds=seeds)
             speeds.append(extract(model, dataset, augmented[p], label=f"{backbone} train pass {p + 1}", **run))
         augmented.flush()
@@ -140,7 +143,7 @@ def main() -> None:
     if backbone not in params.features.backbones:
         raise PipelineError(f"params.yaml: features.backbones: {backbone!r} is not listed "
                             f"(listed: {', '.join(params.features.backbones)})")
-    spec = get_spec(params.competition)
+    spec = load_spec(params.competition)
     target = features_dir(spec.slug, backbone)
     with atomic_dir(target) as tmp:
         cache_features(backbone, params, spec, raw_dir(spec.slug), tmp, pick_device())

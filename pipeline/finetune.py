@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import logging
 import os
+import pickle
 import time
 
 import numpy as np
@@ -29,15 +30,15 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_dir, atomic_file
 from pipeline.augment import train_transform, view_transform
 from pipeline.backbones import create_backbone, data_config
-from pipeline.competitions import get_spec
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.image_data import ArchiveImages, autocast, batches, loader, to_model_input
 from pipeline.images import ImageArchive
-from pipeline.metrics import multiclass_log_loss
+from pipeline.metrics import competition_metric
+from pipeline.folds import load_folds
 from pipeline.paths import folds_csv, metrics_dir, models_dir, predictions_dir, raw_dir
 from pipeline.predictions import write_fold
-from pipeline.raw_data import load_test_ids
+from pipeline.raw_data import load_spec, load_test_ids, train_table
 from pipeline.training import EarlyStopping, seed_everything, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ def train_one_epoch(model, data, optimizer, schedule, device, mean, std, setting
             inputs = to_model_input(images, mean, std, device)
             with autocast(device, settings.amp):
                 loss = torch.nn.functional.cross_entropy(model(inputs).float(), targets.to(device))
+            if not torch.isfinite(loss):  # stop here: a NaN net would only write NaN predictions later
+                raise PipelineError(f"{label}: the training loss became {loss.item()} after {seen} images; "
+                                    f"lower finetune.lr or set finetune.grad_clip")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:  # fp16 needs loss scaling; bf16 and float32 do not
                 scaler.scale(loss).backward()
@@ -121,12 +125,12 @@ def predict(model, archive, members, size, views, config, settings, device, rank
 def finetune_fold(params: Params, fold: int, rank: int = 0, world: int = 1) -> None:
     from dvclive import Live  # here, not at the top: bench/finetune.py runs train_one_epoch where DVC is absent
 
-    spec = get_spec(params.competition)
+    spec = load_spec(params.competition)
     settings = params.finetune
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() \
         else torch.device("cpu")
     folds_path = folds_csv(spec.slug)
-    folds = pd.read_csv(folds_path)
+    folds = load_folds(spec.slug)
     config = run_config(params, fold, hashlib.sha256(folds_path.read_bytes()).hexdigest())
     model_name = f"finetune-{settings.backbone}"
     ckpt_dir = models_dir(spec.slug, model_name) / f"fold{fold}"
@@ -136,15 +140,18 @@ def finetune_fold(params: Params, fold: int, rank: int = 0, world: int = 1) -> N
     model = create_backbone(settings.backbone, num_classes=len(spec.classes), param_key="finetune.backbone",
                             drop_rate=params.dropout).to(device, memory_format=torch.channels_last)
     data_cfg = data_config(model)
-    archive = ImageArchive(raw_dir(spec.slug) / spec.image_archive)
-    class_index = {c: i for i, c in enumerate(spec.classes)}
+    archive = ImageArchive(raw_dir(spec.slug) / spec.train_archive)
+    member_of = train_table(raw_dir(spec.slug), spec).set_index("img").member
     train_rows = folds[folds.fold != fold].reset_index(drop=True)
     held_out = folds[folds.fold == fold].reset_index(drop=True)
-    members = spec.train_members
+
+    def members(rows: pd.DataFrame) -> list[str]:
+        return list(member_of.loc[rows.img])
+
     train_set = ArchiveImages(archive, members(train_rows), train_transform(params.augment, settings.image_size,
                                                                             settings.seed), settings.image_size)
-    train_set.targets = train_rows[spec.label_column].map(class_index).to_numpy()
-    held_out_labels = held_out[spec.label_column].map(class_index).to_numpy()
+    train_set.targets = spec.class_indices(train_rows.label)
+    held_out_labels = spec.class_indices(held_out.label)
 
     classifier = set(id(p) for p in model.get_classifier().parameters())
     body = [p for p in model.parameters() if id(p) not in classifier]
@@ -159,7 +166,11 @@ def finetune_fold(params: Params, fold: int, rank: int = 0, world: int = 1) -> N
     stopper, start_epoch, stopped_before = EarlyStopping(settings.patience), 0, False
 
     if last_path.is_file():
-        saved = torch.load(last_path, map_location=device, weights_only=True)
+        try:  # weights_only: a checkpoint is data, never code to run
+            saved = torch.load(last_path, map_location=device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+            raise PipelineError(f"{last_path}: not a checkpoint that loads as plain weights "
+                                f"({type(error).__name__}); delete it to start fold {fold} over") from None
         if saved["config"] == config:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -202,7 +213,7 @@ def finetune_fold(params: Params, fold: int, rank: int = 0, world: int = 1) -> N
                         device, rank, world)
         stop_flag = torch.zeros(1)
         if rank == 0:
-            val_loss = multiclass_log_loss(held_out_labels, proba)
+            val_loss = competition_metric(spec, held_out_labels, proba)
             stopped = stopper.update(epoch, val_loss, scored)
             live.log_metric("train_loss", train_loss)
             live.log_metric("val_log_loss", val_loss)
@@ -232,7 +243,8 @@ def finetune_fold(params: Params, fold: int, rank: int = 0, world: int = 1) -> N
     views = list(params.features.test_views)
     oof = predict(scored, archive, members(held_out), settings.image_size, views, data_cfg, settings, device, rank,
                   world)
-    test = predict(scored, archive, [spec.test_member(i) for i in test_ids], settings.image_size, views, data_cfg,
+    test_archive = ImageArchive(raw_dir(spec.slug) / spec.test_archive)
+    test = predict(scored, test_archive, [spec.test_member(i) for i in test_ids], settings.image_size, views, data_cfg,
                    settings, device, rank, world)
     if rank != 0:
         return
@@ -240,7 +252,7 @@ def finetune_fold(params: Params, fold: int, rank: int = 0, world: int = 1) -> N
         torch.save({"config": config, "model": scored.state_dict(), "classes": list(spec.classes)}, tmp)
     with atomic_dir(predictions_dir(spec.slug, model_name) / f"fold{fold}") as out:
         write_fold(out, spec.classes, held_out.img, oof, test_ids, test)
-    live.summary["fold_log_loss"] = multiclass_log_loss(held_out_labels, oof)
+    live.summary["fold_log_loss"] = competition_metric(spec, held_out_labels, oof)
     live.end()
     log.info("fold %d: held-out log loss %.4f with %d test view(s); wrote %s", fold, live.summary["fold_log_loss"],
              len(views), predictions_dir(spec.slug, model_name) / f"fold{fold}")

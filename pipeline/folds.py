@@ -1,9 +1,11 @@
-"""folds stage: split the training images into k folds by driver, stratified by class.
+"""folds stage: split the training images into k folds, never splitting a group, stratified by class.
 
-A random split leaks: frames of one driver and class are near-duplicates, so
-validation must hold out whole drivers, as the test set does. Reads params
-``competition`` and ``folds`` and the labels CSV; writes
-``data/folds/<competition>/driver_folds.csv`` (img, classname, subject, fold).
+A random split leaks where images come in groups: frames of one State Farm
+driver and class are near-duplicates, so validation must hold out whole
+drivers, as the test set does. Competitions without groups (Dogs vs. Cats, own
+data without a groups CSV) get plain stratified folds. Reads params
+``competition`` and ``folds`` and the training labels; writes
+``data/folds/<competition>/folds.csv`` (img, label, group, fold).
 
     python -m pipeline.folds
 """
@@ -12,44 +14,56 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.atomic import atomic_file
-from pipeline.competitions import CompetitionSpec, get_spec
+from pipeline.competitions import CompetitionSpec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.paths import folds_csv, raw_dir
-from pipeline.raw_data import load_labels
+from pipeline.raw_data import load_spec, train_table
 
 log = logging.getLogger(__name__)
 
 
-def make_folds(labels: pd.DataFrame, spec: CompetitionSpec, n_splits: int, seed: int) -> pd.DataFrame:
-    """Assign each image a fold so that no group (driver) spans two folds; same input, same folds."""
-    table = labels[[spec.id_column, spec.label_column, spec.group_column]].sort_values(spec.id_column)
-    table = table.reset_index(drop=True)
-    n_groups = table[spec.group_column].nunique()
-    if n_splits > n_groups:
+def make_folds(train: pd.DataFrame, spec: CompetitionSpec, n_splits: int, seed: int) -> pd.DataFrame:
+    """``train`` (img, label, group) with a fold per image; same input, same folds."""
+    table = train[["img", "label", "group"]].sort_values("img").reset_index(drop=True)
+    grouped = (table.group != "").all()
+    if grouped and n_splits > table.group.nunique():
         raise PipelineError(f"params.yaml: folds.n_splits: {n_splits} folds need at least {n_splits} "
-                            f"distinct {spec.group_column} values; the data has {n_groups}")
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+                            f"distinct {spec.group_column} values; the data has {table.group.nunique()}")
+    smallest = table.label.value_counts().min()
+    if not grouped and n_splits > smallest:
+        raise PipelineError(f"params.yaml: folds.n_splits: {n_splits} folds need at least {n_splits} images "
+                            f"of every class; the smallest class has {smallest}")
+    if grouped:
+        splits = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(table, table.label, table.group)
+    else:
+        splits = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(table, table.label)
     table["fold"] = -1
-    for fold, (_, held_out) in enumerate(splitter.split(table, table[spec.label_column], table[spec.group_column])):
+    for fold, (_, held_out) in enumerate(splits):
         table.loc[held_out, "fold"] = fold
     return table
+
+
+def load_folds(competition: str) -> pd.DataFrame:
+    """The folds stage's table, ids and labels as text (Dogs vs. Cats test ids are numbers)."""
+    return pd.read_csv(folds_csv(competition), dtype={"img": str, "label": str, "group": str},
+                       keep_default_na=False)
 
 
 @cli
 def main() -> None:
     params = load_params()
-    spec = get_spec(params.competition)
-    folds = make_folds(load_labels(raw_dir(spec.slug), spec), spec, params.folds.n_splits, params.folds.seed)
+    spec = load_spec(params.competition)
+    folds = make_folds(train_table(raw_dir(spec.slug), spec), spec, params.folds.n_splits, params.folds.seed)
     target = folds_csv(spec.slug)
     with atomic_file(target) as tmp:
         folds.to_csv(tmp, index=False)
     for fold, part in folds.groupby("fold"):
-        log.info("fold %d: %d images, %d %s, %d classes", fold, len(part), part[spec.group_column].nunique(),
-                 spec.group_column, part[spec.label_column].nunique())
+        log.info("fold %d: %d images, %d groups, %d classes", fold, len(part), part.group.nunique(),
+                 part.label.nunique())
     log.info("wrote %s", target)
 
 

@@ -17,20 +17,20 @@ import logging
 import sys
 
 import numpy as np
-import pandas as pd
 import torch
 from dvclive import Live
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from pipeline.atomic import atomic_dir
-from pipeline.competitions import get_spec
 from pipeline.config import HeadsParams, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.features import FeatureSet, load_feature_set
-from pipeline.metrics import accuracy, multiclass_log_loss
-from pipeline.paths import features_dir, folds_csv, metrics_dir, predictions_dir
+from pipeline.folds import load_folds
+from pipeline.metrics import accuracy, competition_metric, multiclass_log_loss
+from pipeline.paths import features_dir, metrics_dir, predictions_dir
 from pipeline.predictions import write_fold
+from pipeline.raw_data import load_spec
 from pipeline.training import EarlyStopping, seed_everything, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ def train_head(x: np.ndarray, y: np.ndarray, val_views: np.ndarray, y_val: np.nd
             if len(batch) < 2:  # BatchNorm needs two samples
                 continue
             loss = nn.functional.cross_entropy(head(inputs[batch]), targets[batch])
+            if not torch.isfinite(loss):
+                raise PipelineError(f"heads: the training loss became {loss.item()} in epoch {epoch + 1}; "
+                                    f"lower heads.lr (or check the cached features)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -111,11 +114,15 @@ def cross_validate(features: FeatureSet, labels: np.ndarray, fold_of: np.ndarray
 
 def main_for(backbone: str) -> None:
     params = load_params()
-    spec = get_spec(params.competition)
+    spec = load_spec(params.competition)
     settings = params.heads
     features = load_feature_set(features_dir(spec.slug, backbone))
-    folds = pd.read_csv(folds_csv(spec.slug)).set_index("img").loc[features.train_ids].reset_index()
-    labels = folds[spec.label_column].map({c: i for i, c in enumerate(spec.classes)}).to_numpy()
+    for name in ("train_views", "test_views", "train_aug"):
+        if not np.isfinite(getattr(features, name)).all():  # the features stage refuses these; the file was altered
+            raise PipelineError(f"{features_dir(spec.slug, backbone) / name}.npy: non-finite features; "
+                                f"`dvc repro -f features@{backbone}` rebuilds them")
+    folds = load_folds(spec.slug).set_index("img").loc[features.train_ids].reset_index()
+    labels = spec.class_indices(folds.label)
     fold_of = folds.fold.to_numpy()
     model_name = f"heads-{backbone}"
     oof = np.zeros((len(labels), len(spec.classes)))
@@ -128,11 +135,11 @@ def main_for(backbone: str) -> None:
             write_fold(out / f"fold{fold}", spec.classes, folds.img[held_out], oof_proba, features.test_ids, test_proba)
             torch.save({"state_dict": head.state_dict(), "backbone": backbone, "dropout": params.dropout,
                         "heads": settings.model_dump(), "classes": list(spec.classes)}, out / f"fold{fold}" / "head.pt")
-            fold_loss = multiclass_log_loss(labels[held_out], oof_proba)
+            fold_loss = competition_metric(spec, labels[held_out], oof_proba)
             live.summary[f"fold{fold}_log_loss"] = fold_loss
             log.info("%s fold %d: log loss %.4f, accuracy %.3f", model_name, fold, fold_loss,
                      accuracy(labels[held_out], oof_proba))
-        cv_loss = multiclass_log_loss(labels, oof)
+        cv_loss = competition_metric(spec, labels, oof)
         live.summary.update(cv_log_loss=cv_loss, cv_accuracy=accuracy(labels, oof))
         if settings.random_split_check:
             # The same head on a split that ignores drivers: near-duplicate frames leak into validation.
@@ -144,7 +151,7 @@ def main_for(backbone: str) -> None:
             for held_out, proba, _, _ in cross_validate(features, labels, random_fold, len(spec.classes), settings,
                                                         params.dropout):
                 random_oof[held_out] = proba
-            live.summary["random_split_cv_log_loss"] = multiclass_log_loss(labels, random_oof)
+            live.summary["random_split_cv_log_loss"] = competition_metric(spec, labels, random_oof)
             log.info("%s random-split CV log loss %.4f (driver split %.4f)", model_name,
                      live.summary["random_split_cv_log_loss"], cv_loss)
         log.info("%s: CV log loss %.4f, accuracy %.3f", model_name, cv_loss, live.summary["cv_accuracy"])

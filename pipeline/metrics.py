@@ -20,3 +20,18 @@ def multiclass_log_loss(labels: np.ndarray, proba: np.ndarray, eps: float = KAGG
 
 def accuracy(labels: np.ndarray, proba: np.ndarray) -> float:
     return float((np.asarray(proba).argmax(1) == np.asarray(labels)).mean())
+
+
+def binary_log_loss(is_positive: np.ndarray, p_positive: np.ndarray, eps: float = KAGGLE_EPS) -> float:
+    """Kaggle's binary log loss on one probability column (Dogs vs. Cats: P(dog)), clipped to [eps, 1 - eps]."""
+    p = np.clip(np.asarray(p_positive, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(is_positive, dtype=bool)
+    return float(-np.where(y, np.log(p), np.log(1 - p)).mean())
+
+
+def competition_metric(spec, labels: np.ndarray, proba: np.ndarray) -> float:
+    """The metric the competition's spec names, on per-class probabilities [n, classes]."""
+    if spec.metric == "binary_log_loss":
+        positive = spec.classes.index(spec.positive_class)
+        return binary_log_loss(np.asarray(labels) == positive, np.asarray(proba)[:, positive])
+    return multiclass_log_loss(labels, proba)

@@ -16,8 +16,8 @@ def raw_dir(competition: str) -> Path:
 
 
 def folds_csv(competition: str) -> Path:
-    """Train images with their driver-grouped fold: img, classname, subject, fold."""
-    return DATA / "folds" / competition / "driver_folds.csv"
+    """Train images with their fold: img, label, group (State Farm: the driver), fold."""
+    return DATA / "folds" / competition / "folds.csv"
 
 
 def features_dir(competition: str, backbone: str) -> Path:

@@ -31,10 +31,13 @@ def write_fold(out: Path, classes: tuple[str, ...], oof_ids, oof_proba: np.ndarr
 def _read(path: Path, classes: tuple[str, ...]) -> pd.DataFrame:
     if not path.is_file():
         raise PipelineError(f"{path}: missing; has this model's stage run for every fold?")
-    table = pd.read_csv(path)
+    table = pd.read_csv(path, dtype={"img": str})  # ids stay text: Dogs vs. Cats test ids are numbers
     if list(table.columns) != ["img", *classes]:
         raise PipelineError(f"{path}: columns {list(table.columns)[:4]}...; expected img, {', '.join(classes)}")
-    values = table[list(classes)].to_numpy()
+    try:
+        values = table[list(classes)].to_numpy(dtype=float)  # float even when empty (own data without test images)
+    except ValueError:
+        raise PipelineError(f"{path}: probabilities must be numbers") from None
     if not np.isfinite(values).all() or (values < 0).any() or (values > 1).any():
         raise PipelineError(f"{path}: probabilities must be finite and in [0, 1]")
     return table.set_index("img")

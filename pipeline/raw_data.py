@@ -1,23 +1,31 @@
-"""Bring a competition's files into one canonical layout and check them before any stage trusts them.
+"""Bring a competition's files into one canonical layout, check them, and read them as tables.
 
-Canonical layout of ``data/raw/<competition>/``: the image archive (``imgs.zip``,
-members ``train/<class>/<img>`` and ``test/<img>``), the labels CSV and the
-sample submission. ``ingest`` accepts what users actually have: Kaggle's
-bundle zip, the same files unzipped into a folder, or the image folders
-loose (those are packed into ``imgs.zip`` so DVC tracks one file, not 100k).
+Canonical layout of ``data/raw/<competition>/``: the files as Kaggle serves
+them. State Farm: ``imgs.zip`` (``train/<class>/<img>``, ``test/<img>``),
+``driver_imgs_list.csv``, ``sample_submission.csv``; Dogs vs. Cats: ``train.zip``
+(``train/<class>.<n>.jpg``), ``test.zip`` (``test/<id>.jpg``),
+``sample_submission.csv``. ``ingest`` accepts what users actually have: Kaggle's
+bundle zip, the same files unzipped into a folder, or the image folders loose
+(those are packed into the zip so DVC tracks one file, not 100k). Stages read
+the training images as one table (``train_table``: img, label, group, member)
+and the test ids in sample-submission order (``load_test_ids``).
 """
 from __future__ import annotations
 
 import io
 import shutil
 import zipfile
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from pipeline.competitions import CompetitionSpec
+from pipeline.competitions import CompetitionSpec, get_spec
 from pipeline.errors import PipelineError
 from pipeline.images import ZIP_DATE, ImageArchive
+from pipeline.paths import raw_dir
+
+TRAIN_COLUMNS = ["img", "label", "group", "member"]
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -31,65 +39,104 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     return table
 
 
-def load_labels(raw: Path, spec: CompetitionSpec) -> pd.DataFrame:
-    """The training table (State Farm: subject, classname, img), checked for duplicates and unknown classes."""
+def load_spec(slug: str) -> CompetitionSpec:
+    """The competition's spec with its classes, for stages that run after the download stage."""
+    return with_classes(get_spec(slug), raw_dir(slug))
+
+
+def with_classes(spec: CompetitionSpec, raw: Path) -> CompetitionSpec:
+    """Own data's classes are its class folders, recorded as the sample submission's columns."""
+    if spec.classes:
+        return spec
+    path = raw / spec.sample_submission
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise PipelineError(f"{path}: cannot read the class columns ({error}); run the download stage") from None
+    if len(header) < 3 or header[0] != spec.submission_id:
+        raise PipelineError(f"{path}: expected columns {spec.submission_id}, <class>, <class>, ...")
+    return replace(spec, classes=tuple(header[1:]))
+
+
+def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None = None) -> pd.DataFrame:
+    """One row per training image, sorted by id: img, label, group ("" when the competition has none), member.
+
+    The archive and the labels (CSV or file names) are checked against each other image for image.
+    """
+    archive = ImageArchive(raw / spec.train_archive, max_unpacked_bytes)
+    found: dict[str, tuple[str, str]] = {}  # image id -> (class, member)
+    expected = (f"{spec.train_prefix}<{'|'.join(spec.classes)}>/<image>.jpg" if spec.labels_from == "csv"
+                else f"{spec.train_prefix}<{'|'.join(spec.classes)}>.<n>.jpg")
+    for member in archive.names(spec.train_prefix):
+        parts = PurePosixPath(member[len(spec.train_prefix):]).parts
+        if spec.labels_from == "csv":
+            image, label = parts[-1], parts[0]
+            ok = len(parts) == 2 and label in spec.classes
+        else:
+            image, label = parts[-1], parts[-1].split(".")[0]
+            ok = len(parts) == 1 and label in spec.classes
+        if not ok:
+            raise PipelineError(f"{archive.path}: unexpected member {member!r}; expected {expected}")
+        if image in found:
+            raise PipelineError(f"{archive.path}: image {image!r} appears in two class folders")
+        found[image] = (label, member)
+    if spec.labels_from == "file_name":
+        rows = [(image, label, "", member) for image, (label, member) in found.items()]
+        return pd.DataFrame(rows, columns=TRAIN_COLUMNS).sort_values("img", ignore_index=True)
+
     path = raw / spec.labels_csv
-    table = _read_csv(path, spec.labels_columns)
-    duplicated = table[spec.id_column][table[spec.id_column].duplicated()]
-    if len(duplicated):
-        raise PipelineError(f"{path}: image {duplicated.iloc[0]!r} is listed more than once")
-    unknown = sorted(set(table[spec.label_column]) - set(spec.classes))
+    labels = _read_csv(path, spec.labels_columns)
+    ids = labels[spec.id_column]
+    if ids.duplicated().any():
+        raise PipelineError(f"{path}: image {ids[ids.duplicated()].iloc[0]!r} is listed more than once")
+    unknown = sorted(set(labels[spec.label_column]) - set(spec.classes))
     if unknown:
         raise PipelineError(f"{path}: unknown class {unknown[0]!r}; expected one of {list(spec.classes)}")
-    return table
+    _same_images(found, set(ids), f"{archive.path}:{spec.train_prefix}", path)
+    table = pd.DataFrame({"img": ids, "label": labels[spec.label_column], "group": labels[spec.group_column]})
+    for image, label in zip(table.img, table.label):
+        if found[image][0] != label:
+            raise PipelineError(f"{path}: {image} is labelled {label} but lies in "
+                                f"{spec.train_prefix}{found[image][0]}/")
+    blank = table.group == ""
+    if blank.any() and not blank.all():
+        raise PipelineError(f"{path}: {table.img[blank].iloc[0]} has no {spec.group_column}; give every image "
+                            f"one, or none")
+    table["member"] = [found[image][1] for image in table.img]
+    return table.sort_values("img", ignore_index=True)
 
 
 def load_test_ids(raw: Path, spec: CompetitionSpec) -> list[str]:
     """Test image ids in the sample submission's order, the order every test table keeps."""
-    return list(_read_csv(raw / spec.sample_submission, spec.submission_columns)[spec.id_column])
+    path = raw / spec.sample_submission
+    ids = _read_csv(path, spec.submission_columns)[spec.submission_id]
+    if ids.duplicated().any():
+        raise PipelineError(f"{path}: image {ids[ids.duplicated()].iloc[0]!r} listed twice")
+    return list(ids)
 
 
 def check_competition_files(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int,
                             official_counts: bool) -> dict[str, int]:
-    """Check that the archive and both CSVs agree image for image; return the train and test counts."""
+    """Check that the archives, the labels and the sample submission agree image for image; return the counts."""
     for name in spec.required_files:
         if not (raw / name).is_file():
             raise PipelineError(f"{raw}: missing {name}")
-    labels = load_labels(raw, spec)
-    sample = _read_csv(raw / spec.sample_submission, spec.submission_columns)
-    archive = ImageArchive(raw / spec.image_archive, max_unpacked_bytes)
-
-    train_members: dict[str, str] = {}
-    for member in archive.names(spec.train_prefix):
-        parts = PurePosixPath(member[len(spec.train_prefix):]).parts
-        if len(parts) != 2 or parts[0] not in spec.classes:
-            raise PipelineError(f"{archive.path}: unexpected member {member!r}; expected "
-                                f"{spec.train_prefix}<{'|'.join(spec.classes)}>/<image>.jpg")
-        if parts[1] in train_members:
-            raise PipelineError(f"{archive.path}: image {parts[1]!r} appears in two class folders")
-        train_members[parts[1]] = parts[0]
-    listed = dict(zip(labels[spec.id_column], labels[spec.label_column]))
-    _same_images(train_members, listed, f"{archive.path}:{spec.train_prefix}", raw / spec.labels_csv)
-    for image, classname in listed.items():
-        if train_members[image] != classname:
-            raise PipelineError(f"{raw / spec.labels_csv}: {image} is labelled {classname} "
-                                f"but lies in {spec.train_prefix}{train_members[image]}/")
-
-    test_members = [m[len(spec.test_prefix):] for m in archive.names(spec.test_prefix)]
-    nested = [m for m in test_members if "/" in m]
+    train = train_table(raw, spec, max_unpacked_bytes)
+    test_ids = load_test_ids(raw, spec)
+    archive = ImageArchive(raw / spec.test_archive, max_unpacked_bytes)
+    test_files = [m[len(spec.test_prefix):] for m in archive.names(spec.test_prefix)]
+    nested = [m for m in test_files if "/" in m]
     if nested:
         raise PipelineError(f"{archive.path}: unexpected member {spec.test_prefix + nested[0]!r}")
-    ids = sample[spec.id_column]
-    if ids.duplicated().any():
-        raise PipelineError(f"{raw / spec.sample_submission}: image {ids[ids.duplicated()].iloc[0]!r} listed twice")
-    _same_images(set(test_members), set(ids), f"{archive.path}:{spec.test_prefix}", raw / spec.sample_submission)
+    _same_images(set(test_files), {i + spec.test_suffix for i in test_ids}, f"{archive.path}:{spec.test_prefix}",
+                 raw / spec.sample_submission)
 
-    counts = {"train": len(train_members), "test": len(test_members)}
-    if official_counts and counts != spec.official_counts:
+    counts = {"train": len(train), "test": len(test_files)}
+    if official_counts and spec.official_counts and counts != spec.official_counts:
         raise PipelineError(f"{raw}: found {counts['train']} train and {counts['test']} test images; "
                             f"{spec.slug} has {spec.official_counts['train']} and {spec.official_counts['test']}")
-    if counts["train"] == 0 or counts["test"] == 0:
-        raise PipelineError(f"{archive.path}: no {'train' if counts['train'] == 0 else 'test'} images")
+    if counts["train"] == 0:
+        raise PipelineError(f"{raw / spec.train_archive}: no train images")
     return counts
 
 
@@ -105,12 +152,12 @@ def _same_images(in_archive, in_csv, archive_label: str, csv_path: Path) -> None
 
 
 def _find_root(source: ImageArchive, spec: CompetitionSpec) -> str:
-    """The folder inside the source that holds the labels CSV: '' or one level down."""
+    """The folder inside the source that holds the sample submission: '' or one level down."""
     for name in source.names():
         path = PurePosixPath(name)
-        if path.name in (spec.labels_csv, spec.labels_csv + ".zip") and len(path.parts) <= 2:
+        if path.name in (spec.sample_submission, spec.sample_submission + ".zip") and len(path.parts) <= 2:
             return "" if len(path.parts) == 1 else path.parts[0] + "/"
-    raise PipelineError(f"{source.path}: no {spec.labels_csv} found; is this the {spec.slug} data?")
+    raise PipelineError(f"{source.path}: no {spec.sample_submission} found; is this the {spec.slug} data?")
 
 
 def _copy_member(source: ImageArchive, name: str, target: Path) -> None:
@@ -132,21 +179,32 @@ def _copy_csv(source: ImageArchive, root: str, name: str, target: Path) -> None:
         target.write_bytes(inner.read(name))
 
 
+def pack_members(source: ImageArchive, members: list[str], strip: str, target: Path) -> None:
+    """Store ``members`` of ``source`` in a new zip at ``target``, minus the leading ``strip``."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:  # JPEGs do not deflate
+        for member in members:
+            info = zipfile.ZipInfo(member[len(strip):], date_time=ZIP_DATE)
+            with source.open(member) as src, archive.open(info, "w", force_zip64=True) as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+
+
 def ingest(source_path: Path, out_dir: Path, spec: CompetitionSpec, max_unpacked_bytes: int) -> None:
     """Copy a competition from a Kaggle bundle zip or a folder into the canonical layout in ``out_dir``."""
     source = ImageArchive(source_path, max_unpacked_bytes)
     root = _find_root(source, spec)
     for name in (spec.labels_csv, spec.sample_submission):
-        _copy_csv(source, root, name, out_dir / name)
-    if source.names(root + spec.image_archive) == [root + spec.image_archive]:
-        _copy_member(source, root + spec.image_archive, out_dir / spec.image_archive)
-        return
-    image_root = root + "imgs/" if source.names(root + "imgs/" + spec.train_prefix) else root
-    members = source.names(image_root + spec.train_prefix) + source.names(image_root + spec.test_prefix)
-    if not members:
-        raise PipelineError(f"{source.path}: no {spec.image_archive} and no {spec.train_prefix} images found")
-    with zipfile.ZipFile(out_dir / spec.image_archive, "w", zipfile.ZIP_STORED) as archive:
-        for member in members:
-            info = zipfile.ZipInfo(member[len(image_root):], date_time=ZIP_DATE)
-            with source.open(member) as src, archive.open(info, "w", force_zip64=True) as dst:
-                shutil.copyfileobj(src, dst, length=1 << 20)
+        if name:
+            _copy_csv(source, root, name, out_dir / name)
+    for archive_name in spec.archives:
+        if source.names(root + archive_name) == [root + archive_name]:
+            _copy_member(source, root + archive_name, out_dir / archive_name)
+            continue
+        # Unzipped by the user: imgs/train/... (State Farm), train/train/... or train/... (Dogs vs. Cats).
+        prefixes = [prefix for archive, prefix in ((spec.train_archive, spec.train_prefix),
+                                                   (spec.test_archive, spec.test_prefix)) if archive == archive_name]
+        unzipped = root + archive_name.removesuffix(".zip") + "/"
+        image_root = unzipped if source.names(unzipped + prefixes[0]) else root
+        members = [m for prefix in prefixes for m in source.names(image_root + prefix)]
+        if not members:
+            raise PipelineError(f"{source.path}: no {archive_name} and no {image_root + prefixes[0]} images found")
+        pack_members(source, members, image_root, out_dir / archive_name)

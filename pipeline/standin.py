@@ -1,10 +1,20 @@
-"""Generate the synthetic stand-in for State Farm, offline and deterministically from ``standin.seed``.
+"""Generate a synthetic stand-in for a competition, offline and deterministically from ``standin.seed``.
 
-Writes exactly what Kaggle serves (``imgs.zip`` with ``train/c0..c9/img_<n>.jpg``
-and ``test/img_<n>.jpg``, ``driver_imgs_list.csv``, ``sample_submission.csv``)
-plus ``solution.csv``, the hidden test labels with a Public/Private split that
-only the local scorer reads. Test drivers never appear in train. Every frame
-is seeded by (seed, driver, class, frame), so the output is byte-identical for
+Every stand-in has exactly the files and layout its competition has:
+
+- State Farm: ``imgs.zip`` (``train/c0..c9/img_<n>.jpg``, ``test/img_<n>.jpg``),
+  ``driver_imgs_list.csv``, ``sample_submission.csv``;
+- Dogs vs. Cats Redux: ``train.zip`` (``train/cat.<n>.jpg``, ``train/dog.<n>.jpg``),
+  ``test.zip`` (``test/<id>.jpg``), ``sample_submission.csv`` (``id,label``),
+  images of varying size;
+- own data: a folder per class, a groups CSV and a test folder, ingested the
+  way a user's own folders are (pipeline/own_data.py).
+
+Each adds ``solution.csv``, the hidden test labels with a Public/Private split
+that only the local scorer reads. The pictures are pose scenes from
+pipeline/standin_scene.py: each class is a pose, each "subject" (driver, pet,
+person) a fixed look; test subjects never appear in train. Every image is
+seeded by (seed, subject, class, frame), so the output is byte-identical for
 the same params whatever the number of worker processes.
 """
 from __future__ import annotations
@@ -12,30 +22,42 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.competitions import CompetitionSpec
-from pipeline.config import StandinParams
+from pipeline.competitions import DOGS_VS_CATS, OWN_DATA, STATE_FARM, CompetitionSpec
+from pipeline.config import OwnDataParams, StandinParams
 from pipeline.images import ZIP_DATE
-from pipeline.standin_scene import frame_pose, draw_frame, random_look
+from pipeline.standin_scene import draw_frame, frame_pose, random_look
+
+# Which scene pose draws each class (State Farm's c0..c9 are the poses themselves).
+POSES = {
+    STATE_FARM.slug: {c: c for c in STATE_FARM.classes},
+    DOGS_VS_CATS.slug: {"cat": "c0", "dog": "c7"},
+    OWN_DATA.slug: {"drinking": "c6", "phone": "c2", "radio": "c5", "safe": "c0"},
+}
+VARYING_SIZE = {DOGS_VS_CATS.slug}  # Kaggle's Dogs vs. Cats photos come in every size
 
 
 def _render(task: tuple) -> bytes:
-    seed, driver_index, class_index, frame, classname, width, height, quality = task
+    seed, driver_index, class_index, frame, pose, width, height, varying, quality = task
     look = random_look(np.random.default_rng([seed, driver_index]))
     rng = np.random.default_rng([seed, driver_index, class_index, frame])
-    image = draw_frame(look, frame_pose(classname, look, rng), width, height, rng)
+    if varying:
+        width = int(width * rng.uniform(0.5, 1.0))
+        height = int(width * rng.uniform(0.6, 1.3))
+    image = draw_frame(look, frame_pose(pose, look, rng), width, height, rng)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
 
 
-def plan_images(spec: CompetitionSpec, params: StandinParams) -> pd.DataFrame:
-    """One row per image: img, classname, subject, split, plus what the renderer needs."""
+def plan_images(classes, params: StandinParams) -> pd.DataFrame:
+    """One row per image: subject, classname, split, an image number and what the renderer needs."""
     rng = np.random.default_rng(params.seed)
     n_drivers = params.train_drivers + params.test_drivers
     numbers = rng.choice(np.arange(2, 1000), size=n_drivers, replace=False)
@@ -43,46 +65,103 @@ def plan_images(spec: CompetitionSpec, params: StandinParams) -> pd.DataFrame:
     rows = []
     for driver_index, subject in enumerate(subjects):
         split = "train" if driver_index < params.train_drivers else "test"
-        for class_index, classname in enumerate(spec.classes):
+        for class_index, classname in enumerate(classes):
             for frame in range(params.frames_per_class):
                 rows.append((subject, classname, split, driver_index, class_index, frame))
     table = pd.DataFrame(rows, columns=["subject", "classname", "split", "driver_index", "class_index", "frame"])
-    # Kaggle's image numbers say nothing about driver, class or split.
-    image_numbers = rng.choice(np.arange(1, 4 * len(table) + 10), size=len(table), replace=False)
-    table.insert(0, "img", [f"img_{n}.jpg" for n in image_numbers])
+    # Kaggle's image numbers say nothing about subject, class or split.
+    table["number"] = rng.choice(np.arange(1, 4 * len(table) + 10), size=len(table), replace=False)
     return table
 
 
-def _member(spec: CompetitionSpec, row) -> str:
-    if row.split == "train":
-        return f"{spec.train_prefix}{row.classname}/{row.img}"
-    return f"{spec.test_prefix}{row.img}"
+def _name_images(table: pd.DataFrame, spec: CompetitionSpec, seed: int) -> pd.DataFrame:
+    """File names, test ids and archive members as the competition has them."""
+    train = table.split == "train"
+    if spec is DOGS_VS_CATS:  # train/<class>.<n>.jpg; test/<id>.jpg with ids 1..N in random order
+        table["img"] = [f"{c}.{n}.jpg" for c, n in zip(table.classname, table.number)]
+        table.loc[~train, "img"] = [str(i + 1) for i in np.random.default_rng([seed, 2]).permutation((~train).sum())]
+    else:
+        table["img"] = [f"img_{n}.jpg" for n in table.number]
+    folder = table.classname + "/" if spec.labels_from == "csv" else ""
+    table["member"] = (spec.train_prefix + folder + table.img).where(train, spec.test_prefix + table.img
+                                                                     + spec.test_suffix)
+    return table
 
 
-def write_standin(out_dir: Path, spec: CompetitionSpec, params: StandinParams, workers: int | None = None) -> None:
-    """Render every image and write the competition's files into ``out_dir``."""
-    table = plan_images(spec, params)
-    table["member"] = [_member(spec, row) for row in table.itertuples()]
-    table = table.sort_values("member", ignore_index=True)
-    tasks = [(params.seed, r.driver_index, r.class_index, r.frame, r.classname, params.width, params.height,
-              params.jpeg_quality) for r in table.itertuples()]
+def _render_all(table: pd.DataFrame, spec: CompetitionSpec, params: StandinParams, workers: int | None):
+    """(member, JPEG bytes) in the table's order."""
+    poses = POSES[spec.slug]
+    tasks = [(params.seed, r.driver_index, r.class_index, r.frame, poses[r.classname], params.width, params.height,
+              spec.slug in VARYING_SIZE, params.jpeg_quality) for r in table.itertuples()]
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
-    with zipfile.ZipFile(out_dir / spec.image_archive, "w", zipfile.ZIP_STORED) as archive:
-        # JPEGs do not deflate; storing them keeps member reads a plain seek.
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for member, jpeg in zip(table["member"], pool.imap(_render, tasks, chunksize=16)):
-                archive.writestr(zipfile.ZipInfo(member, date_time=ZIP_DATE), jpeg)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from zip(table["member"], pool.imap(_render, tasks, chunksize=16))
 
-    train = table[table["split"] == "train"].sort_values(["subject", "classname", "img"])
-    train[list(spec.labels_columns)].to_csv(out_dir / spec.labels_csv, index=False)
 
-    test = table[table["split"] == "test"].sort_values("img", ignore_index=True)
-    sample = pd.DataFrame({spec.id_column: test["img"]})
-    for classname in spec.classes:
-        sample[classname] = 1.0 / len(spec.classes)
+def _write_sample(test: pd.DataFrame, spec: CompetitionSpec, classes, out_dir: Path) -> None:
+    sample = pd.DataFrame({spec.submission_id: test["img"]})
+    if spec.positive_class:
+        sample["label"] = 0.5
+    for classname in ([] if spec.positive_class else classes):
+        sample[classname] = 1.0 / len(classes)
     sample.to_csv(out_dir / spec.sample_submission, index=False)
 
+
+def _write_solution(test: pd.DataFrame, spec: CompetitionSpec, params: StandinParams, out_dir: Path) -> None:
     usage_rng = np.random.default_rng([params.seed, 1])
     public = usage_rng.random(len(test)) < params.public_fraction
-    solution = test[["img", "classname", "subject"]].assign(Usage=np.where(public, "Public", "Private"))
-    solution.to_csv(out_dir / spec.solution_csv, index=False)
+    solution = pd.DataFrame({spec.submission_id: test["img"], spec.label_column: test["classname"]})
+    if spec.group_column:
+        solution[spec.group_column] = test["subject"]
+    solution.assign(Usage=np.where(public, "Public", "Private")).to_csv(out_dir / spec.solution_csv, index=False)
+
+
+def write_standin(out_dir: Path, spec: CompetitionSpec, params: StandinParams, workers: int | None = None,
+                  own_data: OwnDataParams | None = None) -> None:
+    """Render every image and write the competition's files into ``out_dir``."""
+    classes = tuple(POSES[spec.slug])
+    table = _name_images(plan_images(classes, params), spec, params.seed)
+    table = table.sort_values("member", ignore_index=True)
+    if spec is OWN_DATA:
+        _write_own_data(out_dir, table, params, workers, own_data)
+        return
+    archives = {name: zipfile.ZipFile(out_dir / name, "w", zipfile.ZIP_STORED) for name in spec.archives}
+    try:
+        for member, jpeg in _render_all(table, spec, params, workers):
+            name = spec.train_archive if member.startswith(spec.train_prefix) else spec.test_archive
+            archives[name].writestr(zipfile.ZipInfo(member, date_time=ZIP_DATE), jpeg)
+    finally:
+        for archive in archives.values():
+            archive.close()
+    if spec.labels_csv:
+        train = table[table["split"] == "train"].sort_values(["subject", "classname", "img"])
+        train = train.rename(columns={"img": spec.id_column, "classname": spec.label_column,
+                                      "subject": spec.group_column})
+        train[list(spec.labels_columns)].to_csv(out_dir / spec.labels_csv, index=False)
+    test = table[table["split"] == "test"]
+    test = test.iloc[np.argsort(test["img"].map(_sort_key).to_numpy(), kind="stable")]
+    _write_sample(test, spec, classes, out_dir)
+    _write_solution(test, spec, params, out_dir)
+
+
+def _sort_key(image_id: str):
+    return (0, int(image_id), "") if image_id.isdigit() else (1, 0, image_id)
+
+
+def _write_own_data(out_dir: Path, table: pd.DataFrame, params: StandinParams, workers: int | None,
+                    settings: OwnDataParams | None) -> None:
+    """A user's folders (train/<class>/, test/, groups.csv), then the same ingest a user's data goes through."""
+    from pipeline.own_data import ingest_own_data
+
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".own-data-") as folder:
+        root = Path(folder)
+        for member, jpeg in _render_all(table, OWN_DATA, params, workers):
+            (root / member).parent.mkdir(parents=True, exist_ok=True)
+            (root / member).write_bytes(jpeg)
+        train = table[table.split == "train"].sort_values("img")
+        train[["img", "subject"]].rename(columns={"subject": "person"}).to_csv(root / "groups.csv", index=False)
+        layout = OwnDataParams(train_dir=str(root / "train"), test_dir=str(root / "test"),
+                               groups_csv=str(root / "groups.csv"), group_column="person")
+        ingest_own_data(layout, out_dir, None)
+    test = table[table["split"] == "test"].sort_values("img")
+    _write_solution(test, OWN_DATA, params, out_dir)  # ingest wrote the sample submission, as for a user

@@ -22,47 +22,74 @@ import pandas as pd
 from dvclive import Live
 
 from pipeline.atomic import atomic_file
-from pipeline.competitions import CompetitionSpec, get_spec
+from pipeline.competitions import CompetitionSpec
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.metrics import multiclass_log_loss
+from pipeline.metrics import competition_metric
 from pipeline.paths import SUBMISSIONS, ensemble_dir, metrics_dir, raw_dir
+from pipeline.raw_data import load_spec
 
 log = logging.getLogger(__name__)
+
+
+def read_table(path, id_column: str) -> pd.DataFrame:
+    """A CSV keyed by image id, the ids as text (Dogs vs. Cats ids are numbers, and must not become floats)."""
+    return pd.read_csv(path, dtype={id_column: str})
+
+
+def to_submission(ids, proba: np.ndarray, spec: CompetitionSpec) -> pd.DataFrame:
+    """Per-class probabilities -> the competition's columns (binary: the positive class's probability)."""
+    table = pd.DataFrame({spec.submission_id: list(ids)})
+    if spec.positive_class:
+        table["label"] = proba[:, spec.classes.index(spec.positive_class)]
+    else:
+        table[list(spec.classes)] = proba
+    return table
+
+
+def from_submission(table: pd.DataFrame, spec: CompetitionSpec) -> np.ndarray:
+    """The competition's columns -> per-class probabilities [n, classes]."""
+    if spec.positive_class:
+        positive = table["label"].to_numpy(dtype=float)
+        both = np.stack([1 - positive, positive], 1)
+        return both if spec.classes.index(spec.positive_class) == 1 else both[:, ::-1]
+    return table[list(spec.classes)].to_numpy(dtype=float)
 
 
 def validate_submission(table: pd.DataFrame, sample: pd.DataFrame, spec: CompetitionSpec, where: str) -> None:
     """What Kaggle would refuse, or score badly by accident, refused here with one line."""
     if list(table.columns) != list(spec.submission_columns):
         raise PipelineError(f"{where}: columns {list(table.columns)}; expected {list(spec.submission_columns)}")
-    ids = table[spec.id_column]
+    ids = table[spec.submission_id].astype(str)
     if ids.duplicated().any():
         raise PipelineError(f"{where}: image {ids[ids.duplicated()].iloc[0]!r} appears more than once")
-    missing = sorted(set(sample[spec.id_column]) - set(ids))
+    expected = set(sample[spec.submission_id].astype(str))
+    missing = sorted(expected - set(ids))
     if missing:
         raise PipelineError(f"{where}: {len(missing)} test image(s) missing, e.g. {missing[0]!r}")
-    extra = sorted(set(ids) - set(sample[spec.id_column]))
+    extra = sorted(set(ids) - expected)
     if extra:
         raise PipelineError(f"{where}: {len(extra)} image(s) not in the sample submission, e.g. {extra[0]!r}")
-    values = table[list(spec.classes)].to_numpy(dtype=float)
+    values = table[list(spec.submission_columns[1:])].to_numpy(dtype=float)
     if not np.isfinite(values).all():
         raise PipelineError(f"{where}: non-finite probabilities in row {int(np.nonzero(~np.isfinite(values))[0][0])}")
     if (values < 0).any() or (values > 1).any():
         raise PipelineError(f"{where}: probabilities outside [0, 1]")
     sums = values.sum(1)
-    if not np.allclose(sums, 1.0, atol=1e-4):
+    if not spec.positive_class and not np.allclose(sums, 1.0, atol=1e-4):
         raise PipelineError(f"{where}: row {int(np.argmax(np.abs(sums - 1)))} sums to {sums.max():.4f}, not 1")
 
 
 def score(table: pd.DataFrame, solution: pd.DataFrame, spec: CompetitionSpec) -> dict[str, float]:
-    """Log loss on Kaggle's public and private parts of the test set, as the leaderboard would show it."""
-    merged = solution.merge(table, on=spec.id_column, validate="one_to_one")
-    labels = merged[spec.label_column].map({c: i for i, c in enumerate(spec.classes)}).to_numpy()
-    proba = merged[list(spec.classes)].to_numpy(dtype=float)
-    scores = {"leaderboard_log_loss": multiclass_log_loss(labels, proba)}
+    """The competition's metric on Kaggle's public and private parts of the test set, as the leaderboard shows it."""
+    truth = solution[[spec.submission_id, spec.label_column, "Usage"]].rename(columns={spec.label_column: "truth"})
+    merged = truth.astype({spec.submission_id: str}).merge(table.astype({spec.submission_id: str}),
+                                                           on=spec.submission_id, validate="one_to_one")
+    labels, proba = spec.class_indices(merged.truth), from_submission(merged, spec)
+    scores = {"leaderboard_log_loss": competition_metric(spec, labels, proba)}
     for usage in ("Public", "Private"):
         part = (merged.Usage == usage).to_numpy()
-        scores[f"{usage.lower()}_log_loss"] = multiclass_log_loss(labels[part], proba[part])
+        scores[f"{usage.lower()}_log_loss"] = competition_metric(spec, labels[part], proba[part])
     return scores
 
 
@@ -72,26 +99,33 @@ def params_hash(params: Params) -> str:
 
 def main_for() -> None:
     params = load_params()
-    spec = get_spec(params.competition)
+    spec = load_spec(params.competition)
     raw = raw_dir(spec.slug)
-    sample = pd.read_csv(raw / spec.sample_submission)
-    test = pd.read_csv(ensemble_dir(spec.slug) / "test.csv").rename(columns={"img": spec.id_column})
-    table = sample[[spec.id_column]].merge(test, on=spec.id_column, how="left")
+    sample = read_table(raw / spec.sample_submission, spec.submission_id)
+    test = read_table(ensemble_dir(spec.slug) / "test.csv", "img").set_index("img")
+    missing = sorted(set(sample[spec.submission_id]) - set(test.index))
+    if missing:
+        raise PipelineError(f"{ensemble_dir(spec.slug) / 'test.csv'}: no prediction for test image {missing[0]!r}")
+    table = to_submission(sample[spec.submission_id], test.loc[sample[spec.submission_id]].to_numpy(), spec)
     target = SUBMISSIONS / f"{spec.slug}-{params_hash(params)}.csv"
-    validate_submission(table, sample, spec, str(target))
-    with atomic_file(target) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6f")
-        validate_submission(pd.read_csv(tmp), sample, spec, str(target))  # what Kaggle will read back
-    with atomic_file(SUBMISSIONS / "latest.csv") as tmp:
-        shutil.copyfile(target, tmp)
-    log.info("wrote %s (%d rows) and %s", target, len(table), SUBMISSIONS / "latest.csv")
-
     cv = json.loads((metrics_dir("ensemble") / "metrics.json").read_text())["cv_log_loss"]
     with Live(str(metrics_dir("submission")), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        live.summary.update(cv_log_loss=cv, file=target.name, experiment=os.environ.get("DVC_EXP_NAME", ""))
+        live.summary.update(cv_log_loss=cv, experiment=os.environ.get("DVC_EXP_NAME", ""))
+        if not len(table):  # own data without a test folder: the CV metrics are the result
+            live.summary["file"] = ""
+            log.info("no test images: CV log loss %.4f; no submission written", cv)
+            return
+        validate_submission(table, sample, spec, str(target))
+        with atomic_file(target) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6f")
+            validate_submission(read_table(tmp, spec.submission_id), sample, spec, str(target))  # as Kaggle reads it
+        with atomic_file(SUBMISSIONS / "latest.csv") as tmp:
+            shutil.copyfile(target, tmp)
+        log.info("wrote %s (%d rows) and %s", target, len(table), SUBMISSIONS / "latest.csv")
+        live.summary["file"] = target.name
         solution_path = raw / spec.solution_csv
-        if solution_path.is_file():  # only the stand-in knows its test labels
-            scores = score(table, pd.read_csv(solution_path), spec)
+        if solution_path.is_file():  # only the stand-ins know their test labels
+            scores = score(table, read_table(solution_path, spec.submission_id), spec)
             live.summary.update(scores, cv_over_private=cv / scores["private_log_loss"])
             log.info("CV log loss %.4f; local leaderboard: public %.4f, private %.4f", cv,
                      scores["public_log_loss"], scores["private_log_loss"])

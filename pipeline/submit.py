@@ -14,14 +14,13 @@ import logging
 import subprocess
 from pathlib import Path
 
-import pandas as pd
 
-from pipeline.competitions import get_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.kaggle_io import submit_file
 from pipeline.paths import SUBMISSIONS, metrics_dir, raw_dir
-from pipeline.submission import validate_submission
+from pipeline.raw_data import load_spec
+from pipeline.submission import read_table, validate_submission
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,11 @@ def main() -> None:
     parser.add_argument("--message", "-m", default=None)
     args = parser.parse_args()
     params = load_params()
-    spec = get_spec(params.competition)
+    spec = load_spec(params.competition)
     if not args.file.is_file():
         raise PipelineError(f"{args.file}: not found; run `dvc repro` first")
-    validate_submission(pd.read_csv(args.file), pd.read_csv(raw_dir(spec.slug) / spec.sample_submission), spec,
-                        str(args.file))
+    validate_submission(read_table(args.file, spec.submission_id),
+                        read_table(raw_dir(spec.slug) / spec.sample_submission, spec.submission_id), spec, str(args.file))
     message = args.message or default_message(args.file)
     answer = submit_file(spec.slug, args.file, message)
     log.info("submitted %s to %s: %s (message: %s)", args.file, spec.slug, answer or "accepted", message)

@@ -56,7 +56,11 @@ def set_params(repo: Path, **sections) -> None:
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """The pipeline's files in a fresh git repo with one commit, sized tiny; DVC needs the commit."""
-    repo = tmp_path / "repo"
+    return make_repo(tmp_path / "repo")
+
+
+def make_repo(repo: Path) -> Path:
+    """Build ``repo_copy``'s throw-away repository at ``repo`` (module-scoped fixtures call this directly)."""
     repo.mkdir()
     for name in REPO_FILES:
         source, target = REPO / name, repo / name
@@ -73,9 +77,9 @@ def repo_copy(tmp_path) -> Path:
     return repo
 
 
-def put_competition(repo: Path, source: Path) -> Path:
+def put_competition(repo: Path, source: Path, slug: str = STATE_FARM.slug) -> Path:
     """Copy a competition folder to where the download stage would have put it in ``repo``."""
-    target = repo / "data" / "raw" / STATE_FARM.slug
+    target = repo / "data" / "raw" / slug
     shutil.copytree(source, target)
     return target
 

@@ -19,7 +19,7 @@ def test_repro_builds_every_stage_then_has_nothing_to_do(repo_copy):
     raw = repo_copy / raw_dir(STATE_FARM.slug)
     assert (raw / "imgs.zip").is_file() and (raw / "driver_imgs_list.csv").is_file()
     folds = pd.read_csv(repo_copy / folds_csv(STATE_FARM.slug))
-    assert folds.fold.nunique() == 3 and (folds.groupby("subject").fold.nunique() == 1).all()
+    assert folds.fold.nunique() == 3 and (folds.groupby("group").fold.nunique() == 1).all()
     submission = pd.read_csv(repo_copy / "submissions" / "latest.csv")
     assert list(submission.columns) == ["img", *STATE_FARM.classes]
     assert len(list((repo_copy / "submissions").glob(f"{STATE_FARM.slug}-*.csv"))) == 1

@@ -13,8 +13,7 @@ from pipeline.competitions import STATE_FARM
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
 from pipeline.features import cache_features, load_feature_set
-from pipeline.paths import features_dir
-from tests.conftest import REPO, TINY_FEATURES, put_competition, replace_member, run, set_params
+from tests.conftest import REPO, TINY_FEATURES, run, set_params
 
 BACKBONE = "tf_efficientnet_lite0"
 
@@ -34,7 +33,7 @@ def _cache(tmp_path, tiny_competition, name, **features):
 
 def test_features_are_float16_memmaps_in_label_and_sample_submission_order(tmp_path, tiny_competition):
     features = _cache(tmp_path, tiny_competition, "out", test_views=["full", "zoom"], train_passes=1)
-    labels = pd.read_csv(tiny_competition / "driver_imgs_list.csv")
+    labels = pd.read_csv(tiny_competition / "driver_imgs_list.csv", dtype=str)
     sample = pd.read_csv(tiny_competition / "sample_submission.csv")
     assert features.train_ids == sorted(labels.img) and features.test_ids == list(sample.img)
     assert features.train_views.shape == (2, len(labels), 1280) and features.train_views.dtype == np.float16
@@ -59,21 +58,6 @@ def test_worker_count_changes_nothing_even_for_augmented_passes(tmp_path, tiny_c
 def test_a_flip_view_is_refused_for_state_farm(tmp_path):
     with pytest.raises(PipelineError, match="features.test_views: .* change under a horizontal flip"):
         _params(tmp_path, test_views=["full", "hflip"])
-
-
-@pytest.mark.parametrize("damage", ["truncated", "corrupt", "empty"])
-def test_a_bad_jpeg_stops_the_stage_naming_it_and_leaves_no_features(repo_copy, tiny_competition, damage):
-    raw = put_competition(repo_copy, tiny_competition)
-    member = "train/" + next(iter(pd.read_csv(raw / "driver_imgs_list.csv").pipe(lambda t: t.classname + "/" + t.img)))
-    with __import__("zipfile").ZipFile(raw / "imgs.zip") as archive:
-        good = archive.read(member)
-    broken = {"truncated": good[: len(good) // 2], "corrupt": b"\xff\xd8\xff" + bytes(200), "empty": b""}[damage]
-    replace_member(raw / "imgs.zip", member, broken)
-    result = run([sys.executable, "-m", "pipeline.features", BACKBONE], repo_copy, check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: data/raw/{STATE_FARM.slug}/imgs.zip:{member}: ")
-    folder = repo_copy / features_dir(STATE_FARM.slug, BACKBONE)
-    assert not folder.exists() and list(folder.parent.iterdir()) == []
 
 
 def test_an_unlisted_backbone_argument_is_refused(repo_copy):

@@ -65,7 +65,7 @@ def test_torchrun_with_two_cpu_processes_writes_the_usual_predictions(repo_copy,
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
          "pipeline.finetune", "--fold", "0"], repo_copy, env={"OMP_NUM_THREADS": "1"})
     oof, test = _fold0(repo_copy)
-    folds = pd.read_csv(repo_copy / "data" / "folds" / STATE_FARM.slug / "driver_folds.csv")
+    folds = pd.read_csv(repo_copy / "data" / "folds" / STATE_FARM.slug / "folds.csv")
     assert sorted(oof.img) == sorted(folds.img[folds.fold == 0])
     assert list(test.img) == list(pd.read_csv(repo_copy / "data" / "raw" / STATE_FARM.slug / "sample_submission.csv").img)
     for table in (oof, test):

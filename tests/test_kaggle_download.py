@@ -20,7 +20,7 @@ from PIL import Image
 from responses import matchers
 
 from pipeline import download
-from pipeline.competitions import STATE_FARM
+from pipeline.competitions import DOGS_VS_CATS, STATE_FARM
 from pipeline.paths import raw_dir
 from tests.conftest import set_params
 
@@ -54,6 +54,26 @@ def full_size_bundle(path: Path, extra_member: str | None = None) -> bytes:
     return path.read_bytes()
 
 
+def dogs_vs_cats_bundle(path: Path) -> bytes:
+    """Dogs vs. Cats Redux as Kaggle serves it: train.zip and test.zip nested, 25,000 and 12,500 images."""
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 6), (90, 90, 90)).save(jpeg, "JPEG")
+    n_train, n_test = DOGS_VS_CATS.official_counts["train"], DOGS_VS_CATS.official_counts["test"]
+    train, test = io.BytesIO(), io.BytesIO()
+    with zipfile.ZipFile(train, "w") as archive:
+        for i in range(n_train):
+            archive.writestr(f"train/{('cat', 'dog')[i % 2]}.{i // 2}.jpg", jpeg.getvalue())
+    with zipfile.ZipFile(test, "w") as archive:
+        for i in range(1, n_test + 1):
+            archive.writestr(f"test/{i}.jpg", jpeg.getvalue())
+    with zipfile.ZipFile(path, "w") as bundle:
+        bundle.writestr("train.zip", train.getvalue())
+        bundle.writestr("test.zip", test.getvalue())
+        bundle.writestr("sample_submission.csv", pd.DataFrame({"id": range(1, n_test + 1), "label": 0.5})
+                        .to_csv(index=False))
+    return path.read_bytes()
+
+
 @pytest.fixture(scope="module")
 def bundle_bytes(tmp_path_factory) -> bytes:
     return full_size_bundle(tmp_path_factory.mktemp("bundle") / "bundle.zip")
@@ -69,9 +89,9 @@ def kaggle_repo(repo_copy, monkeypatch, tmp_path) -> Path:
     return repo_copy
 
 
-def serve(bundle: bytes, status: int = 200) -> None:
+def serve(bundle: bytes, status: int = 200, slug: str = STATE_FARM.slug) -> None:
     responses.add(responses.POST, API, status=302, headers={"Location": STORAGE + "?X-Goog-Signature=abc"},
-                  match=[matchers.json_params_matcher({"competitionName": STATE_FARM.slug})])
+                  match=[matchers.json_params_matcher({"competitionName": slug})])
     responses.add(responses.GET, STORAGE, body=bundle, status=status, content_type="application/zip",
                   headers={"Content-Length": str(len(bundle))})
 
@@ -88,6 +108,20 @@ def test_real_client_downloads_unpacks_and_checks_the_full_competition(kaggle_re
     logged = capsys.readouterr()
     assert FAKE_KEY not in logged.out + logged.err
     # Nowhere in the repository: outputs, params, DVC's files.
+    assert not any(FAKE_KEY.encode() in p.read_bytes() for p in kaggle_repo.rglob("*") if p.is_file())
+
+
+@responses.activate
+def test_real_client_downloads_dogs_vs_cats_and_keeps_its_two_archives(kaggle_repo, tmp_path, capsys):
+    set_params(kaggle_repo, competition=DOGS_VS_CATS.slug)
+    serve(dogs_vs_cats_bundle(tmp_path / "dogs.zip"), slug=DOGS_VS_CATS.slug)
+    download.main()
+    raw = kaggle_repo / raw_dir(DOGS_VS_CATS.slug)
+    assert sorted(p.name for p in raw.iterdir()) == ["sample_submission.csv", "test.zip", "train.zip"]
+    with zipfile.ZipFile(raw / "train.zip") as train, zipfile.ZipFile(raw / "test.zip") as test:
+        assert (len(train.namelist()), len(test.namelist())) == (25_000, 12_500)
+    logged = capsys.readouterr()
+    assert FAKE_KEY not in logged.out + logged.err
     assert not any(FAKE_KEY.encode() in p.read_bytes() for p in kaggle_repo.rglob("*") if p.is_file())
 
 

@@ -1,0 +1,95 @@
+"""A user's own image classification data, packed into the layout every stage reads (competition ``own-data``).
+
+What the user has (params section ``own_data``):
+
+- ``train_dir/<class>/*.jpg``: a folder per class; the folder names are the classes;
+- ``groups_csv`` (optional): columns ``img`` (file name) and ``group_column``; folds
+  never split a group (a patient, a camera, a session), as State Farm's never split a driver;
+- ``test_dir`` (optional): unlabeled ``*.jpg`` to predict; without it the
+  pipeline reports CV metrics and writes no submission.
+
+What the download stage writes into ``data/raw/own-data/``: ``images.zip``
+(``train/<class>/<img>``, ``test/<img>``), ``labels.csv`` (img, label, group) and
+``sample_submission.csv`` (id plus one uniform probability column per class).
+"""
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from pipeline.competitions import OWN_DATA
+from pipeline.config import OwnDataParams
+from pipeline.errors import PipelineError
+from pipeline.images import ZIP_DATE, ImageArchive
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def _images(folder: Path, key: str, depth: int) -> list[str]:
+    """Image files ``depth`` levels below ``folder`` (hidden files such as .DS_Store skipped), refusing others."""
+    if not folder.is_dir():
+        raise PipelineError(f"params.yaml: own_data.{key}: {folder} is not a folder")
+    names = [n for n in ImageArchive(folder).names() if not PurePosixPath(n).name.startswith(".")]
+    for name in names:
+        if len(PurePosixPath(name).parts) != depth:
+            where = "<class>/<image>.jpg" if depth == 2 else "<image>.jpg"
+            raise PipelineError(f"{folder / name}: expected {where} directly under own_data.{key}")
+        if not name.lower().endswith(JPEG_SUFFIXES):
+            raise PipelineError(f"{folder / name}: not a .jpg file; convert it to JPEG or remove it")
+    return names
+
+
+def ingest_own_data(settings: OwnDataParams, out_dir: Path, max_unpacked_bytes: int | None) -> None:
+    """Pack the user's folders into ``out_dir`` (images.zip, labels.csv, sample_submission.csv)."""
+    train_root = Path(settings.train_dir).expanduser()
+    train = pd.DataFrame([PurePosixPath(n).parts for n in _images(train_root, "train_dir", 2)],
+                         columns=["label", "img"])
+    classes = sorted(train.label.unique())
+    if len(classes) < 2:
+        raise PipelineError(f"{train_root}: found {len(classes)} class folder(s) with images; need at least 2")
+    twice = train[train.img.duplicated(keep=False)].sort_values("img")
+    if len(twice):
+        raise PipelineError(f"{train_root}: {twice.img.iloc[0]} is in both {twice.label.iloc[0]}/ and "
+                            f"{twice.label.iloc[1]}/; image file names must be unique")
+    train["group"] = ""
+    if settings.groups_csv:
+        path = Path(settings.groups_csv).expanduser()
+        try:
+            groups = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise PipelineError(f"{path}: not a readable CSV ({error})") from None
+        missing = [c for c in ("img", settings.group_column) if c not in groups.columns]
+        if missing:
+            raise PipelineError(f"{path}: missing column(s) {missing}; expected img and own_data.group_column")
+        group_of = groups.drop_duplicates("img").set_index("img")[settings.group_column]
+        unlisted = sorted(set(train.img) - set(group_of.index))
+        if unlisted:
+            raise PipelineError(f"{path}: does not list {unlisted[0]} (found in {train_root}); "
+                                f"{len(unlisted)} image(s) without a group")
+        train["group"] = train.img.map(group_of)
+        if (train.group == "").any():
+            raise PipelineError(f"{path}: {train.img[train.group == ''].iloc[0]} has an empty group")
+
+    test_root = Path(settings.test_dir).expanduser() if settings.test_dir else None
+    test_ids = sorted(_images(test_root, "test_dir", 1)) if test_root else []
+    total = sum((train_root / label / img).stat().st_size for label, img in zip(train.label, train.img))
+    total += sum((test_root / name).stat().st_size for name in test_ids)
+    if max_unpacked_bytes is not None and total > max_unpacked_bytes:
+        raise PipelineError(f"{train_root}: {total:,} bytes of images, over data.max_unpacked_bytes="
+                            f"{max_unpacked_bytes:,}")
+
+    train = train.sort_values("img", ignore_index=True)
+    files = [(train_root / label / img, f"{OWN_DATA.train_prefix}{label}/{img}") for label, img in
+             zip(train.label, train.img)]
+    files += [(test_root / name, OWN_DATA.test_member(name)) for name in test_ids]
+    with zipfile.ZipFile(out_dir / OWN_DATA.train_archive, "w", zipfile.ZIP_STORED) as archive:
+        for path, member in files:  # fixed timestamps: the same folders give a byte-identical zip
+            with open(path, "rb") as src, archive.open(zipfile.ZipInfo(member, date_time=ZIP_DATE), "w",
+                                                       force_zip64=True) as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+    train[list(OWN_DATA.labels_columns)].to_csv(out_dir / OWN_DATA.labels_csv, index=False)
+    sample = pd.DataFrame({OWN_DATA.submission_id: test_ids, **{c: 1.0 / len(classes) for c in classes}})
+    sample[[OWN_DATA.submission_id, *classes]].to_csv(out_dir / OWN_DATA.sample_submission, index=False)

@@ -1,0 +1,92 @@
+"""params.yaml mistakes stop a stage with one line that names the key, before anything is written."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from pipeline.config import load_params
+from pipeline.paths import features_dir, folds_csv, raw_dir
+from tests.conftest import REPO, put_competition, run, set_params
+
+DOWNLOAD = [sys.executable, "-m", "pipeline.download"]
+
+
+def test_the_shipped_params_load_with_state_farm_from_the_standin():
+    params = load_params(REPO / "params.yaml")
+    assert params.competition == "state-farm-distracted-driver-detection"
+    assert params.data.source == "standin"
+    assert 0 <= params.dropout < 1
+
+
+def test_config_object_is_frozen():
+    params = load_params(REPO / "params.yaml")
+    with pytest.raises(Exception):
+        params.folds.n_splits = 3
+
+
+def _edit(repo, edit) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    edit(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda p: p.update(dropuot=p.pop("dropout")), "params.yaml: dropuot: unknown key (did you mean 'dropout'?)"),
+        (lambda p: p.update(dropout=1.5), "params.yaml: dropout: Input should be less than 1"),
+        (lambda p: p.update(dropout="high"), "params.yaml: dropout: Input should be a valid number"),
+        (lambda p: p["folds"].update(n_splits=1), "params.yaml: folds.n_splits: Input should be greater than or equal to 2"),
+        (lambda p: p["folds"].update(n_splits="5"), "params.yaml: folds.n_splits: Input should be a valid integer"),
+        (lambda p: p["data"].update(source="s3"), "params.yaml: data.source: Input should be 'standin', 'kaggle' or 'local'"),
+        (lambda p: p["standin"].pop("seed"), "params.yaml: standin.seed: missing key"),
+        (lambda p: p["standin"].update(widht=64), "params.yaml: standin.widht: unknown key"),
+        (lambda p: p.update(competition="state-farm"), "params.yaml: competition: unknown competition 'state-farm'"),
+        (lambda p: p["augment"].update(hflip=True), "params.yaml: augment.hflip: state-farm-distracted-driver-detection "
+                                                    "classes change under a horizontal flip"),
+        (lambda p: p["finetune"].update(folds=[0, 7]), "params.yaml: finetune.folds: [0, 7] must be distinct folds below"),
+        (lambda p: p["augment"].update(scale=[1.1, 0.9]), "params.yaml: augment.scale: Value error, expected [low, high]"),
+        (lambda p: p.update(competition="own-data", data={**p["data"], "source": "kaggle"}),
+         "params.yaml: data.source: own-data is not on Kaggle"),
+        (lambda p: p.update(competition="own-data", data={**p["data"], "source": "local"}),
+         "params.yaml: own_data.train_dir: empty"),
+        (lambda p: p.update(params_version=2), "params.yaml: params_version: unknown key"),
+    ],
+)
+def test_a_bad_param_is_one_line_naming_the_key_and_nothing_is_written(repo_copy, edit, expected):
+    _edit(repo_copy, edit)
+    error = _one_line_error(run(DOWNLOAD, repo_copy, check=False))
+    assert error.startswith(f"error: {expected}"), error
+    assert not (repo_copy / "data").exists()
+
+
+def test_yaml_that_does_not_parse_names_the_file(repo_copy):
+    (repo_copy / "params.yaml").write_text("dropout: [0.5\n")
+    assert _one_line_error(run(DOWNLOAD, repo_copy, check=False)).startswith("error: params.yaml: not valid YAML")
+
+
+def test_more_folds_than_drivers_names_the_key_and_writes_no_folds(repo_copy, tiny_competition):
+    put_competition(repo_copy, tiny_competition)
+    set_params(repo_copy, folds={"n_splits": 6}, finetune={"folds": [0]})
+    error = _one_line_error(run([sys.executable, "-m", "pipeline.folds"], repo_copy, check=False))
+    assert error == ("error: params.yaml: folds.n_splits: 6 folds need at least 6 distinct subject values; "
+                     "the data has 5")
+    assert not (repo_copy / folds_csv("state-farm-distracted-driver-detection")).exists()
+
+
+def test_a_backbone_timm_does_not_know_names_the_key(repo_copy, tiny_competition):
+    put_competition(repo_copy, tiny_competition)
+    set_params(repo_copy, features={"backbones": {"efficientnet_b99": {"image_size": 64}}})
+    error = _one_line_error(run([sys.executable, "-m", "pipeline.features", "efficientnet_b99"], repo_copy,
+                                check=False))
+    assert error.startswith("error: params.yaml: features.backbones.efficientnet_b99: timm has no model")
+    assert not (repo_copy / features_dir("state-farm-distracted-driver-detection", "efficientnet_b99")).exists()
+    assert (repo_copy / raw_dir("state-farm-distracted-driver-detection")).is_dir()

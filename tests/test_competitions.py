@@ -1,0 +1,205 @@
+"""Beyond State Farm: Dogs vs. Cats Redux and the user's own folders run through every stage unchanged."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.competitions import DOGS_VS_CATS, OWN_DATA
+from pipeline.config import StandinParams
+from pipeline.errors import PipelineError
+from pipeline.folds import make_folds
+from pipeline.metrics import binary_log_loss, competition_metric, multiclass_log_loss
+from pipeline.paths import folds_csv, raw_dir
+from pipeline.raw_data import check_competition_files, ingest, train_table, with_classes
+from pipeline.standin import write_standin
+from pipeline.submission import score
+from tests.conftest import TINY_STANDIN, run, set_params
+
+DVC = [sys.executable, "-m", "dvc"]
+LIMIT = 10**9
+
+
+@pytest.fixture(scope="module")
+def tiny_dogs_vs_cats(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dvc") / DOGS_VS_CATS.slug
+    out.mkdir()
+    write_standin(out, DOGS_VS_CATS, StandinParams(**TINY_STANDIN), workers=1)
+    return out
+
+
+def _exp_metrics(repo: Path) -> dict:
+    table = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
+    [exp] = [e for commit in table for e in (commit.get("experiments") or [])]
+    return {path: m["data"] for path, m in exp["revs"][0]["data"]["metrics"].items()}
+
+
+def test_dogs_vs_cats_layout_is_kaggles(tiny_dogs_vs_cats):
+    assert sorted(p.name for p in tiny_dogs_vs_cats.iterdir()) == ["sample_submission.csv", "solution.csv",
+                                                                   "test.zip", "train.zip"]
+    with zipfile.ZipFile(tiny_dogs_vs_cats / "train.zip") as train, zipfile.ZipFile(tiny_dogs_vs_cats / "test.zip") as test:
+        train_names, test_names = train.namelist(), test.namelist()
+        sizes = {Image.open(train.open(n)).size for n in train_names}
+    assert all(n.startswith(("train/cat.", "train/dog.")) and n.endswith(".jpg") for n in train_names)
+    sample = pd.read_csv(tiny_dogs_vs_cats / "sample_submission.csv")
+    assert list(sample.columns) == ["id", "label"] and list(sample.id) == list(range(1, len(test_names) + 1))
+    assert sorted(test_names) == sorted(f"test/{i}.jpg" for i in sample.id)
+    assert len(sizes) > 1  # Kaggle's photos come in every size
+    counts = check_competition_files(tiny_dogs_vs_cats, DOGS_VS_CATS, LIMIT, official_counts=False)
+    assert counts == {"train": len(train_names), "test": len(test_names)}
+
+
+def test_dogs_vs_cats_labels_come_from_file_names_and_folds_are_stratified(tiny_dogs_vs_cats):
+    table = train_table(tiny_dogs_vs_cats, DOGS_VS_CATS)
+    assert (table.label == table.img.str.split(".").str[0]).all() and (table.group == "").all()
+    folds = make_folds(table, DOGS_VS_CATS, n_splits=3, seed=0)
+    per_fold = folds.groupby(["fold", "label"]).size().unstack()
+    assert (per_fold.max() - per_fold.min() <= 1).all()  # stratified: each fold has its share of cats and dogs
+    with pytest.raises(PipelineError, match="smallest class has"):
+        make_folds(table, DOGS_VS_CATS, n_splits=50, seed=0)
+
+
+@pytest.mark.parametrize("shape", ["kaggle_bundle", "unzipped_folder"])
+def test_dogs_vs_cats_ingests_from_the_bundle_or_an_unzipped_folder(tiny_dogs_vs_cats, tmp_path, shape):
+    if shape == "kaggle_bundle":
+        source = tmp_path / f"{DOGS_VS_CATS.slug}.zip"
+        with zipfile.ZipFile(source, "w") as bundle:
+            for name in ("train.zip", "test.zip", "sample_submission.csv"):
+                bundle.write(tiny_dogs_vs_cats / name, name)
+    else:
+        source = tmp_path / "unzipped"
+        source.mkdir()
+        (source / "sample_submission.csv").write_bytes((tiny_dogs_vs_cats / "sample_submission.csv").read_bytes())
+        for name in ("train.zip", "test.zip"):
+            with zipfile.ZipFile(tiny_dogs_vs_cats / name) as archive:
+                archive.extractall(source)
+    out = tmp_path / "out"
+    out.mkdir()
+    ingest(source, out, DOGS_VS_CATS, LIMIT)
+    assert sorted(p.name for p in out.iterdir()) == ["sample_submission.csv", "test.zip", "train.zip"]
+    assert check_competition_files(out, DOGS_VS_CATS, LIMIT, False) == \
+        check_competition_files(tiny_dogs_vs_cats, DOGS_VS_CATS, LIMIT, False)
+
+
+def test_binary_log_loss_is_kaggles_and_agrees_with_two_column_log_loss():
+    p_dog = np.array([0.9, 0.2, 0.5, 1.0])
+    is_dog = np.array([1, 0, 1, 0])
+    expected = -(math.log(0.9) + math.log(0.8) + math.log(0.5) + math.log(1 - (1 - 1e-15))) / 4  # clipped like Kaggle
+    assert binary_log_loss(is_dog, p_dog) == pytest.approx(expected)
+    both = np.stack([1 - p_dog, p_dog], 1)
+    assert competition_metric(DOGS_VS_CATS, is_dog, both) == pytest.approx(expected)
+    # Away from the clip, the multi-class loss on [P(cat), P(dog)] is the same number: heads and blends can use it.
+    assert multiclass_log_loss(is_dog[:3], both[:3]) == pytest.approx(binary_log_loss(is_dog[:3], p_dog[:3]))
+
+
+def test_a_dogs_vs_cats_submission_is_scored_on_p_dog():
+    submission = pd.DataFrame({"id": ["1", "2", "3"], "label": [0.9, 0.3, 0.6]})
+    solution = pd.DataFrame({"id": [1, 2, 3], "label": ["dog", "cat", "cat"], "Usage": ["Public", "Private", "Private"]})
+    scores = score(submission, solution, DOGS_VS_CATS)
+    assert scores["public_log_loss"] == pytest.approx(-math.log(0.9))
+    assert scores["private_log_loss"] == pytest.approx(-(math.log(0.7) + math.log(0.4)) / 2)
+
+
+def test_dvc_exp_run_on_dogs_vs_cats_writes_an_id_label_submission_with_cv_metrics(repo_copy):
+    # Mirroring is fine for cats and dogs: the flip view and flip augmentation are allowed here.
+    set_params(repo_copy, augment={"hflip": True}, features={"test_views": ["full", "hflip"]})
+    run(["git", "commit", "-qam", "flip for dogs vs cats"], repo_copy)
+    run(DVC + ["exp", "run", "-S", f"competition={DOGS_VS_CATS.slug}", "-n", "dogs"], repo_copy)
+    raw = repo_copy / raw_dir(DOGS_VS_CATS.slug)
+    assert (raw / "train.zip").is_file() and (raw / "test.zip").is_file()
+    submission = pd.read_csv(repo_copy / "submissions" / "latest.csv")
+    sample = pd.read_csv(raw / "sample_submission.csv")
+    assert list(submission.columns) == ["id", "label"] and list(submission.id) == list(sample.id)
+    assert submission.label.between(0, 1).all() and submission.label.std() > 0
+    metrics = _exp_metrics(repo_copy)
+    assert {"cv_log_loss", "public_log_loss", "private_log_loss"} <= set(metrics["metrics/submission/metrics.json"])
+    assert metrics["metrics/ensemble/metrics.json"]["cv_log_loss"] < math.log(2) * 1.5
+    folds = pd.read_csv(repo_copy / folds_csv(DOGS_VS_CATS.slug))
+    assert folds.group.isna().all() and folds.fold.nunique() == 3
+
+
+def test_dvc_exp_run_on_own_data_groups_folds_by_the_users_column(repo_copy):
+    run(DVC + ["exp", "run", "-S", f"competition={OWN_DATA.slug}", "-n", "own"], repo_copy)
+    raw = repo_copy / raw_dir(OWN_DATA.slug)
+    assert sorted(p.name for p in raw.iterdir()) == ["images.zip", "labels.csv", "sample_submission.csv",
+                                                     "solution.csv"]
+    classes = list(pd.read_csv(raw / "sample_submission.csv").columns[1:])
+    assert classes == ["drinking", "phone", "radio", "safe"]
+    submission = pd.read_csv(repo_copy / "submissions" / "latest.csv")
+    assert list(submission.columns) == ["id", *classes]
+    assert np.allclose(submission[classes].sum(axis=1), 1, atol=1e-4)
+    folds = pd.read_csv(repo_copy / folds_csv(OWN_DATA.slug))
+    assert (folds.groupby("group").fold.nunique() == 1).all()
+    assert "cv_log_loss" in _exp_metrics(repo_copy)["metrics/submission/metrics.json"]
+
+
+def _jpeg(path: Path, colour: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), colour).save(path, "JPEG")
+
+
+def _user_folders(root: Path, with_test: bool = True) -> dict:
+    """A user's data: two class folders of 6 images, a groups CSV (3 people), optionally a test folder."""
+    rows = []
+    for k, label in enumerate(("closed", "open")):
+        for i in range(6):
+            name = f"{label[0]}{i}.jpg"
+            _jpeg(root / "train" / label / name, (40 + 150 * k, 60 + 10 * i, 90))
+            rows.append((name, f"person{i % 3}"))
+    pd.DataFrame(rows, columns=["img", "person"]).to_csv(root / "groups.csv", index=False)
+    (root / "train" / "open" / ".DS_Store").write_bytes(b"finder")
+    if with_test:
+        for i in range(4):
+            _jpeg(root / "test" / f"t{i}.jpg", (50 + 40 * i, 70, 90))
+    return {"train_dir": str(root / "train"), "test_dir": str(root / "test") if with_test else "",
+            "groups_csv": str(root / "groups.csv"), "group_column": "person"}
+
+
+def test_own_folders_land_in_one_zip_with_labels_groups_and_a_sample_submission(repo_copy, tmp_path):
+    set_params(repo_copy, competition=OWN_DATA.slug, data={"source": "local"},
+               own_data=_user_folders(tmp_path / "mine"))
+    run([sys.executable, "-m", "pipeline.download"], repo_copy)
+    raw = repo_copy / raw_dir(OWN_DATA.slug)
+    labels = pd.read_csv(raw / "labels.csv")
+    assert list(labels.columns) == ["img", "label", "group"] and len(labels) == 12
+    assert labels.group.nunique() == 3 and set(labels.label) == {"closed", "open"}
+    sample = pd.read_csv(raw / "sample_submission.csv")
+    assert list(sample.columns) == ["id", "closed", "open"] and list(sample.id) == [f"t{i}.jpg" for i in range(4)]
+    spec = with_classes(OWN_DATA, raw)
+    assert check_competition_files(raw, spec, LIMIT, False) == {"train": 12, "test": 4}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: _jpeg(root / "train" / "open" / "c0.jpg", (1, 2, 3)), "c0.jpg is in both closed/ and open/"),
+    (lambda root: (root / "train" / "open" / "notes.txt").write_text("x"), "notes.txt: not a .jpg file"),
+    (lambda root: pd.read_csv(root / "groups.csv").iloc[1:].to_csv(root / "groups.csv", index=False),
+     "groups.csv: does not list c0.jpg"),
+    (lambda root: _jpeg(root / "train" / "open" / "deeper" / "x.jpg", (1, 2, 3)), "expected <class>/<image>.jpg"),
+])
+def test_bad_own_folders_stop_the_download_with_one_line_and_write_nothing(repo_copy, tmp_path, damage, message):
+    settings = _user_folders(tmp_path / "mine")
+    damage(tmp_path / "mine")
+    set_params(repo_copy, competition=OWN_DATA.slug, data={"source": "local"}, own_data=settings)
+    result = run([sys.executable, "-m", "pipeline.download"], repo_copy, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not (repo_copy / raw_dir(OWN_DATA.slug)).exists()
+
+
+def test_own_data_without_a_test_folder_reports_cv_and_writes_no_submission(repo_copy, tmp_path):
+    set_params(repo_copy, competition=OWN_DATA.slug, data={"source": "local"},
+               own_data=_user_folders(tmp_path / "mine", with_test=False), folds={"n_splits": 3},
+               ensemble={"models": ["heads-tf_efficientnet_lite0"]})
+    for stage in (["download"], ["folds"], ["features", "tf_efficientnet_lite0"], ["heads", "tf_efficientnet_lite0"],
+                  ["ensemble"], ["submission"]):
+        run([sys.executable, "-m", f"pipeline.{stage[0]}", *stage[1:]], repo_copy)
+    metrics = json.loads((repo_copy / "metrics" / "submission" / "metrics.json").read_text())
+    assert metrics["file"] == "" and metrics["cv_log_loss"] > 0
+    assert not list((repo_copy / "submissions").glob("*.csv"))
