@@ -24,13 +24,12 @@ import torch
 
 from pipeline.augment import view_transform
 from pipeline.backbones import create_backbone, data_config
-from pipeline.competitions import get_spec
 from pipeline.config import load_params
 from pipeline.features import extract
 from pipeline.image_data import ArchiveImages, autocast, pick_device, resolve_workers
 from pipeline.images import ImageArchive
 from pipeline.paths import raw_dir
-from pipeline.raw_data import load_labels
+from pipeline.raw_data import load_spec, train_table
 
 
 def model_only(model, batch_size: int, size: int, device: torch.device, amp: bool, seconds: float) -> float:
@@ -60,10 +59,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of (a)")
     args = parser.parse_args()
 
-    spec = get_spec(params.competition)
+    spec = load_spec(params.competition)
     raw = raw_dir(spec.slug)
-    labels = load_labels(raw, spec)
-    members = spec.train_members(labels)
+    members = list(train_table(raw, spec).member)
     members = [members[i % len(members)] for i in range(args.images or len(members))]
     size = params.features.backbones.get(args.backbone, next(iter(params.features.backbones.values()))).image_size
     device = pick_device()
@@ -76,7 +74,7 @@ def main() -> None:
 
     forward = model_only(model, args.batch_size, size, device, params.features.amp, args.seconds)
     print(f"(a) model-only forward:        {forward:9.1f} img/s")
-    dataset = ArchiveImages(ImageArchive(raw / spec.image_archive), members,
+    dataset = ArchiveImages(ImageArchive(raw / spec.train_archive), members,
                             view_transform("full", size, config["interpolation"]), size)
     with tempfile.TemporaryDirectory() as tmp:
         out = np.lib.format.open_memmap(Path(tmp) / "bench.npy", mode="w+", dtype=np.float16,

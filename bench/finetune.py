@@ -21,13 +21,12 @@ import torch
 
 from pipeline.augment import train_transform
 from pipeline.backbones import create_backbone, data_config
-from pipeline.competitions import get_spec
 from pipeline.config import load_params
 from pipeline.finetune import train_one_epoch
 from pipeline.image_data import autocast, loader, pick_device, resolve_workers, ArchiveImages
 from pipeline.images import ImageArchive
 from pipeline.paths import raw_dir
-from pipeline.raw_data import load_labels
+from pipeline.raw_data import load_spec, train_table
 from pipeline.training import warmup_cosine
 
 
@@ -66,10 +65,10 @@ def main() -> None:
     args = parser.parse_args()
     settings = settings.model_copy(update={"batch_size": args.batch_size, "image_size": args.image_size})
 
-    spec = get_spec(params.competition)
+    spec = load_spec(params.competition)
     raw = raw_dir(spec.slug)
-    labels = load_labels(raw, spec)
-    members = spec.train_members(labels)
+    labels = train_table(raw, spec)
+    members = list(labels.member)
     rows = [i % len(members) for i in range(args.images or len(members))]
     device = pick_device()
     workers = resolve_workers(args.workers, device)
@@ -84,10 +83,10 @@ def main() -> None:
                                   args.seconds)
     print(f"(a) model-only train step:     {forward_backward:9.1f} img/s")
 
-    dataset = ArchiveImages(ImageArchive(raw / spec.image_archive), [members[i] for i in rows],
+    dataset = ArchiveImages(ImageArchive(raw / spec.train_archive), [members[i] for i in rows],
                             train_transform(params.augment, args.image_size, settings.seed), args.image_size,
                             seeds=np.arange(len(rows)))
-    dataset.targets = labels[spec.label_column].map({c: i for i, c in enumerate(spec.classes)}).to_numpy()[rows]
+    dataset.targets = spec.class_indices(labels.label)[rows]
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
     data = loader(dataset, args.batch_size, workers, device, sampler=sampler)
     schedule = warmup_cosine(optimizer, 0, len(data))

@@ -18,25 +18,25 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.competitions import get_spec
 from pipeline.config import load_params
 from pipeline.features import load_feature_set
 from pipeline.paths import features_dir, raw_dir
+from pipeline.raw_data import load_spec, train_table
 
 
 def main() -> None:
     params = load_params()
-    spec = get_spec(params.competition)
+    spec = load_spec(params.competition)
     raw = raw_dir(spec.slug)
-    labels = pd.read_csv(raw / spec.labels_csv).sort_values(spec.id_column, ignore_index=True)
-    solution = pd.read_csv(raw / spec.solution_csv)
+    labels = train_table(raw, spec)
+    solution = pd.read_csv(raw / spec.solution_csv, dtype=str)
     cached = load_feature_set(features_dir(spec.slug, "tf_efficientnet_lite0"))
     train_rows = pd.Series(range(len(cached.train_ids)), index=cached.train_ids).loc[labels.img].to_numpy()
-    test_rows = pd.Series(range(len(cached.test_ids)), index=cached.test_ids).loc[solution.img].to_numpy()
+    test_rows = pd.Series(range(len(cached.test_ids)), index=cached.test_ids).loc[solution[spec.submission_id]].to_numpy()
     x_train = np.asarray(cached.train_views[0], np.float32)[train_rows]
     x_test = np.asarray(cached.test_views[0], np.float32)[test_rows]
 
-    y, groups = labels.classname.to_numpy(), labels.subject.to_numpy()
+    y, groups = labels.label.to_numpy(), labels.group.to_numpy()
     head = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
     splits = {
         "driver-grouped CV": StratifiedGroupKFold(params.folds.n_splits, shuffle=True, random_state=params.folds.seed),
@@ -48,7 +48,7 @@ def main() -> None:
                                   method="predict_proba")
         print(f"{label:22s} {log_loss(y, proba, labels=spec.classes):9.3f} {accuracy_score(y, np.array(spec.classes)[proba.argmax(1)]):9.3f}")
     proba = head.fit(x_train, y).predict_proba(x_test)
-    y_test = solution.classname.to_numpy()
+    y_test = solution[spec.label_column].to_numpy()
     print(f"{'unseen test drivers':22s} {log_loss(y_test, proba, labels=spec.classes):9.3f} "
           f"{accuracy_score(y_test, np.array(spec.classes)[proba.argmax(1)]):9.3f}")
     print(f"uniform guess log loss: {np.log(len(spec.classes)):.3f}")
