@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.config import load_params
-from pipeline.features import load_feature_set
+from pipeline.feature_cache import load_feature_set
 from pipeline.paths import features_dir, raw_dir
 from pipeline.raw_data import load_spec, train_table
 

@@ -29,7 +29,7 @@ from sklearn.neighbors import NearestNeighbors
 from pipeline.atomic import atomic_dir
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.features import load_feature_set
+from pipeline.feature_cache import load_feature_set
 from pipeline.folds import load_folds
 from pipeline.metrics import accuracy, competition_metric, kaggle_proba, multiclass_log_loss
 from pipeline.paths import ensemble_dir, features_dir, metrics_dir, predictions_dir, raw_dir

@@ -12,7 +12,7 @@ Reads params ``competition``, ``features`` (this backbone's entry) and
 - ``features.json``: backbone, image size, views, preprocessing, dimension
 
 Arrays are filled batch by batch through ``np.lib.format.open_memmap`` (memory
-stays flat however large the competition); read them with ``mmap_mode="r"``.
+stays flat however large the competition); ``pipeline/feature_cache.py`` reads them back.
 
     python -m pipeline.features tf_efficientnet_lite0
 """
@@ -22,7 +22,6 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,32 +41,6 @@ from pipeline.paths import features_dir, raw_dir
 from pipeline.raw_data import load_spec, load_test_ids, train_table
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FeatureSet:
-    """One backbone's cached features, memory-mapped."""
-
-    train_ids: list[str]
-    test_ids: list[str]
-    train_views: np.ndarray  # [views, n_train, dim]
-    test_views: np.ndarray  # [views, n_test, dim]
-    train_aug: np.ndarray  # [passes, n_train, dim], passes may be 0
-    meta: dict
-
-
-def load_feature_set(folder: Path) -> FeatureSet:
-    def array(name: str) -> np.ndarray:
-        return np.load(folder / name, mmap_mode="r")
-
-    meta = json.loads((folder / "features.json").read_text())
-    train_aug = array("train_aug.npy") if meta["train_passes"] else np.zeros((0, *array("train_views.npy").shape[1:]),
-                                                                             np.float16)
-    def ids(name: str) -> list[str]:
-        return list(pd.read_csv(folder / name, dtype=str, keep_default_na=False).img)
-
-    return FeatureSet(ids("train_index.csv"), ids("test_index.csv"),
-                      array("train_views.npy"), array("test_views.npy"), train_aug, meta)
 
 
 def extract(model: torch.nn.Module, dataset: ArchiveImages, out: np.ndarray, mean, std, batch_size: int,

@@ -25,7 +25,7 @@ from torch import nn
 from pipeline.atomic import atomic_dir
 from pipeline.config import HeadsParams, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.features import FeatureSet, load_feature_set
+from pipeline.feature_cache import FeatureSet, load_feature_set
 from pipeline.folds import load_folds
 from pipeline.metrics import accuracy, competition_metric, multiclass_log_loss
 from pipeline.paths import features_dir, metrics_dir, predictions_dir

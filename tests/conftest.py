@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import os
+
+# pyproject runs the suite on two xdist workers, one per core; a second torch thread in each worker
+# (and in the stages they start, which inherit this) would only contend for the same two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import shutil
 import subprocess
 import sys

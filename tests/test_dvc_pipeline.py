@@ -13,7 +13,7 @@ from tests.conftest import run, set_params
 DVC = [sys.executable, "-m", "dvc"]
 
 
-def test_repro_builds_every_stage_then_has_nothing_to_do(repo_copy):
+def test_repro_builds_every_stage_then_has_nothing_to_do_and_an_experiment_reruns_what_dropout_reaches(repo_copy):
     first = run(DVC + ["repro"], repo_copy)
     assert "Running stage 'download'" in first.stdout and "Running stage 'folds'" in first.stdout
     raw = repo_copy / raw_dir(STATE_FARM.slug)
@@ -35,17 +35,11 @@ def test_repro_builds_every_stage_then_has_nothing_to_do(repo_copy):
     status = run(DVC + ["status"], repo_copy)
     assert "up to date" in status.stdout
 
-
-def test_changing_a_folds_param_reruns_only_the_folds_stage(repo_copy):
-    run(DVC + ["repro", "folds"], repo_copy)
-    set_params(repo_copy, folds={"n_splits": 2}, finetune={"folds": [0, 1]})
-    again = run(DVC + ["repro", "folds"], repo_copy)
-    assert "Running stage 'folds'" in again.stdout and "Running stage 'download'" not in again.stdout
-    assert pd.read_csv(repo_copy / folds_csv(STATE_FARM.slug)).fold.nunique() == 2
-
-
-def test_dvc_exp_run_sets_the_top_level_dropout(repo_copy):
-    run(DVC + ["exp", "run", "-S", "dropout=0.3", "-n", "drop03"], repo_copy)
+    # The usual next step: an experiment on the top-level dropout reuses the cached data and features.
+    experiment = run(DVC + ["exp", "run", "-S", "dropout=0.3", "-n", "drop03"], repo_copy)
+    assert "Running stage 'heads@tf_efficientnet_lite0'" in experiment.stdout
+    assert "Running stage 'finetune@0'" in experiment.stdout
+    assert "Running stage 'features@" not in experiment.stdout and "Running stage 'folds'" not in experiment.stdout
     table = json.loads(run(DVC + ["exp", "show", "--json"], repo_copy).stdout)
     experiments = [exp for commit in table for exp in (commit.get("experiments") or [])]
     runs = [run_["data"] for exp in experiments for run_ in exp["revs"]]
@@ -53,6 +47,14 @@ def test_dvc_exp_run_sets_the_top_level_dropout(repo_copy):
     assert "cv_log_loss" in ours["metrics"]["metrics/submission/metrics.json"]["data"]
     [baseline] = [commit for commit in table if commit["rev"] != "workspace"]
     assert baseline["data"]["params"]["params.yaml"]["data"]["dropout"] == 0.5
+
+
+def test_changing_a_folds_param_reruns_only_the_folds_stage(repo_copy):
+    run(DVC + ["repro", "folds"], repo_copy)
+    set_params(repo_copy, folds={"n_splits": 2}, finetune={"folds": [0, 1]})
+    again = run(DVC + ["repro", "folds"], repo_copy)
+    assert "Running stage 'folds'" in again.stdout and "Running stage 'download'" not in again.stdout
+    assert pd.read_csv(repo_copy / folds_csv(STATE_FARM.slug)).fold.nunique() == 2
 
 
 def test_a_bad_param_fails_dvc_repro_with_the_one_line_error(repo_copy):

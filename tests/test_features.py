@@ -12,7 +12,8 @@ import torch
 from pipeline.competitions import STATE_FARM
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
-from pipeline.features import cache_features, load_feature_set
+from pipeline.feature_cache import load_feature_set
+from pipeline.features import cache_features
 from tests.conftest import REPO, TINY_FEATURES, run, set_params
 
 BACKBONE = "tf_efficientnet_lite0"

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.atomic import atomic_dir, atomic_file
 from pipeline.competitions import STATE_FARM
-from pipeline.features import load_feature_set
+from pipeline.feature_cache import load_feature_set
 from pipeline.paths import features_dir
 from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
