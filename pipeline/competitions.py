@@ -31,7 +31,7 @@ class CompetitionSpec:
     labels_columns: tuple[str, ...]  # the labels CSV's columns, as the competition names them
     id_column: str  # in the labels CSV: the image file name
     label_column: str  # in the labels CSV and in the stand-in's solution.csv
-    group_column: str  # folds never split a group (State Farm: the driver); "" = no groups, plain stratified folds
+    group_column: str  # folds never split a group (State Farm: the driver); "" = none of its own (data.groups_csv)
     submission_id: str  # the sample submission's id column
     test_suffix: str  # test member = test/<id><suffix> (Dogs vs. Cats ids are numbers, files <id>.jpg)
     positive_class: str  # binary competitions submit one column, this class's probability; "" = one per class
@@ -114,8 +114,9 @@ DOGS_VS_CATS = CompetitionSpec(
     flip_safe=True,
 )
 
-# A folder per class, an optional group CSV and test folder (params section own_data); download packs them
-# into this layout, the same as State Farm's: images.zip (train/<class>/, test/), labels.csv, sample_submission.csv.
+# A folder per class and an optional test folder (params section own_data); download packs them into this
+# layout, the same as State Farm's: images.zip (train/<class>/, test/), labels.csv, sample_submission.csv.
+# Groups, when the user has them, come like Dogs vs. Cats' from data.groups_csv (raw_data.copy_groups).
 OWN_DATA = CompetitionSpec(
     slug="own-data",
     classes=(),
@@ -123,10 +124,10 @@ OWN_DATA = CompetitionSpec(
     test_archive="images.zip",
     labels_from="csv",
     labels_csv="labels.csv",
-    labels_columns=("img", "label", "group"),
+    labels_columns=("img", "label"),
     id_column="img",
     label_column="label",
-    group_column="group",
+    group_column="",
     submission_id="id",
     test_suffix="",
     positive_class="",

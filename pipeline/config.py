@@ -32,6 +32,10 @@ class DataParams(Section):
     local_path: str
     # Refuse archives that would expand past this many bytes (zip-bomb guard).
     max_unpacked_bytes: int = Field(gt=0)
+    # Optional, for competitions without groups of their own (Dogs vs. Cats, own data): a CSV with
+    # columns img and group_column; folds never split a group (pipeline/raw_data.py: copy_groups).
+    groups_csv: str
+    group_column: str
 
 
 class OwnDataParams(Section):
@@ -39,8 +43,6 @@ class OwnDataParams(Section):
 
     train_dir: str  # <train_dir>/<class>/*.jpg, a folder per class
     test_dir: str  # optional: unlabeled *.jpg to predict; "" = CV only, no submission
-    groups_csv: str  # optional: columns img and group_column; folds never split a group
-    group_column: str
 
 
 class StandinParams(Section):
@@ -196,8 +198,11 @@ def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
         raise PipelineError(f"{source}: data.source: {spec.slug} is not on Kaggle; use local (or standin)")
     if spec.slug == "own-data" and params.data.source == "local" and not params.own_data.train_dir:
         raise PipelineError(f"{source}: own_data.train_dir: empty; set it to your folder of class folders")
-    if bool(params.own_data.groups_csv) != bool(params.own_data.group_column):
-        raise PipelineError(f"{source}: own_data.group_column: give both groups_csv and group_column, or neither")
+    if bool(params.data.groups_csv) != bool(params.data.group_column):
+        raise PipelineError(f"{source}: data.group_column: give both groups_csv and group_column, or neither")
+    if params.data.groups_csv and spec.group_column:
+        raise PipelineError(f"{source}: data.groups_csv: {spec.slug} groups its images by {spec.group_column} "
+                            f"already; leave it empty")
     if not spec.flip_safe:
         if params.augment.hflip:
             raise PipelineError(f"{source}: augment.hflip: {spec.slug} classes change under a horizontal flip")

@@ -2,7 +2,7 @@
 
 Reads params ``competition``, ``data``, ``own_data`` and ``standin``. Writes
 ``data/raw/<competition>/`` (the competition's image zip(s) and CSVs,
-pipeline/raw_data.py; the stand-ins add ``solution.csv``), built in a temporary
+pipeline/raw_data.py; ``groups.csv`` from ``data.groups_csv``; the stand-ins add ``solution.csv``), built in a temporary
 folder and renamed only once every check has passed.
 
     python -m pipeline.download
@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError, cli
 from pipeline.kaggle_io import download_competition
 from pipeline.own_data import ingest_own_data
 from pipeline.paths import raw_dir
-from pipeline.raw_data import check_competition_files, ingest, with_classes
+from pipeline.raw_data import check_competition_files, copy_groups, ingest, with_classes
 from pipeline.standin import write_standin
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int
         if not params.data.local_path:
             raise PipelineError("params.yaml: data.local_path: empty; set it to the competition's zip or folder")
         ingest(Path(params.data.local_path).expanduser(), out_dir, spec, params.data.max_unpacked_bytes)
+    if params.data.groups_csv:
+        copy_groups(Path(params.data.groups_csv).expanduser(), params.data.group_column, out_dir,
+                    with_classes(spec, out_dir))
     return check_competition_files(out_dir, with_classes(spec, out_dir), params.data.max_unpacked_bytes,
                                    official_counts=source != "standin")
 

@@ -32,7 +32,7 @@ def make_folds(train: pd.DataFrame, spec: CompetitionSpec, n_splits: int, seed: 
     grouped = (table.group != "").all()
     if grouped and n_splits > table.group.nunique():
         raise PipelineError(f"params.yaml: folds.n_splits: {n_splits} folds need at least {n_splits} "
-                            f"distinct {spec.group_column} values; the data has {table.group.nunique()}")
+                            f"distinct {spec.group_column or 'group'} values; the data has {table.group.nunique()}")
     smallest = table.label.value_counts().min()
     if not grouped and n_splits > smallest:
         raise PipelineError(f"params.yaml: folds.n_splits: {n_splits} folds need at least {n_splits} images "

@@ -3,14 +3,14 @@
 What the user has (params section ``own_data``):
 
 - ``train_dir/<class>/*.jpg``: a folder per class; the folder names are the classes;
-- ``groups_csv`` (optional): columns ``img`` (file name) and ``group_column``; folds
-  never split a group (a patient, a camera, a session), as State Farm's never split a driver;
 - ``test_dir`` (optional): unlabeled ``*.jpg`` to predict; without it the
   pipeline reports CV metrics and writes no submission.
 
 What the download stage writes into ``data/raw/own-data/``: ``images.zip``
-(``train/<class>/<img>``, ``test/<img>``), ``labels.csv`` (img, label, group) and
+(``train/<class>/<img>``, ``test/<img>``), ``labels.csv`` (img, label) and
 ``sample_submission.csv`` (id plus one uniform probability column per class).
+Groups (a patient, a camera, a session) come from ``data.groups_csv``, as for
+any competition without groups of its own (``raw_data.copy_groups``).
 """
 from __future__ import annotations
 
@@ -54,25 +54,6 @@ def ingest_own_data(settings: OwnDataParams, out_dir: Path, max_unpacked_bytes: 
     if len(twice):
         raise PipelineError(f"{train_root}: {twice.img.iloc[0]} is in both {twice.label.iloc[0]}/ and "
                             f"{twice.label.iloc[1]}/; image file names must be unique")
-    train["group"] = ""
-    if settings.groups_csv:
-        path = Path(settings.groups_csv).expanduser()
-        try:
-            groups = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            raise PipelineError(f"{path}: not a readable CSV ({error})") from None
-        missing = [c for c in ("img", settings.group_column) if c not in groups.columns]
-        if missing:
-            raise PipelineError(f"{path}: missing column(s) {missing}; expected img and own_data.group_column")
-        group_of = groups.drop_duplicates("img").set_index("img")[settings.group_column]
-        unlisted = sorted(set(train.img) - set(group_of.index))
-        if unlisted:
-            raise PipelineError(f"{path}: does not list {unlisted[0]} (found in {train_root}); "
-                                f"{len(unlisted)} image(s) without a group")
-        train["group"] = train.img.map(group_of)
-        if (train.group == "").any():
-            raise PipelineError(f"{path}: {train.img[train.group == ''].iloc[0]} has an empty group")
-
     test_root = Path(settings.test_dir).expanduser() if settings.test_dir else None
     test_ids = sorted(_images(test_root, "test_dir", 1)) if test_root else []
     total = sum((train_root / label / img).stat().st_size for label, img in zip(train.label, train.img))

@@ -26,6 +26,8 @@ from pipeline.images import ZIP_DATE, ImageArchive
 from pipeline.paths import raw_dir
 
 TRAIN_COLUMNS = ["img", "label", "group", "member"]
+# The user's groups (data.groups_csv) for a competition without groups of its own, copied by the download stage.
+GROUPS_CSV = "groups.csv"
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -82,7 +84,8 @@ def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None
         found[image] = (label, member)
     if spec.labels_from == "file_name":
         rows = [(image, label, "", member) for image, (label, member) in found.items()]
-        return pd.DataFrame(rows, columns=TRAIN_COLUMNS).sort_values("img", ignore_index=True)
+        table = pd.DataFrame(rows, columns=TRAIN_COLUMNS).sort_values("img", ignore_index=True)
+        return _with_user_groups(table, raw, spec)
 
     path = raw / spec.labels_csv
     labels = _read_csv(path, spec.labels_columns)
@@ -93,7 +96,8 @@ def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None
     if unknown:
         raise PipelineError(f"{path}: unknown class {unknown[0]!r}; expected one of {list(spec.classes)}")
     _same_images(found, set(ids), f"{archive.path}:{spec.train_prefix}", path)
-    table = pd.DataFrame({"img": ids, "label": labels[spec.label_column], "group": labels[spec.group_column]})
+    table = pd.DataFrame({"img": ids, "label": labels[spec.label_column],
+                          "group": labels[spec.group_column] if spec.group_column else ""})
     for image, label in zip(table.img, table.label):
         if found[image][0] != label:
             raise PipelineError(f"{path}: {image} is labelled {label} but lies in "
@@ -103,7 +107,43 @@ def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None
         raise PipelineError(f"{path}: {table.img[blank].iloc[0]} has no {spec.group_column}; give every image "
                             f"one, or none")
     table["member"] = [found[image][1] for image in table.img]
-    return table.sort_values("img", ignore_index=True)
+    return _with_user_groups(table.sort_values("img", ignore_index=True), raw, spec)
+
+
+def _with_user_groups(table: pd.DataFrame, raw: Path, spec: CompetitionSpec) -> pd.DataFrame:
+    """Fill ``group`` from ``groups.csv`` where the user gave groups (copy_groups checked it covers every image)."""
+    path = raw / GROUPS_CSV
+    if spec.group_column or not path.is_file():
+        return table
+    group_of = _read_csv(path, ("img", "group")).set_index("img").group
+    missing = sorted(set(table.img) - set(group_of.index))
+    if missing:
+        raise PipelineError(f"{path}: does not list {missing[0]}; run the download stage again")
+    return table.assign(group=table.img.map(group_of))
+
+
+def copy_groups(source: Path, group_column: str, raw: Path, spec: CompetitionSpec) -> None:
+    """Write the user's groups (``data.groups_csv``) into ``raw`` as groups.csv (img, group), one per training
+    image: images of a group (a pet, a patient, a camera) then never land in two folds."""
+    if not source.is_file():
+        raise PipelineError(f"params.yaml: data.groups_csv: {source} is not a file")
+    try:
+        groups = pd.read_csv(source, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise PipelineError(f"{source}: not a readable CSV ({error})") from None
+    missing = [c for c in ("img", group_column) if c not in groups.columns]
+    if missing:
+        raise PipelineError(f"{source}: missing column(s) {missing}; expected img and data.group_column")
+    images = train_table(raw, spec).img
+    group_of = groups.drop_duplicates("img").set_index("img")[group_column]
+    unlisted = sorted(set(images) - set(group_of.index))
+    if unlisted:
+        raise PipelineError(f"{source}: does not list {unlisted[0]}; {len(unlisted)} training image(s) without "
+                            f"a group")
+    table = pd.DataFrame({"img": images, "group": images.map(group_of)})
+    if (table.group == "").any():
+        raise PipelineError(f"{source}: {table.img[table.group == ''].iloc[0]} has an empty {group_column}")
+    table.to_csv(raw / GROUPS_CSV, index=False)
 
 
 def load_test_ids(raw: Path, spec: CompetitionSpec) -> list[str]:

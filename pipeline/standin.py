@@ -32,6 +32,8 @@ import pandas as pd
 from pipeline.competitions import DOGS_VS_CATS, OWN_DATA, STATE_FARM, CompetitionSpec
 from pipeline.config import OwnDataParams, StandinParams
 from pipeline.images import ZIP_DATE
+from pipeline.own_data import ingest_own_data
+from pipeline.raw_data import copy_groups, with_classes
 from pipeline.standin_scene import draw_frame, frame_pose, random_look
 
 # Which scene pose draws each class (State Farm's c0..c9 are the poses themselves).
@@ -151,7 +153,6 @@ def _sort_key(image_id: str):
 def _write_own_data(out_dir: Path, table: pd.DataFrame, params: StandinParams, workers: int | None,
                     settings: OwnDataParams | None) -> None:
     """A user's folders (train/<class>/, test/, groups.csv), then the same ingest a user's data goes through."""
-    from pipeline.own_data import ingest_own_data
 
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".own-data-") as folder:
         root = Path(folder)
@@ -160,8 +161,7 @@ def _write_own_data(out_dir: Path, table: pd.DataFrame, params: StandinParams, w
             (root / member).write_bytes(jpeg)
         train = table[table.split == "train"].sort_values("img")
         train[["img", "subject"]].rename(columns={"subject": "person"}).to_csv(root / "groups.csv", index=False)
-        layout = OwnDataParams(train_dir=str(root / "train"), test_dir=str(root / "test"),
-                               groups_csv=str(root / "groups.csv"), group_column="person")
-        ingest_own_data(layout, out_dir, None)
+        ingest_own_data(OwnDataParams(train_dir=str(root / "train"), test_dir=str(root / "test")), out_dir, None)
+        copy_groups(root / "groups.csv", "person", out_dir, with_classes(OWN_DATA, out_dir))
     test = table[table["split"] == "test"].sort_values("img")
     _write_solution(test, OWN_DATA, params, out_dir)  # ingest wrote the sample submission, as for a user

@@ -58,6 +58,9 @@ def _one_line_error(result) -> str:
          "params.yaml: data.source: own-data is not on Kaggle"),
         (lambda p: p.update(competition="own-data", data={**p["data"], "source": "local"}),
          "params.yaml: own_data.train_dir: empty"),
+        (lambda p: p["data"].update(groups_csv="pets.csv"), "params.yaml: data.group_column: give both"),
+        (lambda p: p["data"].update(groups_csv="drivers.csv", group_column="driver"),
+         "params.yaml: data.groups_csv: state-farm-distracted-driver-detection groups its images by subject already"),
         (lambda p: p.update(params_version=2), "params.yaml: params_version: unknown key"),
     ],
 )

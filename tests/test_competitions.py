@@ -66,6 +66,25 @@ def test_dogs_vs_cats_labels_come_from_file_names_and_folds_are_stratified(tiny_
         make_folds(table, DOGS_VS_CATS, n_splits=50, seed=0)
 
 
+def test_dogs_vs_cats_folds_keep_a_users_groups_together(tiny_dogs_vs_cats, repo_copy, tmp_path):
+    # Kaggle gives no pet ids, but a competitor may cluster near-duplicate photos and group by cluster.
+    images = train_table(tiny_dogs_vs_cats, DOGS_VS_CATS).img
+    groups = pd.DataFrame({"img": images, "cluster": [f"k{i % 4}" for i in range(len(images))]})
+    groups.to_csv(tmp_path / "clusters.csv", index=False)
+    set_params(repo_copy, competition=DOGS_VS_CATS.slug,
+               data={"groups_csv": str(tmp_path / "clusters.csv"), "group_column": "cluster"})  # the stand-in
+    run([sys.executable, "-m", "pipeline.download"], repo_copy)
+    run([sys.executable, "-m", "pipeline.folds"], repo_copy)
+    folds = pd.read_csv(repo_copy / folds_csv(DOGS_VS_CATS.slug))
+    assert folds.group.nunique() == 4 and (folds.groupby("group").fold.nunique() == 1).all()
+
+    copied = (repo_copy / raw_dir(DOGS_VS_CATS.slug) / "groups.csv").read_bytes()
+    groups.iloc[1:].to_csv(tmp_path / "clusters.csv", index=False)  # one photo without a cluster
+    result = run([sys.executable, "-m", "pipeline.download"], repo_copy, check=False)
+    assert result.returncode == 2 and f"clusters.csv: does not list {images.iloc[0]}" in result.stderr
+    assert (repo_copy / raw_dir(DOGS_VS_CATS.slug) / "groups.csv").read_bytes() == copied  # the last good download
+
+
 @pytest.mark.parametrize("shape", ["kaggle_bundle", "unzipped_folder"])
 def test_dogs_vs_cats_ingests_from_the_bundle_or_an_unzipped_folder(tiny_dogs_vs_cats, tmp_path, shape):
     if shape == "kaggle_bundle":
@@ -128,8 +147,8 @@ def test_dvc_exp_run_on_dogs_vs_cats_writes_an_id_label_submission_with_cv_metri
 def test_dvc_exp_run_on_own_data_groups_folds_by_the_users_column(repo_copy):
     run(DVC + ["exp", "run", "-S", f"competition={OWN_DATA.slug}", "-n", "own"], repo_copy)
     raw = repo_copy / raw_dir(OWN_DATA.slug)
-    assert sorted(p.name for p in raw.iterdir()) == ["images.zip", "labels.csv", "sample_submission.csv",
-                                                     "solution.csv"]
+    assert sorted(p.name for p in raw.iterdir()) == ["groups.csv", "images.zip", "labels.csv",
+                                                     "sample_submission.csv", "solution.csv"]
     classes = list(pd.read_csv(raw / "sample_submission.csv").columns[1:])
     assert classes == ["drinking", "phone", "radio", "safe"]
     submission = pd.read_csv(repo_copy / "submissions" / "latest.csv")
@@ -146,7 +165,8 @@ def _jpeg(path: Path, colour: tuple[int, int, int]) -> None:
 
 
 def _user_folders(root: Path, with_test: bool = True) -> dict:
-    """A user's data: two class folders of 6 images, a groups CSV (3 people), optionally a test folder."""
+    """A user's data: two class folders of 6 images, a groups CSV (3 people), optionally a test folder;
+    returns the params sections that point at it."""
     rows = []
     for k, label in enumerate(("closed", "open")):
         for i in range(6):
@@ -158,18 +178,19 @@ def _user_folders(root: Path, with_test: bool = True) -> dict:
     if with_test:
         for i in range(4):
             _jpeg(root / "test" / f"t{i}.jpg", (50 + 40 * i, 70, 90))
-    return {"train_dir": str(root / "train"), "test_dir": str(root / "test") if with_test else "",
-            "groups_csv": str(root / "groups.csv"), "group_column": "person"}
+    return {"own_data": {"train_dir": str(root / "train"), "test_dir": str(root / "test") if with_test else ""},
+            "data": {"source": "local", "groups_csv": str(root / "groups.csv"), "group_column": "person"}}
 
 
 def test_own_folders_land_in_one_zip_with_labels_groups_and_a_sample_submission(repo_copy, tmp_path):
-    set_params(repo_copy, competition=OWN_DATA.slug, data={"source": "local"},
-               own_data=_user_folders(tmp_path / "mine"))
+    set_params(repo_copy, competition=OWN_DATA.slug, **_user_folders(tmp_path / "mine"))
     run([sys.executable, "-m", "pipeline.download"], repo_copy)
     raw = repo_copy / raw_dir(OWN_DATA.slug)
     labels = pd.read_csv(raw / "labels.csv")
-    assert list(labels.columns) == ["img", "label", "group"] and len(labels) == 12
-    assert labels.group.nunique() == 3 and set(labels.label) == {"closed", "open"}
+    assert list(labels.columns) == ["img", "label"] and len(labels) == 12 and set(labels.label) == {"closed", "open"}
+    groups = pd.read_csv(raw / "groups.csv")
+    assert list(groups.columns) == ["img", "group"] and sorted(groups.img) == sorted(labels.img)
+    assert groups.group.nunique() == 3
     sample = pd.read_csv(raw / "sample_submission.csv")
     assert list(sample.columns) == ["id", "closed", "open"] and list(sample.id) == [f"t{i}.jpg" for i in range(4)]
     spec = with_classes(OWN_DATA, raw)
@@ -186,7 +207,7 @@ def test_own_folders_land_in_one_zip_with_labels_groups_and_a_sample_submission(
 def test_bad_own_folders_stop_the_download_with_one_line_and_write_nothing(repo_copy, tmp_path, damage, message):
     settings = _user_folders(tmp_path / "mine")
     damage(tmp_path / "mine")
-    set_params(repo_copy, competition=OWN_DATA.slug, data={"source": "local"}, own_data=settings)
+    set_params(repo_copy, competition=OWN_DATA.slug, **settings)
     result = run([sys.executable, "-m", "pipeline.download"], repo_copy, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
@@ -194,8 +215,8 @@ def test_bad_own_folders_stop_the_download_with_one_line_and_write_nothing(repo_
 
 
 def test_own_data_without_a_test_folder_reports_cv_and_writes_no_submission(repo_copy, tmp_path):
-    set_params(repo_copy, competition=OWN_DATA.slug, data={"source": "local"},
-               own_data=_user_folders(tmp_path / "mine", with_test=False), folds={"n_splits": 3},
+    set_params(repo_copy, competition=OWN_DATA.slug, **_user_folders(tmp_path / "mine", with_test=False),
+               folds={"n_splits": 3},
                ensemble={"models": ["heads-tf_efficientnet_lite0"]})
     for stage in (["download"], ["folds"], ["features", "tf_efficientnet_lite0"], ["heads", "tf_efficientnet_lite0"],
                   ["ensemble"], ["submission"]):
