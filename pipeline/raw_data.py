@@ -127,13 +127,7 @@ def copy_groups(source: Path, group_column: str, raw: Path, spec: CompetitionSpe
     image: images of a group (a pet, a patient, a camera) then never land in two folds."""
     if not source.is_file():
         raise PipelineError(f"params.yaml: data.groups_csv: {source} is not a file")
-    try:
-        groups = pd.read_csv(source, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise PipelineError(f"{source}: not a readable CSV ({error})") from None
-    missing = [c for c in ("img", group_column) if c not in groups.columns]
-    if missing:
-        raise PipelineError(f"{source}: missing column(s) {missing}; expected img and data.group_column")
+    groups = _read_csv(source, ("img", group_column))
     images = train_table(raw, spec).img
     group_of = groups.drop_duplicates("img").set_index("img")[group_column]
     unlisted = sorted(set(images) - set(group_of.index))
