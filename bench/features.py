@@ -26,10 +26,11 @@ from pipeline.augment import view_transform
 from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
 from pipeline.features import extract
-from pipeline.image_data import ArchiveImages, autocast, pick_device, resolve_workers
+from pipeline.image_data import ArchiveImages, Feed, autocast, pick_device, resolve_workers
 from pipeline.images import ImageArchive
 from pipeline.paths import raw_dir
-from pipeline.raw_data import load_spec, train_table
+from pipeline.competitions import load_spec
+from pipeline.raw_data import train_table
 
 
 def model_only(model, batch_size: int, size: int, device: torch.device, amp: bool, seconds: float) -> float:
@@ -79,8 +80,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = np.lib.format.open_memmap(Path(tmp) / "bench.npy", mode="w+", dtype=np.float16,
                                         shape=(len(members), model.num_features))
-        end_to_end = extract(model, dataset, out, config["mean"], config["std"], args.batch_size, args.workers,
-                             device, params.features.amp, "end-to-end")
+        feed = Feed(device, args.batch_size, args.workers, config["mean"], config["std"], params.features.amp)
+        end_to_end = extract(model, dataset, out, feed, "end-to-end")
     print(f"(b) end-to-end from JPEGs:     {end_to_end:9.1f} img/s  ({len(members)} images)")
     print(f"ratio b/a:                     {end_to_end / forward:9.2f}  (target >= 0.8)")
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -22,29 +22,29 @@ import torch
 from pipeline.augment import train_transform
 from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
-from pipeline.finetune import train_one_epoch
-from pipeline.image_data import autocast, loader, pick_device, resolve_workers, ArchiveImages
+from pipeline.image_data import ArchiveImages, Feed, pick_device, resolve_workers
 from pipeline.images import ImageArchive
 from pipeline.paths import raw_dir
-from pipeline.raw_data import load_spec, train_table
-from pipeline.training import warmup_cosine
+from pipeline.competitions import load_spec
+from pipeline.raw_data import train_table
+from pipeline.trainer import Trainer
 
 
-def model_only(model, optimizer, batch_size: int, size: int, device, amp: bool, seconds: float) -> float:
-    inputs = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    targets = torch.randint(0, model.num_classes, (batch_size,), device=device)
+def model_only(trainer: Trainer, size: int, seconds: float) -> float:
+    """Train steps on random tensors already on the device: what the model alone can do."""
+    feed, batch_size = trainer.feed, trainer.recipe.batch_size
+    inputs = torch.randn(batch_size, 3, size, size, device=feed.device).contiguous(memory_format=torch.channels_last)
+    targets = torch.randint(0, trainer.model.num_classes, (batch_size,), device=feed.device)
     done, start = 0, None
-    model.train()
+    trainer.trained.train()
     for step in range(100_000):
         if step == 3:
-            if device.type == "cuda":
+            if feed.device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        with autocast(device, amp):
-            loss = torch.nn.functional.cross_entropy(model(inputs).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with feed.autocast():
+            loss = torch.nn.functional.cross_entropy(trainer.trained(inputs).float(), targets)
+        trainer.backward_step(loss)
         loss.item()  # the loop reads the loss each step too
         if start is not None:
             done += batch_size
@@ -55,15 +55,18 @@ def model_only(model, optimizer, batch_size: int, size: int, device, amp: bool, 
 
 def main() -> None:
     params = load_params()
-    settings = params.finetune
+    model_name = next(iter(params.finetune.models))
+    recipe = params.finetune.recipe(model_name)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=settings.batch_size)
-    parser.add_argument("--image-size", type=int, default=settings.image_size)
-    parser.add_argument("--workers", default=settings.workers, type=lambda v: v if v == "auto" else int(v))
+    parser.add_argument("--model", default=model_name, help="a model of finetune.models")
+    parser.add_argument("--batch-size", type=int, default=recipe.batch_size)
+    parser.add_argument("--image-size", type=int, default=recipe.image_size)
+    parser.add_argument("--workers", default=params.finetune.workers, type=lambda v: v if v == "auto" else int(v))
     parser.add_argument("--images", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    settings = settings.model_copy(update={"batch_size": args.batch_size, "image_size": args.image_size})
+    recipe = params.finetune.recipe(args.model).model_copy(update={"batch_size": args.batch_size,
+                                                                    "image_size": args.image_size})
 
     spec = load_spec(params.competition)
     raw = raw_dir(spec.slug)
@@ -72,25 +75,21 @@ def main() -> None:
     rows = [i % len(members) for i in range(args.images or len(members))]
     device = pick_device()
     workers = resolve_workers(args.workers, device)
-    settings = settings.model_copy(update={"workers": workers})
-    model = create_backbone(settings.backbone, num_classes=len(spec.classes)).to(device,
-                                                                                  memory_format=torch.channels_last)
+    model = create_backbone(recipe.backbone, num_classes=len(spec.classes)).to(device, memory_format=torch.channels_last)
     config = data_config(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    print(f"{settings.backbone} at {args.image_size}px, batch {args.batch_size}, {workers} workers, {device}"
-          f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, amp={settings.amp}")
-    forward_backward = model_only(model, optimizer, args.batch_size, args.image_size, device, settings.amp,
-                                  args.seconds)
+    feed = Feed(device, args.batch_size, workers, config["mean"], config["std"], params.finetune.amp)
+    print(f"{recipe.backbone} at {args.image_size}px, batch {args.batch_size}, {workers} workers, {device}"
+          f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, amp={feed.amp}")
+    forward_backward = model_only(Trainer(model, recipe, feed, steps_per_epoch=10**6), args.image_size, args.seconds)
     print(f"(a) model-only train step:     {forward_backward:9.1f} img/s")
 
     dataset = ArchiveImages(ImageArchive(raw / spec.train_archive), [members[i] for i in rows],
-                            train_transform(params.augment, args.image_size, settings.seed), args.image_size,
+                            train_transform(params.augment, args.image_size, recipe.seed), args.image_size,
                             seeds=np.arange(len(rows)))
-    dataset.targets = spec.class_indices(labels.label)[rows]
+    targets = torch.as_tensor(spec.class_indices(labels.label)[rows])
+    trainer = Trainer(model, recipe, feed, steps_per_epoch=-(-len(rows) // args.batch_size))
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
-    data = loader(dataset, args.batch_size, workers, device, sampler=sampler)
-    schedule = warmup_cosine(optimizer, 0, len(data))
-    _, full_loop = train_one_epoch(model, data, optimizer, schedule, device, config["mean"], config["std"], settings)
+    _, full_loop = trainer.train_epoch(feed.loader(dataset, sampler), targets, "train")
     print(f"(b) full training loop:        {full_loop:9.1f} img/s  ({len(rows)} images, augmented)")
     print(f"ratio b/a:                     {full_loop / forward_backward:9.2f}  (target >= 0.7 on a GPU)")
 

@@ -21,7 +21,8 @@ from sklearn.preprocessing import StandardScaler
 from pipeline.config import load_params
 from pipeline.feature_cache import load_feature_set
 from pipeline.paths import features_dir, raw_dir
-from pipeline.raw_data import load_spec, train_table
+from pipeline.competitions import load_spec
+from pipeline.raw_data import train_table
 
 
 def main() -> None:

@@ -22,9 +22,6 @@ CROPS = {
     "up": (0.0, 0.0, 0.1, 0.0),
     "down": (0.1, 0.0, 0.0, 0.0),
 }
-VIEWS = (*CROPS, "hflip")
-FLIP_VIEWS = ("hflip",)
-
 
 INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 
@@ -38,18 +35,28 @@ def view_transform(view: str, size: int, interpolation: str = "bicubic") -> A.Co
     return A.Compose([*steps, A.Resize(size, size, interpolation=INTERPOLATIONS.get(interpolation, cv2.INTER_CUBIC))])
 
 
-def train_transform(augment: AugmentParams, size: int, seed: int) -> A.Compose:
-    """Random augmentation for training; reseed per sample (``set_random_seed``) for worker-independent results."""
+def _toward(neutral: float, value: float, strength: float) -> float:
+    """``value`` moved toward ``neutral`` (strength < 1) or beyond it (> 1); exactly ``value`` at 1."""
+    return value if strength == 1 else neutral + (value - neutral) * strength
+
+
+def train_transform(augment: AugmentParams, size: int, seed: int, strength: float = 1.0) -> A.Compose:
+    """Random augmentation for training, its magnitudes scaled by ``strength`` (0: none; a model's
+    ``augment_strength``); reseed per sample (``set_random_seed``) for worker-independent results."""
+    def scaled(value: float) -> float:
+        return _toward(0.0, value, strength)
+
+    scale = tuple(_toward(1.0, s, strength) for s in augment.scale)
     steps = [
-        A.Affine(rotate=(-augment.rotate_degrees, augment.rotate_degrees),
-                 translate_percent=(-augment.translate, augment.translate), scale=tuple(augment.scale),
+        A.Affine(rotate=(-scaled(augment.rotate_degrees), scaled(augment.rotate_degrees)),
+                 translate_percent=(-scaled(augment.translate), scaled(augment.translate)), scale=scale,
                  border_mode=cv2.BORDER_REFLECT_101, p=1.0),
-        A.RandomResizedCrop((size, size), scale=tuple(augment.crop_scale), ratio=tuple(augment.crop_ratio),
-                            interpolation=cv2.INTER_CUBIC),
-        A.ColorJitter(brightness=augment.brightness, contrast=augment.contrast, saturation=augment.saturation,
-                      hue=augment.hue, p=1.0),
+        A.RandomResizedCrop((size, size), scale=(_toward(1.0, augment.crop_scale[0], strength), augment.crop_scale[1]),
+                            ratio=tuple(augment.crop_ratio), interpolation=cv2.INTER_CUBIC),
+        A.ColorJitter(brightness=scaled(augment.brightness), contrast=scaled(augment.contrast),
+                      saturation=scaled(augment.saturation), hue=scaled(augment.hue), p=1.0),
     ]
-    if augment.dropout_holes:
+    if augment.dropout_holes and strength:
         steps.append(A.CoarseDropout(num_holes_range=(1, augment.dropout_holes),
                                      hole_height_range=(0.05, augment.dropout_size),
                                      hole_width_range=(0.05, augment.dropout_size), p=0.5))

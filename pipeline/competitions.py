@@ -11,13 +11,15 @@ Two ways of labelling the training images are supported:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.paths import raw_dir
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,10 @@ class CompetitionSpec:
     official_counts: dict[str, int]  # what Kaggle serves, checked for real downloads; {} = not checked
     flip_safe: bool = False  # may images be mirrored (augmentation, test views) without changing the class?
     kaggle: bool = True  # can the kaggle client download it?
-    class_descriptions: tuple[str, ...] = ()
+    # Where the files come from when they are not Kaggle's: the competition's own files, or the user's class
+    # folders that the download stage packs into the competition's layout (pipeline/own_data.py).
+    ingest_from: Literal["competition_files", "class_folders"] = "competition_files"
+    classes_from_data: bool = False  # classes are the data's own: the sample submission's columns (load_spec)
     train_prefix: str = "train/"
     test_prefix: str = "test/"
     sample_submission: str = "sample_submission.csv"
@@ -68,18 +73,6 @@ class CompetitionSpec:
 STATE_FARM = CompetitionSpec(
     slug="state-farm-distracted-driver-detection",
     classes=tuple(f"c{i}" for i in range(10)),
-    class_descriptions=(
-        "safe driving",
-        "texting - right",
-        "talking on the phone - right",
-        "texting - left",
-        "talking on the phone - left",
-        "operating the radio",
-        "drinking",
-        "reaching behind",
-        "hair and makeup",
-        "talking to passenger",
-    ),
     train_archive="imgs.zip",
     test_archive="imgs.zip",
     labels_from="csv",
@@ -135,15 +128,35 @@ OWN_DATA = CompetitionSpec(
     official_counts={},
     flip_safe=True,  # the user's call: augment.hflip stays off unless they turn it on
     kaggle=False,
+    ingest_from="class_folders",
+    classes_from_data=True,
 )
 
 SPECS = {spec.slug: spec for spec in (STATE_FARM, DOGS_VS_CATS, OWN_DATA)}
 
 
-def get_spec(slug: str, source: Path = Path("params.yaml")) -> CompetitionSpec:
+def load_spec(slug: str, raw: Path | None = None, source: Path = Path("params.yaml")) -> CompetitionSpec:
+    """The competition's spec; the one way every stage gets it.
+
+    A spec whose classes come from the data (own data) gets them from ``raw``'s sample submission
+    (``data/raw/<slug>/`` unless given), written by the download stage. Before that file exists only
+    the download stage asks, and it never reads ``classes`` before writing it.
+    """
     try:
-        return SPECS[slug]
+        spec = SPECS[slug]
     except KeyError:
         raise PipelineError(
             f"{source}: competition: unknown competition {slug!r}; known: {', '.join(sorted(SPECS))}"
         ) from None
+    if not spec.classes_from_data:
+        return spec
+    path = (raw if raw is not None else raw_dir(slug)) / spec.sample_submission
+    if not path.is_file():
+        return spec
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise PipelineError(f"{path}: cannot read the class columns ({error})") from None
+    if len(header) < 3 or header[0] != spec.submission_id:
+        raise PipelineError(f"{path}: expected columns {spec.submission_id}, <class>, <class>, ...")
+    return replace(spec, classes=tuple(header[1:]))

@@ -14,7 +14,7 @@ import pydantic
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from pipeline.competitions import get_spec
+from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
@@ -125,11 +125,10 @@ class HeadsParams(Section):
     random_split_check: bool  # also fit on a random, non-driver split to show how much it flatters
 
 
-class FinetuneParams(Section):
-    """Whole-net fine-tuning per fold (pipeline/finetune.py); the defaults are the 2-core CPU preset."""
+class Recipe(Section):
+    """One fine-tuned model (pipeline/finetune.py): ``finetune.defaults`` overlaid with ``finetune.models.<name>``."""
 
     backbone: str  # timm name; offline weights for tf_efficientnet_lite0..2
-    folds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)  # one DVC stage each: finetune@<fold>
     image_size: int = Field(ge=32, le=1024)
     epochs: int = Field(ge=1, le=500)
     batch_size: int = Field(ge=2)
@@ -140,16 +139,40 @@ class FinetuneParams(Section):
     freeze_epochs: int = Field(ge=0)  # progressive unfreezing: only the head learns for this many epochs
     grad_clip: float = Field(ge=0.0, strict=False)  # max gradient norm; 0 turns clipping off
     ema_decay: float = Field(ge=0.0, lt=1.0, strict=False)  # EMA of weights; 0 turns it off
-    patience: int = Field(ge=1)
+    patience: int = Field(ge=1)  # early stopping on the fold's held-out log loss
+    augment_strength: float = Field(ge=0.0, le=2.0, strict=False)  # scales section augment; 0: none
+    seed: int = Field(ge=0)
+
+
+# The same keys, each optional: finetune.defaults and every finetune.models entry set some of them.
+PartialRecipe = pydantic.create_model(
+    "PartialRecipe", __base__=Section,
+    **{name: (field.annotation | None, None) for name, field in Recipe.model_fields.items()})
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.]*$")]
+
+
+class FinetuneParams(Section):
+    """Whole-net fine-tuning, one DVC stage per model and fold (finetune@<model>-<fold>)."""
+
+    folds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     amp: bool  # bf16 (fp16 on older GPUs) on CUDA; CPU runs float32
     workers: Literal["auto"] | Annotated[int, Field(ge=0)]
-    seed: int = Field(ge=0)
+    defaults: PartialRecipe  # what every model shares unless it says otherwise
+    models: dict[ModelName, PartialRecipe] = Field(min_length=1)
+
+    def recipe(self, model: str) -> Recipe:
+        """The model's full recipe (parse_params has checked that every one validates)."""
+        return Recipe.model_validate(_overlay(self.defaults, self.models[model]))
+
+
+def _overlay(defaults: BaseModel, entry: BaseModel) -> dict:
+    return {**defaults.model_dump(exclude_none=True), **entry.model_dump(exclude_none=True)}
 
 
 class EnsembleParams(Section):
     """Blend, calibrate and post-process every model's predictions (pipeline/ensemble.py)."""
 
-    models: list[str] = Field(min_length=1)  # heads-<backbone> / finetune-<backbone> folders to blend
+    models: list[str] = Field(min_length=1)  # heads-<backbone> / finetune-<model> folders to blend
     calibrate: bool  # fit a temperature on out-of-fold predictions
     clip_grid: list[Annotated[float, Field(gt=0.0, lt=0.5, strict=False)]] = Field(min_length=1)
     neighbours: int = Field(ge=0, le=100)  # test-neighbour smoothing; 0 turns it off
@@ -171,32 +194,46 @@ class Params(Section):
     ensemble: EnsembleParams
 
 
-def _one_line(error: pydantic.ValidationError, source: Path) -> str:
+def _one_line(error: pydantic.ValidationError, source: Path, prefix: str = "") -> str:
     errors = error.errors()
     # A typo shows up as an unknown key plus a missing one; the unknown key is the one to name.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = ".".join([prefix] * bool(prefix) + [str(part) for part in first["loc"]]) or "(top level)"
     if first["type"] == "extra_forbidden":
         missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
-        close = difflib.get_close_matches(str(first["loc"][-1]), missing, n=1)
+        close = difflib.get_close_matches(str(first["loc"][-1]), missing or _KNOWN_KEYS, n=1)
         return f"{source}: {key}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     if first["type"] == "missing":
         return f"{source}: {key}: missing key"
     return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
 
 
+_KNOWN_KEYS = sorted({name for section in Section.__subclasses__() for name in section.model_fields})
+
+
 def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
-    """Validate an already-parsed params mapping."""
+    """Validate an already-parsed params mapping: types and ranges, then how the sections fit together."""
     if not isinstance(raw, dict):
         raise PipelineError(f"{source}: expected a mapping of sections at the top level")
     try:
         params = Params.model_validate(raw)
     except pydantic.ValidationError as error:
         raise PipelineError(_one_line(error, source)) from None
-    spec = get_spec(params.competition, source)
+    for model in params.finetune.models:
+        try:
+            params.finetune.recipe(model)
+        except pydantic.ValidationError as error:
+            message = _one_line(error, source, f"finetune.models.{model}")
+            raise PipelineError(message.replace("missing key", "missing key (set it there or in finetune.defaults)"))
+    _check_competition(params, load_spec(params.competition, source=source), source)
+    _check_models(params, source)
+    return params
+
+
+def _check_competition(params: Params, spec: CompetitionSpec, source: Path) -> None:
     if params.data.source == "kaggle" and not spec.kaggle:
         raise PipelineError(f"{source}: data.source: {spec.slug} is not on Kaggle; use local (or standin)")
-    if spec.slug == "own-data" and params.data.source == "local" and not params.own_data.train_dir:
+    if spec.ingest_from == "class_folders" and params.data.source == "local" and not params.own_data.train_dir:
         raise PipelineError(f"{source}: own_data.train_dir: empty; set it to your folder of class folders")
     if bool(params.data.groups_csv) != bool(params.data.group_column):
         raise PipelineError(f"{source}: data.group_column: give both groups_csv and group_column, or neither")
@@ -208,13 +245,20 @@ def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
             raise PipelineError(f"{source}: augment.hflip: {spec.slug} classes change under a horizontal flip")
         if "hflip" in params.features.test_views:
             raise PipelineError(f"{source}: features.test_views: {spec.slug} classes change under a horizontal flip")
-    bad_fold = next((f for f in params.finetune.folds if f >= params.folds.n_splits), None)
-    if bad_fold is not None or len(set(params.finetune.folds)) != len(params.finetune.folds):
-        raise PipelineError(f"{source}: finetune.folds: {params.finetune.folds} must be distinct folds below "
+
+
+def _check_models(params: Params, source: Path) -> None:
+    folds = params.finetune.folds
+    if any(f >= params.folds.n_splits for f in folds) or len(set(folds)) != len(folds):
+        raise PipelineError(f"{source}: finetune.folds: {folds} must be distinct folds below "
                             f"folds.n_splits={params.folds.n_splits}")
     if len(set(params.features.test_views)) != len(params.features.test_views):
         raise PipelineError(f"{source}: features.test_views: a view is listed twice")
-    return params
+    known = [f"heads-{b}" for b in params.features.backbones] + [f"finetune-{m}" for m in params.finetune.models]
+    unknown = [m for m in params.ensemble.models if m not in known]
+    if unknown:
+        raise PipelineError(f"{source}: ensemble.models: {unknown[0]!r} is not a model of this params.yaml "
+                            f"(known: {', '.join(known)})")
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

@@ -14,13 +14,13 @@ import tempfile
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir
-from pipeline.competitions import OWN_DATA, CompetitionSpec, get_spec
+from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.kaggle_io import download_competition
 from pipeline.own_data import ingest_own_data
 from pipeline.paths import raw_dir
-from pipeline.raw_data import check_competition_files, copy_groups, ingest, with_classes
+from pipeline.raw_data import check_competition_files, copy_groups, ingest
 from pipeline.standin import write_standin
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int
     source = params.data.source
     if source == "standin":
         write_standin(out_dir, spec, params.standin)
-    elif spec is OWN_DATA:
+    elif spec.ingest_from == "class_folders":
         ingest_own_data(params.own_data, out_dir, params.data.max_unpacked_bytes)
     elif source == "kaggle":
         with tempfile.TemporaryDirectory(dir=out_dir) as download_dir:
@@ -40,17 +40,16 @@ def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int
         if not params.data.local_path:
             raise PipelineError("params.yaml: data.local_path: empty; set it to the competition's zip or folder")
         ingest(Path(params.data.local_path).expanduser(), out_dir, spec, params.data.max_unpacked_bytes)
+    spec = load_spec(spec.slug, out_dir)  # own data: the classes are the folders it just packed
     if params.data.groups_csv:
-        copy_groups(Path(params.data.groups_csv).expanduser(), params.data.group_column, out_dir,
-                    with_classes(spec, out_dir))
-    return check_competition_files(out_dir, with_classes(spec, out_dir), params.data.max_unpacked_bytes,
-                                   official_counts=source != "standin")
+        copy_groups(Path(params.data.groups_csv).expanduser(), params.data.group_column, out_dir, spec)
+    return check_competition_files(out_dir, spec, params.data.max_unpacked_bytes, official_counts=source != "standin")
 
 
 @cli
 def main() -> None:
     params = load_params()
-    spec = get_spec(params.competition)
+    spec = load_spec(params.competition)
     target = raw_dir(spec.slug)
     with atomic_dir(target) as tmp:
         try:

@@ -17,8 +17,10 @@ and ``metrics/ensemble/`` (metrics.json, out-of-fold confusion matrix).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,17 +29,20 @@ from scipy.optimize import minimize, minimize_scalar
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.atomic import atomic_dir
-from pipeline.config import load_params
+from pipeline.competitions import CompetitionSpec
+from pipeline.config import EnsembleParams, Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import load_feature_set
 from pipeline.folds import load_folds
 from pipeline.metrics import accuracy, competition_metric, kaggle_proba, multiclass_log_loss
 from pipeline.paths import ensemble_dir, features_dir, metrics_dir, predictions_dir, raw_dir
-from pipeline.predictions import load_model
-from pipeline.raw_data import load_spec, load_test_ids
+from pipeline.predictions import load_model, write_table
+from pipeline.competitions import load_spec
+from pipeline.raw_data import load_test_ids
 
 log = logging.getLogger(__name__)
 NEIGHBOUR_WEIGHTS = np.linspace(0.0, 0.9, 10)
+Metric = Callable[[np.ndarray, np.ndarray], float]  # (labels, probabilities) -> loss
 
 
 def blend_weights(oofs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
@@ -83,6 +88,50 @@ def smooth(proba: np.ndarray, neighbours: np.ndarray, weight: float) -> np.ndarr
     return (1 - weight) * proba + weight * neighbours
 
 
+def neighbour_space(params: Params, spec: CompetitionSpec, folds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows in ``folds`` order, test rows) of the space where neighbours are found: a backbone's cached
+    features, averaged over views."""
+    backbone = params.ensemble.neighbour_backbone
+    if backbone not in params.features.backbones:
+        raise PipelineError(f"params.yaml: ensemble.neighbour_backbone: {backbone!r} is not under features.backbones")
+    cached = load_feature_set(features_dir(spec.slug, backbone))
+    order = pd.Series(range(len(cached.train_ids)), index=cached.train_ids).loc[folds.img].to_numpy()
+    return np.asarray(cached.train_views, np.float32).mean(0)[order], np.asarray(cached.test_views, np.float32).mean(0)
+
+
+def ensemble(oofs: list[np.ndarray], tests: list[np.ndarray], labels: np.ndarray, fold_of: np.ndarray,
+             settings: EnsembleParams, space: tuple[np.ndarray, np.ndarray] | None, metric: Metric) -> tuple:
+    """The pure core: (out-of-fold, test probabilities, recipe, report), every step fit on out-of-fold only.
+
+    ``space`` holds the (train, test) rows neighbours are found among; held-out images look for neighbours
+    within their own fold (drivers unseen by its models), as test images do within the test set. Steps are
+    fit on multi-class log loss and reported in the competition's ``metric``.
+    """
+    report = {}
+    weights = blend_weights(oofs, labels)
+    oof, test = blend(oofs, weights), blend(tests, weights)
+    report["blend/cv_log_loss"] = metric(labels, oof)
+    temperature = fit_temperature(oof, labels) if settings.calibrate else 1.0
+    oof, test = with_temperature(oof, temperature), with_temperature(test, temperature)
+    report["calibrated/cv_log_loss"] = metric(labels, oof)
+
+    neighbour_weight = 0.0
+    if settings.neighbours:
+        oof_near = neighbour_mean(oof, space[0], fold_of, settings.neighbours)
+        losses = [multiclass_log_loss(labels, smooth(oof, oof_near, w)) for w in NEIGHBOUR_WEIGHTS]
+        neighbour_weight = float(NEIGHBOUR_WEIGHTS[int(np.argmin(losses))])
+        test_near = neighbour_mean(test, space[1], np.zeros(len(test)), settings.neighbours)
+        oof, test = smooth(oof, oof_near, neighbour_weight), smooth(test, test_near, neighbour_weight)
+        report["neighbours/cv_log_loss"] = metric(labels, oof)
+
+    clip = min(settings.clip_grid, key=lambda eps: multiclass_log_loss(labels, kaggle_proba(oof, eps)))
+    oof, test = kaggle_proba(oof, clip), kaggle_proba(test, clip)
+    oof, test = oof / oof.sum(1, keepdims=True), test / test.sum(1, keepdims=True)
+    recipe = {"models": list(settings.models), "weights": weights.round(6).tolist(), "temperature": temperature,
+              "neighbours": settings.neighbours, "neighbour_weight": neighbour_weight, "clip": clip}
+    return oof, test, recipe, report
+
+
 def main_for() -> None:
     params = load_params()
     spec = load_spec(params.competition)
@@ -96,43 +145,16 @@ def main_for() -> None:
         oofs.append(oof.to_numpy())
         tests.append(test.to_numpy())
         report[f"{model}/cv_log_loss"] = competition_metric(spec, labels, oofs[-1])
-
-    weights = blend_weights(oofs, labels)
-    oof, test = blend(oofs, weights), blend(tests, weights)
-    report["blend/cv_log_loss"] = competition_metric(spec, labels, oof)
-    temperature = fit_temperature(oof, labels) if settings.calibrate else 1.0
-    oof, test = with_temperature(oof, temperature), with_temperature(test, temperature)
-    report["calibrated/cv_log_loss"] = competition_metric(spec, labels, oof)
-
-    neighbour_weight = 0.0
-    if settings.neighbours:
-        if settings.neighbour_backbone not in params.features.backbones:
-            raise PipelineError(f"params.yaml: ensemble.neighbour_backbone: {settings.neighbour_backbone!r} "
-                                f"is not under features.backbones")
-        cached = load_feature_set(features_dir(spec.slug, settings.neighbour_backbone))
-        order = pd.Series(range(len(cached.train_ids)), index=cached.train_ids).loc[folds.img].to_numpy()
-        train_features = np.asarray(cached.train_views, np.float32).mean(0)[order]
-        test_features = np.asarray(cached.test_views, np.float32).mean(0)
-        oof_near = neighbour_mean(oof, train_features, folds.fold.to_numpy(), settings.neighbours)
-        losses = [multiclass_log_loss(labels, smooth(oof, oof_near, w)) for w in NEIGHBOUR_WEIGHTS]
-        neighbour_weight = float(NEIGHBOUR_WEIGHTS[int(np.argmin(losses))])
-        test_near = neighbour_mean(test, test_features, np.zeros(len(test)), settings.neighbours)
-        oof, test = smooth(oof, oof_near, neighbour_weight), smooth(test, test_near, neighbour_weight)
-        report["neighbours/cv_log_loss"] = competition_metric(spec, labels, oof)
-
-    clip = min(settings.clip_grid, key=lambda eps: multiclass_log_loss(labels, kaggle_proba(oof, eps)))
-    oof, test = kaggle_proba(oof, clip), kaggle_proba(test, clip)
-    oof, test = oof / oof.sum(1, keepdims=True), test / test.sum(1, keepdims=True)
+    space = neighbour_space(params, spec, folds) if settings.neighbours else None
+    oof, test, recipe, steps = ensemble(oofs, tests, labels, folds.fold.to_numpy(), settings, space,
+                                        functools.partial(competition_metric, spec))
+    report.update(steps)
     report.update(cv_log_loss=competition_metric(spec, labels, oof), cv_accuracy=accuracy(labels, oof))
-    recipe = {"models": list(settings.models), "weights": weights.round(6).tolist(), "temperature": temperature,
-              "neighbours": settings.neighbours, "neighbour_weight": neighbour_weight, "clip": clip}
 
     with atomic_dir(ensemble_dir(spec.slug)) as out, \
             Live(str(metrics_dir("ensemble")), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        for name, ids, proba in (("oof", folds.img, oof), ("test", test_ids, test)):
-            table = pd.DataFrame(proba, columns=list(spec.classes))
-            table.insert(0, "img", list(ids))
-            table.to_csv(out / f"{name}.csv", index=False, float_format="%.7g")
+        write_table(out / "oof.csv", spec.classes, folds.img, oof)
+        write_table(out / "test.csv", spec.classes, test_ids, test)
         (out / "blend.json").write_text(json.dumps(recipe, indent=2) + "\n")
         live.summary.update(report)
         names = np.array(spec.classes)
@@ -140,8 +162,8 @@ def main_for() -> None:
                               name="oof_confusion.json")
     for key, value in report.items():
         log.info("%-45s %.4f", key, value)
-    log.info("blend weights %s, temperature %.3f, neighbour weight %.2f, clip %g", recipe["weights"], temperature,
-             neighbour_weight, clip)
+    log.info("blend weights %s, temperature %.3f, neighbour weight %.2f, clip %g", recipe["weights"],
+             recipe["temperature"], recipe["neighbour_weight"], recipe["clip"])
 
 
 main = cli(main_for)

@@ -4,54 +4,47 @@ The convolutional body is the slow part and does not change between head
 experiments, so it runs once per backbone; heads then train in seconds.
 Reads params ``competition``, ``features`` (this backbone's entry) and
 ``augment``; the competition's raw files (pipeline/raw_data.py). Writes
-``data/features/<competition>/<backbone>/``:
-
-- ``train_index.csv`` / ``test_index.csv``: image ids in array row order
-- ``train_views.npy`` float16 [views, n_train, dim], ``test_views.npy`` [views, n_test, dim]
-- ``train_aug.npy`` float16 [train_passes, n_train, dim] when ``train_passes`` > 0
-- ``features.json``: backbone, image size, views, preprocessing, dimension
-
-Arrays are filled batch by batch through ``np.lib.format.open_memmap`` (memory
-stays flat however large the competition); ``pipeline/feature_cache.py`` reads them back.
+``data/features/<competition>/<backbone>/`` in the format ``pipeline/feature_cache.py``
+describes (per-view float16 arrays for train and test, augmented passes, index
+CSVs, ``features.json``). Arrays are filled batch by batch on disk, so memory
+stays flat however large the competition.
 
     python -m pipeline.features tf_efficientnet_lite0
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir
 from pipeline.augment import train_transform, view_transform
 from pipeline.backbones import create_backbone, data_config
-from pipeline.competitions import CompetitionSpec
+from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.image_data import ArchiveImages, autocast, batches, loader, pick_device, to_model_input
+from pipeline.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
+from pipeline.image_data import ArchiveImages, Feed, pick_device
 from pipeline.images import ImageArchive
 from pipeline.paths import features_dir, raw_dir
-from pipeline.raw_data import load_spec, load_test_ids, train_table
+from pipeline.raw_data import load_test_ids, train_table
 
 log = logging.getLogger(__name__)
 
 
-def extract(model: torch.nn.Module, dataset: ArchiveImages, out: np.ndarray, mean, std, batch_size: int,
-            workers: int | str, device: torch.device, amp: bool, label: str) -> float:
+def extract(model: torch.nn.Module, dataset: ArchiveImages, out: np.ndarray, feed: Feed, label: str) -> float:
     """Fill ``out`` [len(dataset), dim] with pooled features; return images per second."""
     start = time.perf_counter()
     with torch.inference_mode(), tqdm(total=len(dataset), unit="img", desc=label, mininterval=2,
                                       disable=None) as progress:
-        for indices, images in batches(loader(dataset, batch_size, workers, device)):
-            with autocast(device, amp):
-                features = model(to_model_input(images, mean, std, device))
+        for indices, inputs in feed.inputs(feed.loader(dataset)):
+            with feed.autocast():
+                features = model(inputs)
             with np.errstate(over="ignore"):  # an overflow becomes inf, caught just below
                 chunk = features.float().cpu().numpy().astype(np.float16)
             if not np.isfinite(chunk).all():  # float16 overflows past 65504; catch it here, not in a submission
@@ -69,38 +62,35 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, raw: Pa
     model = create_backbone(backbone, num_classes=0, param_key=f"features.backbones.{backbone}")
     model = model.eval().to(device, memory_format=torch.channels_last)
     config = data_config(model)
+    feed = Feed(device, settings.batch_size, settings.workers, config["mean"], config["std"], settings.amp)
     archives = {"train": ImageArchive(raw / spec.train_archive), "test": ImageArchive(raw / spec.test_archive)}
     train = train_table(raw, spec)
     test_ids = load_test_ids(raw, spec)
     members = {"train": list(train.member), "test": [spec.test_member(i) for i in test_ids]}
-    train[["img"]].to_csv(out_dir / "train_index.csv", index=False)
-    pd.DataFrame({"img": test_ids}).to_csv(out_dir / "test_index.csv", index=False)
+    write_index(out_dir, "train", train.img)
+    write_index(out_dir, "test", test_ids)
 
-    dim = model.num_features
-    run = dict(mean=config["mean"], std=config["std"], batch_size=settings.batch_size, workers=settings.workers,
-               device=device, amp=settings.amp)
     speeds = []
     for split in ("train", "test"):
-        views = np.lib.format.open_memmap(out_dir / f"{split}_views.npy", mode="w+", dtype=np.float16,
-                                          shape=(len(settings.test_views), len(members[split]), dim))
+        views = new_array(out_dir, views_file(split), (len(settings.test_views), len(members[split]), model.num_features))
         for v, view in enumerate(settings.test_views):
-            dataset = ArchiveImages(archives[split], members[split], view_transform(view, size, config["interpolation"]), size)
-            speeds.append(extract(model, dataset, views[v], label=f"{backbone} {split} {view}", **run))
+            dataset = ArchiveImages(archives[split], members[split], view_transform(view, size, config["interpolation"]),
+                                    size)
+            speeds.append(extract(model, dataset, views[v], feed, f"{backbone} {split} {view}"))
         views.flush()
     if settings.train_passes:
-        augmented = np.lib.format.open_memmap(out_dir / "train_aug.npy", mode="w+", dtype=np.float16,
-                                              shape=(settings.train_passes, len(members["train"]), dim))
+        augmented = new_array(out_dir, AUGMENTED, (settings.train_passes, len(members["train"]), model.num_features))
         for p in range(settings.train_passes):
             # One seed per (pass, image): the same augmentation whatever the worker count.
             seeds = np.random.SeedSequence([settings.seed, p]).generate_state(len(members["train"]))
-            dataset = ArchiveImages(archives["train"], members["train"], train_transform(params.augment, size, settings.seed),
-                                    size, seeds=seeds)
-            speeds.append(extract(model, dataset, augmented[p], label=f"{backbone} train pass {p + 1}", **run))
+            dataset = ArchiveImages(archives["train"], members["train"],
+                                    train_transform(params.augment, size, settings.seed), size, seeds=seeds)
+            speeds.append(extract(model, dataset, augmented[p], feed, f"{backbone} train pass {p + 1}"))
         augmented.flush()
-    meta = {"backbone": backbone, "image_size": size, "dim": dim, "test_views": list(settings.test_views),
+    meta = {"backbone": backbone, "image_size": size, "dim": model.num_features, "test_views": list(settings.test_views),
             "train_passes": settings.train_passes, "mean": list(config["mean"]), "std": list(config["std"]),
             "interpolation": config["interpolation"], "n_train": len(members["train"]), "n_test": len(members["test"])}
-    (out_dir / "features.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(out_dir, meta)
     log.info("%s: %d train and %d test images, %d views, %d augmented passes, %.1f img/s on %s", backbone,
              meta["n_train"], meta["n_test"], len(settings.test_views), settings.train_passes,
              float(np.mean(speeds)), device)

@@ -17,11 +17,11 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.atomic import atomic_file
-from pipeline.competitions import CompetitionSpec
+from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.paths import folds_csv, raw_dir
-from pipeline.raw_data import load_spec, train_table
+from pipeline.raw_data import train_table
 
 log = logging.getLogger(__name__)
 

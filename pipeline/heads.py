@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,9 +29,9 @@ from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import FeatureSet, load_feature_set
 from pipeline.folds import load_folds
 from pipeline.metrics import accuracy, competition_metric, multiclass_log_loss
-from pipeline.paths import features_dir, metrics_dir, predictions_dir
+from pipeline.paths import features_dir, fold_name, metrics_dir, predictions_dir
 from pipeline.predictions import write_fold
-from pipeline.raw_data import load_spec
+from pipeline.competitions import load_spec
 from pipeline.training import EarlyStopping, seed_everything, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,21 @@ def predict(head: nn.Module, views: np.ndarray) -> np.ndarray:
         return np.mean([head(torch.from_numpy(np.asarray(v, np.float32))).softmax(-1).numpy() for v in views], 0)
 
 
-def train_head(x: np.ndarray, y: np.ndarray, val_views: np.ndarray, y_val: np.ndarray, n_classes: int,
-               settings: HeadsParams, dropout: float, seed: int, curve=None) -> nn.Module:
+@dataclass(frozen=True)
+class HeadSetup:
+    """What every head of one run shares: the number of classes, section heads, the top-level dropout."""
+
+    n_classes: int
+    settings: HeadsParams
+    dropout: float
+
+
+def train_head(x: np.ndarray, y: np.ndarray, val_views: np.ndarray, y_val: np.ndarray, setup: HeadSetup, seed: int,
+               curve=None) -> nn.Module:
     """Fit one head on ``x`` [n, dim]; keep the epoch with the best held-out log loss."""
     seed_everything(seed)
-    head = make_head(x.shape[1], settings.hidden, n_classes, dropout)
+    settings = setup.settings
+    head = make_head(x.shape[1], settings.hidden, setup.n_classes, setup.dropout)
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = -(-len(x) // settings.batch_size)
     schedule = warmup_cosine(optimizer, settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch)
@@ -91,8 +102,8 @@ def training_rows(features: FeatureSet, rows: np.ndarray) -> np.ndarray:
     return np.concatenate(copies).astype(np.float32)
 
 
-def cross_validate(features: FeatureSet, labels: np.ndarray, fold_of: np.ndarray, n_classes: int,
-                   settings: HeadsParams, dropout: float, live: Live | None = None, prefix: str = ""):
+def cross_validate(features: FeatureSet, labels: np.ndarray, fold_of: np.ndarray, setup: HeadSetup,
+                   live: Live | None = None):
     """Per fold: (held-out rows, held-out probabilities, test probabilities, head)."""
     results = []
     copies = len(features.train_views) + len(features.train_aug)
@@ -102,14 +113,27 @@ def cross_validate(features: FeatureSet, labels: np.ndarray, fold_of: np.ndarray
         def curve(epoch: int, train_loss: float, val_loss: float, fold=fold) -> None:
             if live is not None:
                 live.step = epoch
-                live.log_metric(f"{prefix}fold{fold}/train_loss", train_loss)
-                live.log_metric(f"{prefix}fold{fold}/val_log_loss", val_loss)
+                live.log_metric(f"fold{fold}/train_loss", train_loss)
+                live.log_metric(f"fold{fold}/val_log_loss", val_loss)
 
         val_views = np.asarray(features.train_views[:, held_out], np.float32)
         head = train_head(training_rows(features, train), np.tile(labels[train], copies), val_views,
-                          labels[held_out], n_classes, settings, dropout, settings.seed + int(fold), curve)
+                          labels[held_out], setup, setup.settings.seed + int(fold), curve)
         results.append((held_out, predict(head, val_views), predict(head, features.test_views), head))
     return results
+
+
+def random_split_oof(features: FeatureSet, labels: np.ndarray, n_folds: int, setup: HeadSetup) -> np.ndarray:
+    """Out-of-fold probabilities of the same heads on a split that ignores groups: near-duplicate frames of one
+    driver leak into validation, which is how much a random split flatters."""
+    random_fold = np.zeros(len(labels), int)
+    splitter = StratifiedKFold(n_folds, shuffle=True, random_state=setup.settings.seed)
+    for k, (_, rows) in enumerate(splitter.split(labels, labels)):
+        random_fold[rows] = k
+    oof = np.zeros((len(labels), setup.n_classes))
+    for held_out, proba, _, _ in cross_validate(features, labels, random_fold, setup):
+        oof[held_out] = proba
+    return oof
 
 
 def main_for(backbone: str) -> None:
@@ -125,16 +149,17 @@ def main_for(backbone: str) -> None:
     labels = spec.class_indices(folds.label)
     fold_of = folds.fold.to_numpy()
     model_name = f"heads-{backbone}"
+    setup = HeadSetup(len(spec.classes), settings, params.dropout)
     oof = np.zeros((len(labels), len(spec.classes)))
     with atomic_dir(predictions_dir(spec.slug, model_name)) as out, \
             Live(str(metrics_dir(model_name)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        for held_out, oof_proba, test_proba, head in cross_validate(
-                features, labels, fold_of, len(spec.classes), settings, params.dropout, live):
+        for held_out, oof_proba, test_proba, head in cross_validate(features, labels, fold_of, setup, live):
             fold = int(fold_of[held_out[0]])
             oof[held_out] = oof_proba
-            write_fold(out / f"fold{fold}", spec.classes, folds.img[held_out], oof_proba, features.test_ids, test_proba)
+            write_fold(out / fold_name(fold), spec.classes, folds.img[held_out], oof_proba, features.test_ids,
+                       test_proba)
             torch.save({"state_dict": head.state_dict(), "backbone": backbone, "dropout": params.dropout,
-                        "heads": settings.model_dump(), "classes": list(spec.classes)}, out / f"fold{fold}" / "head.pt")
+                        "heads": settings.model_dump(), "classes": list(spec.classes)}, out / fold_name(fold) / "head.pt")
             fold_loss = competition_metric(spec, labels[held_out], oof_proba)
             live.summary[f"fold{fold}_log_loss"] = fold_loss
             log.info("%s fold %d: log loss %.4f, accuracy %.3f", model_name, fold, fold_loss,
@@ -142,15 +167,7 @@ def main_for(backbone: str) -> None:
         cv_loss = competition_metric(spec, labels, oof)
         live.summary.update(cv_log_loss=cv_loss, cv_accuracy=accuracy(labels, oof))
         if settings.random_split_check:
-            # The same head on a split that ignores drivers: near-duplicate frames leak into validation.
-            random_fold = np.zeros(len(labels), int)
-            splitter = StratifiedKFold(len(np.unique(fold_of)), shuffle=True, random_state=settings.seed)
-            for k, (_, rows) in enumerate(splitter.split(labels, labels)):
-                random_fold[rows] = k
-            random_oof = np.zeros_like(oof)
-            for held_out, proba, _, _ in cross_validate(features, labels, random_fold, len(spec.classes), settings,
-                                                        params.dropout):
-                random_oof[held_out] = proba
+            random_oof = random_split_oof(features, labels, len(np.unique(fold_of)), setup)
             live.summary["random_split_cv_log_loss"] = competition_metric(spec, labels, random_oof)
             log.info("%s random-split CV log loss %.4f (driver split %.4f)", model_name,
                      live.summary["random_split_cv_log_loss"], cv_loss)

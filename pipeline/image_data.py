@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import albumentations as A
@@ -76,16 +77,17 @@ def resolve_workers(setting: int | str, device: torch.device) -> int:
     return max((os.cpu_count() or 1) - 1, 1) if device.type == "cuda" else 0
 
 
-def loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.device, shuffle: bool = False,
-           seed: int = 0, sampler=None) -> DataLoader:
+def loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.device, sampler=None) -> DataLoader:
+    """Batches in the dataset's order (or the sampler's), assembled in the workers, pinned for a GPU."""
     workers = resolve_workers(workers, device)
     # One decoding thread per process, set before workers fork: OpenCV's thread pool does not survive a fork
     # (a forked worker deadlocks in it), and parallelism comes from the workers anyway.
     cv2.setNumThreads(1)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker,
-                      persistent_workers=workers > 0, collate_fn=_already_batched, prefetch_factor=4 if workers else None,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker, persistent_workers=workers > 0,
+                      collate_fn=_already_batched, prefetch_factor=4 if workers else None,
+                      # Its own generator: starting an epoch must not draw from the global RNG that dropout uses.
+                      generator=torch.Generator().manual_seed(0))
 
 
 def batches(data: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -106,8 +108,9 @@ def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     return images.sub_(mean_t).div_(std_t).contiguous(memory_format=torch.channels_last)
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(local_rank: int = 0) -> torch.device:
+    """The GPU of this process (``LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
+    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -116,3 +119,26 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Feed:
+    """How images reach a model: the device, batch size, decoding workers, the model's normalisation, autocast."""
+
+    device: torch.device
+    batch_size: int
+    workers: int | str
+    mean: Sequence[float]
+    std: Sequence[float]
+    amp: bool
+
+    def loader(self, dataset: Dataset, sampler=None, batch_size: int | None = None) -> DataLoader:
+        return loader(dataset, batch_size or self.batch_size, self.workers, self.device, sampler)
+
+    def inputs(self, data: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(indices, normalised model input on the device) per batch."""
+        for indices, images in batches(data):
+            yield indices, to_model_input(images, self.mean, self.std, self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.amp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -23,6 +24,29 @@ from pipeline.errors import PipelineError
 
 # Fixed member timestamps: archives we write are byte-identical for identical content, so DVC hashes stay put.
 ZIP_DATE = (2016, 4, 5, 0, 0, 0)
+
+
+class ZipWriter:
+    """The one writer of the zips we make (stand-ins, packed folders): stored, not deflated (JPEGs do not
+    deflate), members in the order added, fixed timestamps."""
+
+    def __init__(self, target: Path):
+        self._zip = zipfile.ZipFile(target, "w", zipfile.ZIP_STORED)
+
+    def add(self, member: str, content: bytes | BinaryIO) -> None:
+        """One member from bytes, or copied from an open binary stream in 1 MiB pieces."""
+        info = zipfile.ZipInfo(member, date_time=ZIP_DATE)
+        if isinstance(content, bytes):
+            self._zip.writestr(info, content)
+            return
+        with self._zip.open(info, "w", force_zip64=True) as target:
+            shutil.copyfileobj(content, target, length=1 << 20)
+
+    def __enter__(self) -> "ZipWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._zip.close()
 
 
 def check_member_name(container: Path, name: str) -> None:

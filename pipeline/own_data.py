@@ -14,8 +14,6 @@ any competition without groups of its own (``raw_data.copy_groups``).
 """
 from __future__ import annotations
 
-import shutil
-import zipfile
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -23,7 +21,7 @@ import pandas as pd
 from pipeline.competitions import OWN_DATA
 from pipeline.config import OwnDataParams
 from pipeline.errors import PipelineError
-from pipeline.images import ZIP_DATE, ImageArchive
+from pipeline.images import ImageArchive, ZipWriter
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
@@ -66,11 +64,10 @@ def ingest_own_data(settings: OwnDataParams, out_dir: Path, max_unpacked_bytes: 
     files = [(train_root / label / img, f"{OWN_DATA.train_prefix}{label}/{img}") for label, img in
              zip(train.label, train.img)]
     files += [(test_root / name, OWN_DATA.test_member(name)) for name in test_ids]
-    with zipfile.ZipFile(out_dir / OWN_DATA.train_archive, "w", zipfile.ZIP_STORED) as archive:
-        for path, member in files:  # fixed timestamps: the same folders give a byte-identical zip
-            with open(path, "rb") as src, archive.open(zipfile.ZipInfo(member, date_time=ZIP_DATE), "w",
-                                                       force_zip64=True) as dst:
-                shutil.copyfileobj(src, dst, length=1 << 20)
+    with ZipWriter(out_dir / OWN_DATA.train_archive) as archive:  # the same folders give a byte-identical zip
+        for path, member in files:
+            with open(path, "rb") as stream:
+                archive.add(member, stream)
     train[list(OWN_DATA.labels_columns)].to_csv(out_dir / OWN_DATA.labels_csv, index=False)
     sample = pd.DataFrame({OWN_DATA.submission_id: test_ids, **{c: 1.0 / len(classes) for c in classes}})
     sample[[OWN_DATA.submission_id, *classes]].to_csv(out_dir / OWN_DATA.sample_submission, index=False)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 DATA = Path("data")
+SUBMISSIONS = Path("submissions")
+METRICS = Path("metrics")
 
 
 def raw_dir(competition: str) -> Path:
@@ -21,7 +23,7 @@ def folds_csv(competition: str) -> Path:
 
 
 def features_dir(competition: str, backbone: str) -> Path:
-    """One backbone's cached pooled features: train/test arrays, their index tables, features.json."""
+    """One backbone's cached pooled features (file names: pipeline/feature_cache.py)."""
     return DATA / "features" / competition / backbone
 
 
@@ -30,20 +32,25 @@ def predictions_dir(competition: str, model: str) -> Path:
     return DATA / "predictions" / competition / model
 
 
+def fold_name(fold: int) -> str:
+    return f"fold{fold}"
+
+
+def fold_dir(competition: str, model: str, fold: int) -> Path:
+    """One fold's predictions of one model: ``oof.csv``, ``test.csv`` (and a fine-tuned net's embeddings)."""
+    return predictions_dir(competition, model) / fold_name(fold)
+
+
+def checkpoint_dir(competition: str, model: str, fold: int) -> Path:
+    """Checkpoints of one fine-tuned model's fold: ``last.pt`` to resume, ``best.pt``."""
+    return Path("models") / competition / model / fold_name(fold)
+
+
 def ensemble_dir(competition: str) -> Path:
     """The blended, calibrated out-of-fold and test probabilities and how they were made."""
     return DATA / "ensemble" / competition
 
 
-SUBMISSIONS = Path("submissions")
-METRICS = Path("metrics")
-
-
 def metrics_dir(stage: str) -> Path:
     """DVCLive's folder for one stage: metrics.json and plots/ (declared in dvc.yaml)."""
     return METRICS / stage
-
-
-def models_dir(competition: str, model: str) -> Path:
-    """Checkpoints of a fine-tuned model, one ``fold<k>/`` per fold (``last.pt`` to resume, ``best.pt``)."""
-    return Path("models") / competition / model

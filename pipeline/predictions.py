@@ -1,9 +1,11 @@
 """The one interface between models, the ensemble and the submission: probability tables by image id.
 
-A model's predictions live in ``data/predictions/<competition>/<model>/fold<k>/``:
+A table is a CSV with ``img`` and one probability column per class. A model's
+predictions live in ``data/predictions/<competition>/<model>/fold<k>/``:
 ``oof.csv`` (the fold's held-out train images) and ``test.csv`` (every test
-image), each ``img`` plus one probability column per class. Heads write all
-folds in one stage, fine-tuning one stage per fold; both read back the same way.
+image). Heads write all folds in one stage, fine-tuning one stage per fold; the
+ensemble writes its blend in the same format. ``write_table`` and
+``read_table`` are the only writer and reader of these files.
 """
 from __future__ import annotations
 
@@ -13,25 +15,23 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.paths import fold_name
 
 
-def write_fold(out: Path, classes: tuple[str, ...], oof_ids, oof_proba: np.ndarray, test_ids,
-               test_proba: np.ndarray) -> None:
-    """Write one fold's out-of-fold and test probabilities into ``out`` (``.../fold<k>``); refuse non-finite
-    ones here, where they were made."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name, ids, proba in (("oof", oof_ids, oof_proba), ("test", test_ids, test_proba)):
-        if not np.isfinite(proba).all():
-            raise PipelineError(f"{out / name}.csv: non-finite probabilities; not written")
-        table = pd.DataFrame(proba, columns=list(classes))
-        table.insert(0, "img", list(ids))
-        table.to_csv(out / f"{name}.csv", index=False, float_format="%.7g")
+def write_table(path: Path, classes: tuple[str, ...], ids, proba: np.ndarray) -> None:
+    """Write one probability table; refuse non-finite values here, where they were made."""
+    if not np.isfinite(proba).all():
+        raise PipelineError(f"{path}: non-finite probabilities; not written")
+    table = pd.DataFrame(proba, columns=list(classes))
+    table.insert(0, "img", list(ids))
+    table.to_csv(path, index=False, float_format="%.7g")
 
 
-def _read(path: Path, classes: tuple[str, ...]) -> pd.DataFrame:
+def read_table(path: Path, classes: tuple[str, ...]) -> pd.DataFrame:
+    """A probability table indexed by image id (ids as text: Dogs vs. Cats test ids are numbers), checked."""
     if not path.is_file():
-        raise PipelineError(f"{path}: missing; has this model's stage run for every fold?")
-    table = pd.read_csv(path, dtype={"img": str})  # ids stay text: Dogs vs. Cats test ids are numbers
+        raise PipelineError(f"{path}: missing; has the stage that writes it run for every fold?")
+    table = pd.read_csv(path, dtype={"img": str}, keep_default_na=False)
     if list(table.columns) != ["img", *classes]:
         raise PipelineError(f"{path}: columns {list(table.columns)[:4]}...; expected img, {', '.join(classes)}")
     try:
@@ -43,20 +43,54 @@ def _read(path: Path, classes: tuple[str, ...]) -> pd.DataFrame:
     return table.set_index("img")
 
 
+def write_fold(out: Path, classes: tuple[str, ...], oof_ids, oof_proba: np.ndarray, test_ids,
+               test_proba: np.ndarray) -> None:
+    """One fold's out-of-fold and test probabilities into ``out`` (``.../fold<k>``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(out / "oof.csv", classes, oof_ids, oof_proba)
+    write_table(out / "test.csv", classes, test_ids, test_proba)
+
+
 def load_model(folder: Path, folds: pd.DataFrame, classes: tuple[str, ...],
                test_ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(out-of-fold, test) probabilities of one model, checked: every train image predicted exactly once,
     by the fold that held it out; test probabilities averaged over folds, in sample-submission order."""
     oof_parts, test_parts = [], []
     for fold in sorted(folds.fold.unique()):
-        part = _read(folder / f"fold{fold}" / "oof.csv", classes)
-        expected = set(folds.img[folds.fold == fold])
-        if set(part.index) != expected or part.index.duplicated().any():
-            raise PipelineError(f"{folder}/fold{fold}/oof.csv: does not hold exactly fold {fold}'s held-out images")
+        fold_folder = folder / fold_name(fold)
+        part = read_table(fold_folder / "oof.csv", classes)
+        if set(part.index) != set(folds.img[folds.fold == fold]) or part.index.duplicated().any():
+            raise PipelineError(f"{fold_folder}/oof.csv: does not hold exactly fold {fold}'s held-out images")
         oof_parts.append(part)
-        test = _read(folder / f"fold{fold}" / "test.csv", classes)
+        test = read_table(fold_folder / "test.csv", classes)
         if list(test.index) != list(test_ids):
-            raise PipelineError(f"{folder}/fold{fold}/test.csv: test images differ from the sample submission")
+            raise PipelineError(f"{fold_folder}/test.csv: test images differ from the sample submission")
         test_parts.append(test)
     oof = pd.concat(oof_parts).loc[folds.img]
     return oof, sum(test_parts) / len(test_parts)
+
+
+def write_embeddings(out: Path, oof_embeddings: np.ndarray, test_embeddings: np.ndarray) -> None:
+    """A fine-tuned net's pooled pre-logit embeddings (float16), rows in ``oof.csv`` / ``test.csv`` order: where
+    the ensemble finds neighbours by what the net learned (pose) rather than by ImageNet features (driver)."""
+    for name, values in (("oof_embeddings.npy", oof_embeddings), ("test_embeddings.npy", test_embeddings)):
+        if not np.isfinite(values).all():
+            raise PipelineError(f"{out / name}: non-finite embeddings; not written")
+        np.save(out / name, values.astype(np.float16))
+
+
+def load_embeddings(folder: Path, folds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(train embeddings in ``folds`` row order, each from the fold that held it out; test embeddings averaged
+    over folds) of one fine-tuned model."""
+    train, tests = np.zeros((len(folds), 0), np.float32), []
+    for fold in sorted(folds.fold.unique()):
+        fold_folder = folder / fold_name(fold)
+        if not (fold_folder / "oof_embeddings.npy").is_file():
+            raise PipelineError(f"{fold_folder}/oof_embeddings.npy: missing; only fine-tuned models write embeddings")
+        part = np.load(fold_folder / "oof_embeddings.npy").astype(np.float32)
+        if train.shape[1] == 0:
+            train = np.zeros((len(folds), part.shape[1]), np.float32)
+        ids = pd.read_csv(fold_folder / "oof.csv", dtype={"img": str}, usecols=["img"], keep_default_na=False).img
+        train[pd.Series(range(len(folds)), index=folds.img).loc[ids].to_numpy()] = part
+        tests.append(np.load(fold_folder / "test_embeddings.npy").astype(np.float32))
+    return train, np.mean(tests, 0)

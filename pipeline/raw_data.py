@@ -15,15 +15,13 @@ from __future__ import annotations
 import io
 import shutil
 import zipfile
-from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from pipeline.competitions import CompetitionSpec, get_spec
+from pipeline.competitions import CompetitionSpec
 from pipeline.errors import PipelineError
-from pipeline.images import ZIP_DATE, ImageArchive
-from pipeline.paths import raw_dir
+from pipeline.images import ImageArchive, ZipWriter
 
 TRAIN_COLUMNS = ["img", "label", "group", "member"]
 # The user's groups (data.groups_csv) for a competition without groups of its own, copied by the download stage.
@@ -39,25 +37,6 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     if missing:
         raise PipelineError(f"{path}: missing column(s) {missing}; expected columns {list(columns)}")
     return table
-
-
-def load_spec(slug: str) -> CompetitionSpec:
-    """The competition's spec with its classes, for stages that run after the download stage."""
-    return with_classes(get_spec(slug), raw_dir(slug))
-
-
-def with_classes(spec: CompetitionSpec, raw: Path) -> CompetitionSpec:
-    """Own data's classes are its class folders, recorded as the sample submission's columns."""
-    if spec.classes:
-        return spec
-    path = raw / spec.sample_submission
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise PipelineError(f"{path}: cannot read the class columns ({error}); run the download stage") from None
-    if len(header) < 3 or header[0] != spec.submission_id:
-        raise PipelineError(f"{path}: expected columns {spec.submission_id}, <class>, <class>, ...")
-    return replace(spec, classes=tuple(header[1:]))
 
 
 def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None = None) -> pd.DataFrame:
@@ -215,11 +194,10 @@ def _copy_csv(source: ImageArchive, root: str, name: str, target: Path) -> None:
 
 def pack_members(source: ImageArchive, members: list[str], strip: str, target: Path) -> None:
     """Store ``members`` of ``source`` in a new zip at ``target``, minus the leading ``strip``."""
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:  # JPEGs do not deflate
+    with ZipWriter(target) as archive:
         for member in members:
-            info = zipfile.ZipInfo(member[len(strip):], date_time=ZIP_DATE)
-            with source.open(member) as src, archive.open(info, "w", force_zip64=True) as dst:
-                shutil.copyfileobj(src, dst, length=1 << 20)
+            with source.open(member) as stream:
+                archive.add(member[len(strip):], stream)
 
 
 def ingest(source_path: Path, out_dir: Path, spec: CompetitionSpec, max_unpacked_bytes: int) -> None:

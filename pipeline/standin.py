@@ -19,21 +19,21 @@ the same params whatever the number of worker processes.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.competitions import DOGS_VS_CATS, OWN_DATA, STATE_FARM, CompetitionSpec
+from pipeline.competitions import DOGS_VS_CATS, OWN_DATA, STATE_FARM, CompetitionSpec, load_spec
 from pipeline.config import OwnDataParams, StandinParams
-from pipeline.images import ZIP_DATE
+from pipeline.images import ZipWriter
 from pipeline.own_data import ingest_own_data
-from pipeline.raw_data import copy_groups, with_classes
+from pipeline.raw_data import copy_groups
 from pipeline.standin_scene import draw_frame, frame_pose, random_look
 
 # Which scene pose draws each class (State Farm's c0..c9 are the poses themselves).
@@ -79,7 +79,7 @@ def plan_images(classes, params: StandinParams) -> pd.DataFrame:
 def _name_images(table: pd.DataFrame, spec: CompetitionSpec, seed: int) -> pd.DataFrame:
     """File names, test ids and archive members as the competition has them."""
     train = table.split == "train"
-    if spec is DOGS_VS_CATS:  # train/<class>.<n>.jpg; test/<id>.jpg with ids 1..N in random order
+    if spec.labels_from == "file_name":  # Dogs vs. Cats: train/<class>.<n>.jpg; test/<id>.jpg, ids 1..N shuffled
         table["img"] = [f"{c}.{n}.jpg" for c, n in zip(table.classname, table.number)]
         table.loc[~train, "img"] = [str(i + 1) for i in np.random.default_rng([seed, 2]).permutation((~train).sum())]
     else:
@@ -118,23 +118,18 @@ def _write_solution(test: pd.DataFrame, spec: CompetitionSpec, params: StandinPa
     solution.assign(Usage=np.where(public, "Public", "Private")).to_csv(out_dir / spec.solution_csv, index=False)
 
 
-def write_standin(out_dir: Path, spec: CompetitionSpec, params: StandinParams, workers: int | None = None,
-                  own_data: OwnDataParams | None = None) -> None:
+def write_standin(out_dir: Path, spec: CompetitionSpec, params: StandinParams, workers: int | None = None) -> None:
     """Render every image and write the competition's files into ``out_dir``."""
     classes = tuple(POSES[spec.slug])
     table = _name_images(plan_images(classes, params), spec, params.seed)
     table = table.sort_values("member", ignore_index=True)
-    if spec is OWN_DATA:
-        _write_own_data(out_dir, table, params, workers, own_data)
+    if spec.ingest_from == "class_folders":
+        _write_own_data(out_dir, table, params, workers)
         return
-    archives = {name: zipfile.ZipFile(out_dir / name, "w", zipfile.ZIP_STORED) for name in spec.archives}
-    try:
+    with contextlib.ExitStack() as stack:
+        archives = {name: stack.enter_context(ZipWriter(out_dir / name)) for name in spec.archives}
         for member, jpeg in _render_all(table, spec, params, workers):
-            name = spec.train_archive if member.startswith(spec.train_prefix) else spec.test_archive
-            archives[name].writestr(zipfile.ZipInfo(member, date_time=ZIP_DATE), jpeg)
-    finally:
-        for archive in archives.values():
-            archive.close()
+            archives[spec.train_archive if member.startswith(spec.train_prefix) else spec.test_archive].add(member, jpeg)
     if spec.labels_csv:
         train = table[table["split"] == "train"].sort_values(["subject", "classname", "img"])
         train = train.rename(columns={"img": spec.id_column, "classname": spec.label_column,
@@ -150,8 +145,7 @@ def _sort_key(image_id: str):
     return (0, int(image_id), "") if image_id.isdigit() else (1, 0, image_id)
 
 
-def _write_own_data(out_dir: Path, table: pd.DataFrame, params: StandinParams, workers: int | None,
-                    settings: OwnDataParams | None) -> None:
+def _write_own_data(out_dir: Path, table: pd.DataFrame, params: StandinParams, workers: int | None) -> None:
     """A user's folders (train/<class>/, test/, groups.csv), then the same ingest a user's data goes through."""
 
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".own-data-") as folder:
@@ -162,6 +156,6 @@ def _write_own_data(out_dir: Path, table: pd.DataFrame, params: StandinParams, w
         train = table[table.split == "train"].sort_values("img")
         train[["img", "subject"]].rename(columns={"subject": "person"}).to_csv(root / "groups.csv", index=False)
         ingest_own_data(OwnDataParams(train_dir=str(root / "train"), test_dir=str(root / "test")), out_dir, None)
-        copy_groups(root / "groups.csv", "person", out_dir, with_classes(OWN_DATA, out_dir))
+        copy_groups(root / "groups.csv", "person", out_dir, load_spec(OWN_DATA.slug, out_dir))
     test = table[table["split"] == "test"].sort_values("img")
     _write_solution(test, OWN_DATA, params, out_dir)  # ingest wrote the sample submission, as for a user

@@ -22,18 +22,19 @@ import pandas as pd
 from dvclive import Live
 
 from pipeline.atomic import atomic_file
-from pipeline.competitions import CompetitionSpec
+from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.metrics import competition_metric
+from pipeline.predictions import read_table
 from pipeline.paths import SUBMISSIONS, ensemble_dir, metrics_dir, raw_dir
-from pipeline.raw_data import load_spec
 
 log = logging.getLogger(__name__)
 
 
-def read_table(path, id_column: str) -> pd.DataFrame:
-    """A CSV keyed by image id, the ids as text (Dogs vs. Cats ids are numbers, and must not become floats)."""
+def read_submission(path, id_column: str) -> pd.DataFrame:
+    """A submission-shaped CSV (ours, the sample submission, solution.csv), the ids as text (Dogs vs. Cats ids are
+    numbers, and must not become floats)."""
     return pd.read_csv(path, dtype={id_column: str})
 
 
@@ -101,8 +102,8 @@ def main_for() -> None:
     params = load_params()
     spec = load_spec(params.competition)
     raw = raw_dir(spec.slug)
-    sample = read_table(raw / spec.sample_submission, spec.submission_id)
-    test = read_table(ensemble_dir(spec.slug) / "test.csv", "img").set_index("img")
+    sample = read_submission(raw / spec.sample_submission, spec.submission_id)
+    test = read_table(ensemble_dir(spec.slug) / "test.csv", spec.classes)
     missing = sorted(set(sample[spec.submission_id]) - set(test.index))
     if missing:
         raise PipelineError(f"{ensemble_dir(spec.slug) / 'test.csv'}: no prediction for test image {missing[0]!r}")
@@ -118,14 +119,14 @@ def main_for() -> None:
         validate_submission(table, sample, spec, str(target))
         with atomic_file(target) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6f")
-            validate_submission(read_table(tmp, spec.submission_id), sample, spec, str(target))  # as Kaggle reads it
+            validate_submission(read_submission(tmp, spec.submission_id), sample, spec, str(target))  # as Kaggle reads it
         with atomic_file(SUBMISSIONS / "latest.csv") as tmp:
             shutil.copyfile(target, tmp)
         log.info("wrote %s (%d rows) and %s", target, len(table), SUBMISSIONS / "latest.csv")
         live.summary["file"] = target.name
         solution_path = raw / spec.solution_csv
         if solution_path.is_file():  # only the stand-ins know their test labels
-            scores = score(table, read_table(solution_path, spec.submission_id), spec)
+            scores = score(table, read_submission(solution_path, spec.submission_id), spec)
             live.summary.update(scores, cv_over_private=cv / scores["private_log_loss"])
             log.info("CV log loss %.4f; local leaderboard: public %.4f, private %.4f", cv,
                      scores["public_log_loss"], scores["private_log_loss"])

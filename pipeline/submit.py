@@ -19,8 +19,8 @@ from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.kaggle_io import submit_file
 from pipeline.paths import SUBMISSIONS, metrics_dir, raw_dir
-from pipeline.raw_data import load_spec
-from pipeline.submission import read_table, validate_submission
+from pipeline.competitions import load_spec
+from pipeline.submission import read_submission, validate_submission
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def main() -> None:
     spec = load_spec(params.competition)
     if not args.file.is_file():
         raise PipelineError(f"{args.file}: not found; run `dvc repro` first")
-    validate_submission(read_table(args.file, spec.submission_id),
-                        read_table(raw_dir(spec.slug) / spec.sample_submission, spec.submission_id), spec, str(args.file))
+    validate_submission(read_submission(args.file, spec.submission_id),
+                        read_submission(raw_dir(spec.slug) / spec.sample_submission, spec.submission_id), spec, str(args.file))
     message = args.message or default_message(args.file)
     answer = submit_file(spec.slug, args.file, message)
     log.info("submitted %s to %s: %s (message: %s)", args.file, spec.slug, answer or "accepted", message)

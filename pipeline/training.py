@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,8 +16,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up to the base learning rate, then cosine decay to zero, stepped once per batch."""
+def warmup_cosine_factor(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up to 1, then cosine decay to zero."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -24,7 +25,12 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """``warmup_cosine_factor`` on every parameter group, stepped once per batch."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_factor(warmup_steps, total_steps))
 
 
 class EarlyStopping:
@@ -38,4 +44,13 @@ class EarlyStopping:
         if loss < self.best:
             self.best, self.best_epoch = loss, epoch
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return self.done(epoch)
+
+    def done(self, epoch: int) -> bool:
         return epoch - self.best_epoch >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.best_state = state["best"], state["best_epoch"], state["best_state"]

@@ -72,34 +72,47 @@ DAMAGE = {
 }
 
 
-def _download_from(repo: Path, folder: Path):
-    set_params(repo, data={"source": "local", "local_path": str(folder)})
-    return run([sys.executable, "-m", "pipeline.download"], repo, check=False)
+def _damaged_copy(tiny_competition: Path, folder: Path, case: str) -> str:
+    """A copy of the competition with one kind of damage; the message that must name it."""
+    damage, message = DAMAGE[case]
+    shutil.copytree(tiny_competition, folder)
+    damage(folder)
+    return message
+
+
+def _assert_names_the_users_file(status: int, lines: list[str], message: str, folder: Path, repo: Path) -> None:
+    assert status == 2 and len(lines) == 1, lines
+    assert message in lines[0] and str(folder) in lines[0], lines[0]
+    assert ".tmp-" not in lines[0]  # named as the user knows it, not by the folder it was checked in
+    assert list((repo / "data" / "raw").iterdir()) == []
 
 
 @pytest.mark.parametrize("case", list(DAMAGE))
 def test_inconsistent_files_stop_the_download_with_one_line_naming_the_file(repo_copy, tiny_competition, tmp_path,
-                                                                             case):
-    damage, message = DAMAGE[case]
+                                                                             run_stage, case):
     folder = tmp_path / "mine"
-    shutil.copytree(tiny_competition, folder)
-    damage(folder)
-    result = _download_from(repo_copy, folder)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert message in lines[0] and str(folder) in lines[0], lines[0]
-    assert ".tmp-" not in lines[0]  # named as the user knows it, not by the folder it was checked in
-    assert list((repo_copy / "data" / "raw").iterdir()) == []
+    message = _damaged_copy(tiny_competition, folder, case)
+    set_params(repo_copy, data={"source": "local", "local_path": str(folder)})
+    _assert_names_the_users_file(*run_stage(repo_copy, "download"), message, folder, repo_copy)
 
 
-def test_a_failed_download_leaves_the_previous_competition_folder_as_it_was(repo_copy, tiny_competition, tmp_path):
-    run([sys.executable, "-m", "pipeline.download"], repo_copy)  # the stand-in
+def test_the_download_command_itself_exits_2_with_the_one_line(repo_copy, tiny_competition, tmp_path):
+    folder = tmp_path / "mine"
+    message = _damaged_copy(tiny_competition, folder, "train image not in the CSV")
+    set_params(repo_copy, data={"source": "local", "local_path": str(folder)})
+    result = run([sys.executable, "-m", "pipeline.download"], repo_copy, check=False)
+    _assert_names_the_users_file(result.returncode, result.stderr.strip().splitlines(), message, folder, repo_copy)
+
+
+def test_a_failed_download_leaves_the_previous_competition_folder_as_it_was(repo_copy, tiny_competition, tmp_path,
+                                                                            run_stage):
+    assert run_stage(repo_copy, "download")[0] == 0  # the stand-in
     raw = repo_copy / raw_dir(STATE_FARM.slug)
     before = {p.name: p.read_bytes() for p in raw.iterdir()}
     folder = tmp_path / "mine"
-    shutil.copytree(tiny_competition, folder)
-    _edit_csv(folder / LABELS, lambda t: t.iloc[1:])
-    assert _download_from(repo_copy, folder).returncode == 2
+    _damaged_copy(tiny_competition, folder, "train image not in the CSV")
+    set_params(repo_copy, data={"source": "local", "local_path": str(folder)})
+    assert run_stage(repo_copy, "download")[0] == 2
     assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
 
 
@@ -115,8 +128,8 @@ def _png() -> bytes:
     ("zero bytes", "not a valid JPEG"),
     ("PNG named .jpg", "is PNG, not a JPEG"),
 ])
-def test_an_image_that_does_not_decode_stops_the_features_stage_naming_it(repo_copy, tiny_competition, damage,
-                                                                          message):
+def test_an_image_that_does_not_decode_stops_the_features_stage_naming_it(repo_copy, tiny_competition, run_stage,
+                                                                          damage, message):
     raw = put_competition(repo_copy, tiny_competition)
     member = _first_train_member(raw)
     with zipfile.ZipFile(raw / "imgs.zip") as archive:
@@ -124,9 +137,8 @@ def test_an_image_that_does_not_decode_stops_the_features_stage_naming_it(repo_c
     broken = {"truncated": good[: len(good) // 2], "corrupt": b"\xff\xd8\xff" + bytes(200), "zero bytes": b"",
               "PNG named .jpg": _png()}[damage]
     replace_member(raw / "imgs.zip", member, broken)
-    result = run([sys.executable, "-m", "pipeline.features", BACKBONE], repo_copy, check=False)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    status, lines = run_stage(repo_copy, "features", BACKBONE)
+    assert status == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"error: data/raw/{STATE_FARM.slug}/imgs.zip:{member}: ") and message in lines[0]
     folder = repo_copy / features_dir(STATE_FARM.slug, BACKBONE)
     assert not folder.exists() and list(folder.parent.iterdir()) == []

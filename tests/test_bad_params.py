@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import sys
 
+import pydantic
 import pytest
 import yaml
 
-from pipeline.config import load_params
+from pipeline.config import load_params, parse_params
+from pipeline.errors import PipelineError
 from pipeline.paths import features_dir, folds_csv, raw_dir
 from tests.conftest import REPO, put_competition, run, set_params
 
@@ -22,14 +24,8 @@ def test_the_shipped_params_load_with_state_farm_from_the_standin():
 
 def test_config_object_is_frozen():
     params = load_params(REPO / "params.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         params.folds.n_splits = 3
-
-
-def _edit(repo, edit) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    edit(params)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def _one_line_error(result) -> str:
@@ -53,6 +49,14 @@ def _one_line_error(result) -> str:
         (lambda p: p["augment"].update(hflip=True), "params.yaml: augment.hflip: state-farm-distracted-driver-detection "
                                                     "classes change under a horizontal flip"),
         (lambda p: p["finetune"].update(folds=[0, 7]), "params.yaml: finetune.folds: [0, 7] must be distinct folds below"),
+        (lambda p: p["finetune"]["models"]["lite0"].update(epocs=3),
+         "params.yaml: finetune.models.lite0.epocs: unknown key (did you mean 'epochs'?)"),
+        (lambda p: p["finetune"]["defaults"].pop("lr"),
+         "params.yaml: finetune.models.lite0.lr: missing key (set it there or in finetune.defaults)"),
+        (lambda p: p["finetune"]["models"]["lite0"].update(image_size=8),
+         "params.yaml: finetune.models.lite0.image_size: Input should be greater than or equal to 32"),
+        (lambda p: p["ensemble"].update(models=["finetune-lite9"]),
+         "params.yaml: ensemble.models: 'finetune-lite9' is not a model of this params.yaml"),
         (lambda p: p["augment"].update(scale=[1.1, 0.9]), "params.yaml: augment.scale: Value error, expected [low, high]"),
         (lambda p: p.update(competition="own-data", data={**p["data"], "source": "kaggle"}),
          "params.yaml: data.source: own-data is not on Kaggle"),
@@ -64,32 +68,47 @@ def _one_line_error(result) -> str:
         (lambda p: p.update(params_version=2), "params.yaml: params_version: unknown key"),
     ],
 )
-def test_a_bad_param_is_one_line_naming_the_key_and_nothing_is_written(repo_copy, edit, expected):
-    _edit(repo_copy, edit)
+def test_a_bad_param_is_one_error_naming_the_key(edit, expected):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(params)
+    with pytest.raises(PipelineError) as error:
+        parse_params(params)
+    assert str(error.value).startswith(expected), str(error.value)
+
+
+def test_a_bad_param_stops_the_stage_with_one_line_and_nothing_is_written(repo_copy):
+    set_params(repo_copy, dropuot=0.3)
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    del params["dropout"]
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     error = _one_line_error(run(DOWNLOAD, repo_copy, check=False))
-    assert error.startswith(f"error: {expected}"), error
+    assert error == "error: params.yaml: dropuot: unknown key (did you mean 'dropout'?)"
     assert not (repo_copy / "data").exists()
 
 
-def test_yaml_that_does_not_parse_names_the_file(repo_copy):
+def _one_line(outcome: tuple[int, list[str]]) -> str:
+    status, lines = outcome
+    assert status == 2 and len(lines) == 1, lines
+    return lines[0]
+
+
+def test_yaml_that_does_not_parse_names_the_file(repo_copy, run_stage):
     (repo_copy / "params.yaml").write_text("dropout: [0.5\n")
-    assert _one_line_error(run(DOWNLOAD, repo_copy, check=False)).startswith("error: params.yaml: not valid YAML")
+    assert _one_line(run_stage(repo_copy, "download")).startswith("error: params.yaml: not valid YAML")
 
 
-def test_more_folds_than_drivers_names_the_key_and_writes_no_folds(repo_copy, tiny_competition):
+def test_more_folds_than_drivers_names_the_key_and_writes_no_folds(repo_copy, tiny_competition, run_stage):
     put_competition(repo_copy, tiny_competition)
     set_params(repo_copy, folds={"n_splits": 6}, finetune={"folds": [0]})
-    error = _one_line_error(run([sys.executable, "-m", "pipeline.folds"], repo_copy, check=False))
-    assert error == ("error: params.yaml: folds.n_splits: 6 folds need at least 6 distinct subject values; "
-                     "the data has 5")
+    assert _one_line(run_stage(repo_copy, "folds")) == (
+        "error: params.yaml: folds.n_splits: 6 folds need at least 6 distinct subject values; the data has 5")
     assert not (repo_copy / folds_csv("state-farm-distracted-driver-detection")).exists()
 
 
-def test_a_backbone_timm_does_not_know_names_the_key(repo_copy, tiny_competition):
+def test_a_backbone_timm_does_not_know_names_the_key(repo_copy, tiny_competition, run_stage):
     put_competition(repo_copy, tiny_competition)
     set_params(repo_copy, features={"backbones": {"efficientnet_b99": {"image_size": 64}}})
-    error = _one_line_error(run([sys.executable, "-m", "pipeline.features", "efficientnet_b99"], repo_copy,
-                                check=False))
+    error = _one_line(run_stage(repo_copy, "features", "efficientnet_b99"))
     assert error.startswith("error: params.yaml: features.backbones.efficientnet_b99: timm has no model")
     assert not (repo_copy / features_dir("state-farm-distracted-driver-detection", "efficientnet_b99")).exists()
     assert (repo_copy / raw_dir("state-farm-distracted-driver-detection")).is_dir()

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.competitions import DOGS_VS_CATS, OWN_DATA
+from pipeline.competitions import DOGS_VS_CATS, OWN_DATA, load_spec
 from pipeline.config import StandinParams
 from pipeline.errors import PipelineError
 from pipeline.folds import make_folds
 from pipeline.metrics import binary_log_loss, competition_metric, multiclass_log_loss
 from pipeline.paths import folds_csv, raw_dir
-from pipeline.raw_data import check_competition_files, ingest, train_table, with_classes
+from pipeline.raw_data import check_competition_files, ingest, train_table
 from pipeline.standin import write_standin
 from pipeline.submission import score
 from tests.conftest import TINY_STANDIN, run, set_params
@@ -193,7 +193,7 @@ def test_own_folders_land_in_one_zip_with_labels_groups_and_a_sample_submission(
     assert groups.group.nunique() == 3
     sample = pd.read_csv(raw / "sample_submission.csv")
     assert list(sample.columns) == ["id", "closed", "open"] and list(sample.id) == [f"t{i}.jpg" for i in range(4)]
-    spec = with_classes(OWN_DATA, raw)
+    spec = load_spec(OWN_DATA.slug, raw)
     assert check_competition_files(raw, spec, LIMIT, False) == {"train": 12, "test": 4}
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 from pipeline.competitions import STATE_FARM
 from pipeline.paths import folds_csv, raw_dir
 from tests.conftest import run, set_params
+from tests.test_dvc_graph import imported_files
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -35,10 +36,23 @@ def test_repro_builds_every_stage_then_has_nothing_to_do_and_an_experiment_rerun
     status = run(DVC + ["status"], repo_copy)
     assert "up to date" in status.stdout
 
+    # An edit to a shared module makes exactly the stages that import it (directly or not) out of date.
+    images = repo_copy / "pipeline" / "images.py"
+    original = images.read_text()
+    images.write_text(original + "\n# an edit\n")
+    stale = set(json.loads(run(DVC + ["status", "--json"], repo_copy).stdout))
+    images.write_text(original)
+    stage_modules = {"download": "download", "folds": "folds", "features@tf_efficientnet_lite0": "features",
+                     "heads@tf_efficientnet_lite0": "heads", "ensemble": "ensemble", "submission": "submission",
+                     **{f"finetune@lite0-{k}": "finetune" for k in range(3)}}
+    assert stale == {name for name, module in stage_modules.items()
+                     if "pipeline/images.py" in imported_files(f"pipeline.{module}")}
+    assert "submission" not in stale and "finetune@lite0-0" in stale
+
     # The usual next step: an experiment on the top-level dropout reuses the cached data and features.
     experiment = run(DVC + ["exp", "run", "-S", "dropout=0.3", "-n", "drop03"], repo_copy)
     assert "Running stage 'heads@tf_efficientnet_lite0'" in experiment.stdout
-    assert "Running stage 'finetune@0'" in experiment.stdout
+    assert "Running stage 'finetune@lite0-0'" in experiment.stdout
     assert "Running stage 'features@" not in experiment.stdout and "Running stage 'folds'" not in experiment.stdout
     table = json.loads(run(DVC + ["exp", "show", "--json"], repo_copy).stdout)
     experiments = [exp for commit in table for exp in (commit.get("experiments") or [])]

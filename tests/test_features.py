@@ -1,7 +1,6 @@
 """The features stage: memory-mapped float16 features in a fixed row order, and one clear line for a bad image."""
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
@@ -28,8 +27,11 @@ def _params(tmp_path, **features):
 def _cache(tmp_path, tiny_competition, name, **features):
     out = tmp_path / name
     out.mkdir()
-    cache_features(BACKBONE, _params(tmp_path, **features), STATE_FARM, tiny_competition, out, torch.device("cpu"))
-    return load_feature_set(out)
+    returned = cache_features(BACKBONE, _params(tmp_path, **features), STATE_FARM, tiny_competition, out,
+                              torch.device("cpu"))
+    features = load_feature_set(out)
+    assert features.meta == returned  # features.json on disk is what the stage says it made
+    return features
 
 
 def test_features_are_float16_memmaps_in_label_and_sample_submission_order(tmp_path, tiny_competition):
@@ -68,6 +70,8 @@ def test_an_unlisted_backbone_argument_is_refused(repo_copy):
 
 
 def test_features_json_records_how_they_were_made(tmp_path, tiny_competition):
-    meta = _cache(tmp_path, tiny_competition, "out").meta
-    assert json.loads(json.dumps(meta)) == meta
-    assert meta["backbone"] == BACKBONE and meta["image_size"] == 64 and meta["dim"] == 1280
+    meta = _cache(tmp_path, tiny_competition, "out", test_views=["full", "left"], train_passes=0).meta
+    labels = pd.read_csv(tiny_competition / "driver_imgs_list.csv")
+    assert meta == {"backbone": BACKBONE, "image_size": 64, "dim": 1280, "test_views": ["full", "left"],
+                    "train_passes": 0, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
+                    "n_train": len(labels), "n_test": len(pd.read_csv(tiny_competition / "sample_submission.csv"))}

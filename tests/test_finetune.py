@@ -11,21 +11,21 @@ import time
 import pandas as pd
 
 from pipeline.competitions import STATE_FARM
-from pipeline.paths import models_dir, predictions_dir
+from pipeline.paths import checkpoint_dir, fold_dir
 from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
-MODEL = "finetune-tf_efficientnet_lite0"
-FINETUNE = [sys.executable, "-m", "pipeline.finetune", "--fold", "0"]
+MODEL = "finetune-lite0"
+FINETUNE = [sys.executable, "-m", "pipeline.finetune", "lite0", "--fold", "0"]
 
 
 def _prepare(repo, tiny_competition, **finetune):
     put_competition(repo, tiny_competition)
-    set_params(repo, finetune=finetune)
+    set_params(repo, finetune={"models": {"lite0": finetune}})
     run([sys.executable, "-m", "pipeline.folds"], repo)
 
 
 def _fold0(repo) -> tuple[pd.DataFrame, pd.DataFrame]:
-    folder = repo / predictions_dir(STATE_FARM.slug, MODEL) / "fold0"
+    folder = repo / fold_dir(STATE_FARM.slug, MODEL, 0)
     return pd.read_csv(folder / "oof.csv"), pd.read_csv(folder / "test.csv")
 
 
@@ -33,7 +33,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
                                                                                           tmp_path):
     settings = dict(epochs=4, image_size=64, patience=10)
     _prepare(repo_copy, tiny_competition, **settings)
-    last = repo_copy / models_dir(STATE_FARM.slug, MODEL) / "fold0" / "last.pt"
+    last = repo_copy / checkpoint_dir(STATE_FARM.slug, MODEL, 0) / "last.pt"
     env = {**os.environ, "PATH": f"{sys.executable.rsplit('/', 1)[0]}:{os.environ['PATH']}",
            "PYTHONPATH": str(repo_copy), **GIT_IDENTITY}
     process = subprocess.Popen(FINETUNE, cwd=repo_copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -43,7 +43,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert last.exists(), "no checkpoint was written before the kill"
-    assert not (repo_copy / predictions_dir(STATE_FARM.slug, MODEL)).exists()  # nothing half-written
+    assert not (repo_copy / fold_dir(STATE_FARM.slug, MODEL, 0)).exists()  # nothing half-written
 
     resumed = run(FINETUNE, repo_copy)
     assert "resuming from" in resumed.stderr
@@ -63,7 +63,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
 def test_torchrun_with_two_cpu_processes_writes_the_usual_predictions(repo_copy, tiny_competition):
     _prepare(repo_copy, tiny_competition, epochs=1)
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
-         "pipeline.finetune", "--fold", "0"], repo_copy, env={"OMP_NUM_THREADS": "1"})
+         "pipeline.finetune", "lite0", "--fold", "0"], repo_copy, env={"OMP_NUM_THREADS": "1"})
     oof, test = _fold0(repo_copy)
     folds = pd.read_csv(repo_copy / "data" / "folds" / STATE_FARM.slug / "folds.csv")
     assert sorted(oof.img) == sorted(folds.img[folds.fold == 0])

@@ -6,12 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from pipeline import features as features_stage
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
-from pipeline.finetune import train_one_epoch
+from pipeline.augment import view_transform
+from pipeline.image_data import ArchiveImages, Feed
+from pipeline.images import ImageArchive
+from pipeline.trainer import Trainer
 from pipeline.paths import features_dir, predictions_dir
 from pipeline.predictions import write_fold
 from tests.conftest import make_repo, put_competition, run
@@ -73,23 +77,16 @@ def test_the_heads_stage_refuses_non_finite_cached_features_and_writes_no_predic
 
 
 def test_a_diverging_fine_tune_stops_at_the_first_non_finite_loss(featured_repo):
-    from pipeline.image_data import ArchiveImages, loader
-    from pipeline.augment import view_transform
-    from pipeline.images import ImageArchive
-
     params = load_params(featured_repo / "params.yaml")
     archive = ImageArchive(featured_repo / "data" / "raw" / SLUG / "imgs.zip")
     dataset = ArchiveImages(archive, archive.names("train/")[:8], view_transform("full", 32), 32)
-    dataset.targets = np.zeros(8, dtype=np.int64)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=10)
     with torch.no_grad():
-        model[1].bias[0] = float("nan")  # what an exploding learning rate leaves behind
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    data = loader(dataset, 4, 0, torch.device("cpu"))
-    with pytest.raises(PipelineError, match="the training loss became nan after 0 images; lower finetune.lr"):
-        train_one_epoch(model, data, optimizer, schedule, torch.device("cpu"), (0.5,) * 3, (0.5,) * 3,
-                        params.finetune, label="fold 0 epoch 1")
+        model.get_classifier().bias[0] = float("nan")  # what an exploding learning rate leaves behind
+    feed = Feed(torch.device("cpu"), 4, 0, (0.5,) * 3, (0.5,) * 3, amp=False)
+    trainer = Trainer(model, params.finetune.recipe("lite0"), feed, steps_per_epoch=2)
+    with pytest.raises(PipelineError, match="the training loss became nan after 0 images; lower the learning rate"):
+        trainer.train_epoch(feed.loader(dataset), torch.zeros(8, dtype=torch.int64), "fold 0 epoch 1")
 
 
 def test_non_finite_probabilities_are_refused_where_they_are_written(tmp_path):

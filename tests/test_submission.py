@@ -32,7 +32,8 @@ def _frame(ids: list[str]) -> pd.DataFrame:
     (lambda t: t.assign(c0=0.5), "sums to 1.4000, not 1"),
     (lambda t: t.assign(c0=-0.1, c1=0.3), r"outside \[0, 1\]"),
     (lambda t: t.rename(columns={"img": "id"}), "columns"),
-    (lambda t: t.assign(img=["a.jpg", "z.jpg", "c.jpg"]), "1 test image"),
+    (lambda t: t.assign(img=["a.jpg", "z.jpg", "c.jpg"]), r"1 test image\(s\) missing, e.g. 'b.jpg'"),
+    (lambda t: pd.concat([t, t.iloc[:1].assign(img="z.jpg")]), r"1 image\(s\) not in the sample submission, e.g. 'z.jpg'"),
 ])
 def test_a_broken_submission_frame_is_refused_with_one_line(break_it, message):
     sample = _frame(["a.jpg", "b.jpg", "c.jpg"])

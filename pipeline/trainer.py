@@ -1,0 +1,285 @@
+"""Training and prediction of a whole network on archive images: what the finetune stage runs, and the benches.
+
+- ``Trainer``: a timm model with AdamW over two named parameter groups (the
+  pretrained body at ``lr * body_lr_factor``, the new head at ``lr``), warm-up +
+  cosine per batch, optional progressive unfreezing, gradient clipping, AMP,
+  optional EMA of the weights; ``train_epoch`` and ``predict`` (probabilities and
+  pooled pre-logit embeddings, averaged over test-time views).
+- ``Checkpoint``: ``last.pt`` after every epoch, resumed only under the same
+  config, loaded as plain weights (``weights_only``: a checkpoint is data, never code).
+- ``Distributed``: one process per GPU under ``torchrun``; each rank trains on
+  its share (DDP) and predicts every world-th image, rank 0 gathers and writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from timm.utils import ModelEmaV3
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_file
+from pipeline.augment import view_transform
+from pipeline.backbones import data_config
+from pipeline.config import Recipe
+from pipeline.errors import PipelineError
+from pipeline.image_data import ArchiveImages, Feed, pick_device
+from pipeline.images import ImageArchive
+from pipeline.training import EarlyStopping, warmup_cosine_factor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place among ``torchrun``'s processes; rank 0 of 1 without it."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    @contextlib.contextmanager
+    def from_environment(cls) -> Iterator["Distributed"]:
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        if world == 1:
+            yield cls()
+            return
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        try:
+            yield cls(dist.get_rank(), world)
+        finally:
+            dist.destroy_process_group()
+
+    @property
+    def device(self) -> torch.device:
+        return pick_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+    def sampler(self, dataset, seed: int, epoch: int):
+        """A per-epoch shuffle that a resumed run repeats exactly; each rank gets its share under DDP."""
+        if self.world == 1:
+            return torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed + epoch))
+        sampler = DistributedSampler(dataset, self.world, self.rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return sampler
+
+    def gather_rows(self, rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray | None:
+        """Every rank's ``values`` for its ``rows``, merged into one [n, ...] array on rank 0 (None elsewhere)."""
+        if self.world == 1:
+            return values
+        parts = [None] * self.world
+        dist.all_gather_object(parts, (rows, values))
+        if self.rank != 0:
+            return None
+        merged = np.zeros((n, *values.shape[1:]), values.dtype)
+        for part_rows, part_values in parts:
+            merged[part_rows] = part_values
+        return merged
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` on every rank."""
+        if self.world == 1:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, 0)
+        return holder[0]
+
+
+@dataclass(frozen=True)
+class FoldImages:
+    """One fold's images: the training set (augmented, reseeded per epoch) with its targets, and the held-out
+    images that are scored after every epoch (``score``: probabilities -> loss)."""
+
+    fold: int
+    train_set: ArchiveImages
+    targets: torch.Tensor  # a class index per training image, or class probabilities (soft targets)
+    archive: ImageArchive  # of the held-out images
+    held_out: list[str]
+    score: Callable[[np.ndarray], float]
+
+
+class Trainer:
+    """One model being fine-tuned; ``model`` must be a timm classifier already on ``feed.device``."""
+
+    def __init__(self, model: torch.nn.Module, recipe: Recipe, feed: Feed, steps_per_epoch: int,
+                 distributed: Distributed = Distributed()):
+        self.model, self.recipe, self.feed, self.distributed = model, recipe, feed, distributed
+        head = list(model.get_classifier().parameters())
+        body = [p for p in model.parameters() if all(p is not h for h in head)]
+        groups = [{"name": "body", "params": body, "lr": recipe.lr * recipe.body_lr_factor},
+                  {"name": "head", "params": head, "lr": recipe.lr}]
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
+        curve = warmup_cosine_factor(int(recipe.warmup_epochs * steps_per_epoch), recipe.epochs * steps_per_epoch)
+        frozen_steps = recipe.freeze_epochs * steps_per_epoch
+
+        def body_factor(step: int) -> float:  # progressive unfreezing: the head learns first, the body waits
+            return 0.0 if step < frozen_steps else curve(step)
+
+        # One factor per group, chosen by the group's name: freezing never depends on the groups' order.
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [body_factor if group["name"] == "body" else curve for group in groups])
+        self.ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
+        fp16 = feed.device.type == "cuda" and feed.amp and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None  # fp16 needs loss scaling; bf16 does not
+        self.stopper = EarlyStopping(recipe.patience)
+        self.trained = model
+        if distributed.world > 1:
+            device_ids = [feed.device.index] if feed.device.type == "cuda" else None
+            self.trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights that are validated and predict: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def fit(self, images: FoldImages, checkpoint: "Checkpoint", start: int,
+            report: Callable[[int, dict[str, float]], None]) -> None:
+        """Train from epoch ``start`` to the recipe's last, scoring the held-out images after every epoch and
+        saving ``last.pt``; stops early after ``patience`` epochs without a better held-out loss. ``report``
+        gets each epoch's figures on rank 0."""
+        # A run resumed after early stopping had stopped trains no further.
+        for epoch in range(start, self.recipe.epochs) if not self.stopper.done(start - 1) else ():
+            # Per-(epoch, image) augmentation seeds and a per-epoch shuffle: a resumed run sees the same data.
+            train_set = images.train_set
+            train_set.seeds = np.random.SeedSequence([self.recipe.seed, images.fold, epoch]).generate_state(
+                len(train_set))
+            data = self.feed.loader(train_set, self.distributed.sampler(train_set, self.recipe.seed, epoch))
+            train_loss, speed = self.train_epoch(data, images.targets, f"fold {images.fold} epoch {epoch + 1}")
+            proba, _ = self.predict(images.archive, images.held_out, ["full"], f"fold {images.fold} held-out")
+            stop = None
+            if self.distributed.rank == 0:
+                val_loss = images.score(proba)
+                stop = self.stopper.update(epoch, val_loss, self.scored)
+                report(epoch, {"train_loss": train_loss, "val_log_loss": val_loss, "train_images_per_s": speed})
+                checkpoint.save_last(self, epoch)
+            if self.distributed.broadcast(stop):
+                break
+
+    def train_epoch(self, data, targets: torch.Tensor, label: str) -> tuple[float, float]:
+        """One pass of ``data`` (a loader over an ``ArchiveImages``); ``targets[i]`` is item i's class index,
+        or its class probabilities (soft targets). Returns (mean loss, images per second)."""
+        self.trained.train()
+        losses, seen, start = [], 0, time.perf_counter()
+        with tqdm(total=len(data.sampler), unit="img", desc=label, mininterval=2, disable=None) as progress:
+            for indices, inputs in self.feed.inputs(data):
+                with self.feed.autocast():
+                    logits = self.trained(inputs).float()
+                loss = torch.nn.functional.cross_entropy(logits, targets[indices].to(self.feed.device))
+                if not torch.isfinite(loss):  # stop here: a NaN net would only write NaN predictions later
+                    raise PipelineError(f"{label}: the training loss became {loss.item()} after {seen} images; "
+                                        f"lower the learning rate (lr) or set grad_clip")
+                self.backward_step(loss)
+                losses.append(loss.item())
+                seen += len(indices)
+                progress.update(len(indices))
+                progress.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        return float(np.mean(losses)), seen / (time.perf_counter() - start)
+
+    def backward_step(self, loss: torch.Tensor) -> None:
+        """Backward, clip, optimizer and schedule step, EMA update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.recipe.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def predict(self, archive: ImageArchive, members: Sequence[str], views: Sequence[str],
+                label: str = "predict") -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """(softmax probabilities, pooled pre-logit embeddings), each averaged over ``views``; the whole arrays on
+        rank 0, (None, None) on the other ranks, which each predict every world-th image."""
+        model, size = self.scored.eval(), self.recipe.image_size
+        rank, world = self.distributed.rank, self.distributed.world
+        mine = np.arange(rank, len(members), world)
+        proba = np.zeros((len(mine), model.num_classes), np.float32)
+        embeddings = np.zeros((len(mine), model.num_features), np.float32)
+        interpolation = data_config(model)["interpolation"]
+        with torch.inference_mode(), tqdm(total=len(mine) * len(views), unit="img", desc=label, mininterval=2,
+                                          disable=None) as progress:
+            for view in views:
+                dataset = ArchiveImages(archive, [members[i] for i in mine], view_transform(view, size, interpolation),
+                                        size)
+                for indices, inputs in self.feed.inputs(self.feed.loader(dataset, batch_size=2 * self.feed.batch_size)):
+                    with self.feed.autocast():
+                        pooled = model.forward_head(model.forward_features(inputs), pre_logits=True)
+                        logits = model.get_classifier()(pooled)
+                    proba[indices.numpy()] += logits.float().softmax(-1).cpu().numpy()
+                    embeddings[indices.numpy()] += pooled.float().cpu().numpy()
+                    progress.update(len(indices))
+        proba, embeddings = proba / len(views), embeddings / len(views)
+        merged = (self.distributed.gather_rows(mine, proba, len(members)),
+                  self.distributed.gather_rows(mine, embeddings, len(members)))
+        return merged
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {},
+                "stopper": self.stopper.state_dict(), "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.stopper.load_state_dict(state["stopper"])
+        torch.set_rng_state(state["rng"])
+
+    def use_best(self) -> None:
+        """Every rank predicts with the best weights that rank 0 validated."""
+        best = self.stopper.best_state
+        best = {k: v.cpu() for k, v in best.items()} if self.distributed.rank == 0 else None
+        self.scored.load_state_dict(self.distributed.broadcast(best))
+
+
+class Checkpoint:
+    """``last.pt`` (everything needed to resume) and ``best.pt`` (best weights and the config) of one run."""
+
+    def __init__(self, folder: Path, config: dict):
+        self.folder, self.config = folder, config
+        self.last = folder / "last.pt"
+
+    def resume(self, trainer: Trainer) -> int:
+        """Load ``last.pt`` into ``trainer`` when it was made under the same config; the epoch to start from."""
+        if not self.last.is_file():
+            return 0
+        try:
+            saved = torch.load(self.last, map_location=trainer.feed.device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+            raise PipelineError(f"{self.last}: not a checkpoint that loads as plain weights "
+                                f"({type(error).__name__}); delete it to start over") from None
+        if saved.get("config") != self.config:
+            log.info("%s was made with other params; starting over", self.last)
+            return 0
+        trainer.load_state_dict(saved["state"])
+        log.info("resuming from %s after epoch %d", self.last, saved["epoch"] + 1)
+        return saved["epoch"] + 1
+
+    def save_last(self, trainer: Trainer, epoch: int) -> None:
+        with atomic_file(self.last) as tmp:
+            torch.save({"config": self.config, "epoch": epoch, "state": trainer.state_dict()}, tmp)
+
+    def save_best(self, trainer: Trainer, classes: Sequence[str]) -> None:
+        with atomic_file(self.folder / "best.pt") as tmp:
+            torch.save({"config": self.config, "model": trainer.scored.state_dict(), "classes": list(classes)}, tmp)

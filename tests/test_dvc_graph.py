@@ -1,0 +1,94 @@
+"""dvc.yaml tells the truth: every stage depends on exactly the pipeline modules its command imports, and the
+committed dvc.lock is what the committed code and params give (a change is committed with its `dvc repro`)."""
+from __future__ import annotations
+
+import ast
+import hashlib
+import shlex
+
+import pytest
+from dvc.repo import Repo
+from dvc.utils.serialize import load_yaml
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "pipeline"
+
+
+def _imported_modules(module: str) -> set[str]:
+    """``pipeline.*`` modules one module imports, at the top or inside a function."""
+    tree = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("pipeline.")}
+        elif isinstance(node, ast.ImportFrom) and node.module == "pipeline":
+            found |= {f"pipeline.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
+            found.add(node.module)
+    return found
+
+
+def imported_files(module: str) -> set[str]:
+    """The files of ``module`` and of everything it imports from pipeline/, transitively."""
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo += _imported_modules(current)
+    return {current.replace(".", "/") + ".py" for current in seen}
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict:
+    """Every stage dvc.yaml generates (foreach and matrix expanded): name -> (command, dependency paths)."""
+    with Repo(str(REPO)) as repo:
+        return {stage.addressing: (stage.cmd, {dep.def_path for dep in stage.deps}) for stage in repo.index.stages}
+
+
+def test_the_package_init_holds_no_code_so_no_stage_needs_it_as_a_dependency():
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    assert [type(node) for node in tree.body] == [ast.Expr] and isinstance(tree.body[0].value, ast.Constant)
+
+
+def test_every_stage_depends_on_exactly_the_modules_its_command_imports(stages):
+    assert stages, "dvc.yaml generated no stages"
+    problems = []
+    for name, (cmd, deps) in sorted(stages.items()):
+        words = shlex.split(cmd)
+        module = words[words.index("-m") + 1]
+        needed = imported_files(module)
+        listed = {dep for dep in deps if dep.startswith("pipeline/")}
+        problems += [f"{name}: missing dep {path}" for path in sorted(needed - listed)]
+        problems += [f"{name}: lists {path}, which its command never imports" for path in sorted(listed - needed)]
+    assert problems == []
+
+
+def _md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _param(params: dict, dotted: str):
+    value = params
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def test_the_committed_lock_records_the_current_code_and_params_of_every_stage(stages):
+    # DVC's own YAML reader (YAML 1.2): it writes `1.0e-15` back as `1e-15`, which PyYAML would read as text.
+    lock, params = load_yaml(REPO / "dvc.lock")["stages"], load_yaml(REPO / "params.yaml")
+    stale = [f"{name}: not in dvc.lock" for name in sorted(set(stages) - set(lock))]
+    for name, entry in sorted(lock.items()):
+        if name not in stages:
+            stale.append(f"{name}: in dvc.lock but no longer in dvc.yaml")
+            continue
+        for dep in entry.get("deps", []):
+            path = REPO / dep["path"]
+            if dep["path"].startswith("pipeline/") and (not path.is_file() or _md5(path) != dep["md5"]):
+                stale.append(f"{name}: {dep['path']} changed")
+        for key, value in entry.get("params", {}).get("params.yaml", {}).items():
+            if _param(params, key) != value:
+                stale.append(f"{name}: param {key} changed")
+    assert stale == [], "run `dvc repro` and commit dvc.lock and metrics/ with the change"
