@@ -5,7 +5,7 @@ Prints, for one backbone at one batch size on this machine:
 (b) end-to-end throughput of the features stage's own code path (zip -> draft
     JPEG decode -> resize -> DataLoader -> device -> float16 memmap),
 their ratio b/a (target >= 0.8), and peak RSS of this process and its workers.
-Reads the stand-in (or real) competition in data/raw/<competition>/ (`dvc repro download`);
+Reads the run's images of the stand-in (or real) competition (`dvc repro sample`);
 ``--images`` cycles its train images to make a run long enough for a GPU.
 
     python bench/features.py                                   # CPU, params.yaml's batch size and workers
@@ -30,7 +30,7 @@ from pipeline.image_data import ArchiveImages, Feed, autocast, pick_device, reso
 from pipeline.images import ImageArchive
 from pipeline.paths import raw_dir
 from pipeline.competitions import load_spec
-from pipeline.raw_data import train_table
+from pipeline.sample import RunImages
 
 
 def model_only(model, batch_size: int, size: int, device: torch.device, amp: bool, seconds: float) -> float:
@@ -62,7 +62,7 @@ def main() -> None:
 
     spec = load_spec(params.competition)
     raw = raw_dir(spec.slug)
-    members = list(train_table(raw, spec).member)
+    members = list(RunImages.load(spec.slug).train.member)
     members = [members[i % len(members)] for i in range(args.images or len(members))]
     size = params.features.backbones.get(args.backbone, next(iter(params.features.backbones.values()))).image_size
     device = pick_device()

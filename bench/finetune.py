@@ -5,7 +5,7 @@ training throughput (forward + backward + AdamW step on random tensors already
 on the device, same AMP and channels_last), (b) the finetune stage's
 ``train_one_epoch`` on the competition's train images (zip -> reduced JPEG
 decode -> albumentations augmentation -> DataLoader -> device), and b/a
-(target >= 0.7 on a GPU). Needs `dvc repro download` first; ``--images``
+(target >= 0.7 on a GPU). Needs `dvc repro sample` first; ``--images``
 cycles the train set so a GPU run lasts long enough.
 
     python bench/finetune.py                                          # CPU, params.yaml's finetune preset
@@ -26,7 +26,7 @@ from pipeline.image_data import ArchiveImages, Feed, pick_device, resolve_worker
 from pipeline.images import ImageArchive
 from pipeline.paths import raw_dir
 from pipeline.competitions import load_spec
-from pipeline.raw_data import train_table
+from pipeline.sample import RunImages
 from pipeline.trainer import Trainer
 
 
@@ -70,7 +70,7 @@ def main() -> None:
 
     spec = load_spec(params.competition)
     raw = raw_dir(spec.slug)
-    labels = train_table(raw, spec)
+    labels = RunImages.load(spec.slug).train
     members = list(labels.member)
     rows = [i % len(members) for i in range(args.images or len(members))]
     device = pick_device()

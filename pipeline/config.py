@@ -36,6 +36,9 @@ class DataParams(Section):
     # columns img and group_column; folds never split a group (pipeline/raw_data.py: copy_groups).
     groups_csv: str
     group_column: str
+    # A sample run (pipeline/sample.py): this fraction of the training groups and of the test images; 1 = all.
+    sample: float = Field(gt=0.0, le=1.0, strict=False)
+    sample_seed: int = Field(ge=0)
 
 
 class OwnDataParams(Section):

@@ -43,7 +43,14 @@ def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int
     spec = load_spec(spec.slug, out_dir)  # own data: the classes are the folders it just packed
     if params.data.groups_csv:
         copy_groups(Path(params.data.groups_csv).expanduser(), params.data.group_column, out_dir, spec)
-    return check_competition_files(out_dir, spec, params.data.max_unpacked_bytes, official_counts=source != "standin")
+    counts = check_competition_files(out_dir, spec, params.data.max_unpacked_bytes)
+    if source != "standin" and spec.official_counts and counts != spec.official_counts:
+        found = (f"found {counts['train']} train and {counts['test']} test images; Kaggle serves "
+                 f"{spec.official_counts['train']} and {spec.official_counts['test']}")
+        if source == "kaggle":  # a short count from Kaggle means a broken download
+            raise PipelineError(f"{out_dir}: {found}; the download is incomplete, run it again")
+        log.warning("warning: %s: %s; going on with the images you have", params.data.local_path, found)
+    return counts
 
 
 @cli

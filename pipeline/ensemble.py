@@ -35,10 +35,11 @@ from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import load_feature_set
 from pipeline.folds import load_folds
 from pipeline.metrics import accuracy, competition_metric, kaggle_proba, multiclass_log_loss
-from pipeline.paths import ensemble_dir, features_dir, metrics_dir, predictions_dir, raw_dir
+from pipeline.paths import ensemble_dir, features_dir, metrics_dir, predictions_dir
 from pipeline.predictions import load_model, write_table
 from pipeline.competitions import load_spec
-from pipeline.raw_data import load_test_ids
+from pipeline.progress import progress
+from pipeline.sample import RunImages
 
 log = logging.getLogger(__name__)
 NEIGHBOUR_WEIGHTS = np.linspace(0.0, 0.9, 10)
@@ -76,11 +77,16 @@ def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
 def neighbour_mean(proba: np.ndarray, features: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
     """Mean prediction of each image's k nearest (cosine) other images within its group."""
     result = np.empty_like(proba)
-    for group in np.unique(groups):
-        rows = np.nonzero(groups == group)[0]
-        n = min(k + 1, len(rows))
-        _, nearest = NearestNeighbors(n_neighbors=n, metric="cosine").fit(features[rows]).kneighbors(features[rows])
-        result[rows] = proba[rows][nearest[:, 1:]].mean(1) if n > 1 else proba[rows]
+    with progress(total=len(proba), desc=f"{k} nearest neighbours") as bar:
+        for group in np.unique(groups):
+            rows = np.nonzero(groups == group)[0]
+            n = min(k + 1, len(rows))
+            index = NearestNeighbors(n_neighbors=n, metric="cosine").fit(features[rows])
+            for start in range(0, len(rows), 4096):  # in chunks: a bar that moves, memory that stays flat
+                chunk = rows[start:start + 4096]
+                _, nearest = index.kneighbors(features[chunk])
+                result[chunk] = proba[rows][nearest[:, 1:]].mean(1) if n > 1 else proba[chunk]
+                bar.update(len(chunk))
     return result
 
 
@@ -138,7 +144,7 @@ def main_for() -> None:
     settings = params.ensemble
     folds = load_folds(spec.slug)
     labels = spec.class_indices(folds.label)
-    test_ids = load_test_ids(raw_dir(spec.slug), spec)
+    test_ids = list(RunImages.load(spec.slug).test.img)
     oofs, tests, report = [], [], {}
     for model in settings.models:
         oof, test = load_model(predictions_dir(spec.slug, model), folds, spec.classes, test_ids)

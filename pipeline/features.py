@@ -3,7 +3,7 @@
 The convolutional body is the slow part and does not change between head
 experiments, so it runs once per backbone; heads then train in seconds.
 Reads params ``competition``, ``features`` (this backbone's entry) and
-``augment``; the competition's raw files (pipeline/raw_data.py). Writes
+``augment``; the run's images (pipeline/sample.py) from the raw archives. Writes
 ``data/features/<competition>/<backbone>/`` in the format ``pipeline/feature_cache.py``
 describes (per-view float16 arrays for train and test, augmented passes, index
 CSVs, ``features.json``). Arrays are filled batch by batch on disk, so memory
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir
 from pipeline.augment import train_transform, view_transform
@@ -31,8 +30,9 @@ from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
 from pipeline.image_data import ArchiveImages, Feed, pick_device
 from pipeline.images import ImageArchive
-from pipeline.paths import features_dir, raw_dir
-from pipeline.raw_data import load_test_ids, train_table
+from pipeline.paths import features_dir
+from pipeline.progress import progress
+from pipeline.sample import RunImages
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,7 @@ log = logging.getLogger(__name__)
 def extract(model: torch.nn.Module, dataset: ArchiveImages, out: np.ndarray, feed: Feed, label: str) -> float:
     """Fill ``out`` [len(dataset), dim] with pooled features; return images per second."""
     start = time.perf_counter()
-    with torch.inference_mode(), tqdm(total=len(dataset), unit="img", desc=label, mininterval=2,
-                                      disable=None) as progress:
+    with torch.inference_mode(), progress(total=len(dataset), desc=label) as bar:
         for indices, inputs in feed.inputs(feed.loader(dataset)):
             with feed.autocast():
                 features = model(inputs)
@@ -51,11 +50,11 @@ def extract(model: torch.nn.Module, dataset: ArchiveImages, out: np.ndarray, fee
                 bad = dataset.members[int(indices[np.nonzero(~np.isfinite(chunk).all(1))[0][0]])]
                 raise PipelineError(f"{dataset.archive.path}:{bad}: {label}: non-finite features")
             out[indices.numpy()] = chunk
-            progress.update(len(indices))
+            bar.update(len(indices))
     return len(dataset) / (time.perf_counter() - start)
 
 
-def cache_features(backbone: str, params: Params, spec: CompetitionSpec, raw: Path, out_dir: Path,
+def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images: RunImages, out_dir: Path,
                    device: torch.device) -> dict:
     """Write one backbone's feature set into ``out_dir`` (empty); return its features.json content."""
     settings, size = params.features, params.features.backbones[backbone].image_size
@@ -63,12 +62,11 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, raw: Pa
     model = model.eval().to(device, memory_format=torch.channels_last)
     config = data_config(model)
     feed = Feed(device, settings.batch_size, settings.workers, config["mean"], config["std"], settings.amp)
-    archives = {"train": ImageArchive(raw / spec.train_archive), "test": ImageArchive(raw / spec.test_archive)}
-    train = train_table(raw, spec)
-    test_ids = load_test_ids(raw, spec)
-    members = {"train": list(train.member), "test": [spec.test_member(i) for i in test_ids]}
-    write_index(out_dir, "train", train.img)
-    write_index(out_dir, "test", test_ids)
+    archives = {"train": ImageArchive(images.raw / spec.train_archive),
+                "test": ImageArchive(images.raw / spec.test_archive)}
+    members = {"train": list(images.train.member), "test": list(images.test.member)}
+    write_index(out_dir, "train", images.train.img)
+    write_index(out_dir, "test", images.test.img)
 
     speeds = []
     for split in ("train", "test"):
@@ -109,7 +107,7 @@ def main() -> None:
     spec = load_spec(params.competition)
     target = features_dir(spec.slug, backbone)
     with atomic_dir(target) as tmp:
-        cache_features(backbone, params, spec, raw_dir(spec.slug), tmp, pick_device())
+        cache_features(backbone, params, spec, RunImages.load(spec.slug), tmp, pick_device())
     log.info("wrote %s", target)
 
 

@@ -19,7 +19,6 @@ import functools
 import hashlib
 import logging
 
-import numpy as np
 import torch
 
 from pipeline.atomic import atomic_dir
@@ -32,9 +31,9 @@ from pipeline.folds import load_folds
 from pipeline.image_data import ArchiveImages, Feed
 from pipeline.images import ImageArchive
 from pipeline.metrics import competition_metric
-from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, metrics_dir, raw_dir
+from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, metrics_dir
 from pipeline.predictions import write_embeddings, write_fold
-from pipeline.raw_data import load_test_ids, train_table
+from pipeline.sample import RunImages
 from pipeline.trainer import Checkpoint, Distributed, FoldImages, Trainer
 from pipeline.training import seed_everything
 
@@ -66,16 +65,17 @@ def finetune_fold(params: Params, model_name: str, fold: int, distributed: Distr
     from dvclive import Live  # here, not at the top: importing DVC costs a second that the benches don't need
 
     spec, recipe, name = load_spec(params.competition), params.finetune.recipe(model_name), f"finetune-{model_name}"
-    folds = load_folds(spec.slug)
+    folds, images = load_folds(spec.slug), RunImages.load(spec.slug)
     train_rows, held_out = folds[folds.fold != fold], folds[folds.fold == fold]
-    member_of = train_table(raw_dir(spec.slug), spec).set_index("img").member
-    archive, held_out_labels = ImageArchive(raw_dir(spec.slug) / spec.train_archive), spec.class_indices(held_out.label)
+    member_of = images.train.set_index("img").member
+    archive, held_out_labels = ImageArchive(images.raw / spec.train_archive), spec.class_indices(held_out.label)
     seed_everything(recipe.seed + fold)
     trainer = new_trainer(params, model_name, spec, len(train_rows), distributed)
     augment = train_transform(params.augment, recipe.image_size, recipe.seed, recipe.augment_strength)
-    images = FoldImages(fold, ArchiveImages(archive, list(member_of.loc[train_rows.img]), augment, recipe.image_size),
-                        torch.as_tensor(spec.class_indices(train_rows.label)), archive, list(member_of.loc[held_out.img]),
-                        functools.partial(competition_metric, spec, held_out_labels))
+    fold_images = FoldImages(fold, ArchiveImages(archive, list(member_of.loc[train_rows.img]), augment,
+                                                 recipe.image_size),
+                             torch.as_tensor(spec.class_indices(train_rows.label)), archive,
+                             list(member_of.loc[held_out.img]), functools.partial(competition_metric, spec, held_out_labels))
     checkpoint = Checkpoint(checkpoint_dir(spec.slug, name, fold), run_config(params, model_name, fold, spec))
     start = checkpoint.resume(trainer)
     live = Live(str(metrics_dir(f"{name}-fold{fold}")), resume=start > 0, dvcyaml=False, save_dvc_exp=False,
@@ -88,12 +88,12 @@ def finetune_fold(params: Params, model_name: str, fold: int, distributed: Distr
         log.info("%s fold %d epoch %d: train loss %.4f, held-out log loss %.4f, %.1f img/s", name, fold, epoch + 1,
                  *figures.values())
 
-    trainer.fit(images, checkpoint, start, report)
+    trainer.fit(fold_images, checkpoint, start, report)
     trainer.use_best()
-    views, test_ids = list(params.features.test_views), load_test_ids(raw_dir(spec.slug), spec)
-    oof, oof_embeddings = trainer.predict(archive, images.held_out, views, f"fold {fold} held-out")
-    test, test_embeddings = trainer.predict(ImageArchive(raw_dir(spec.slug) / spec.test_archive),
-                                            [spec.test_member(i) for i in test_ids], views, f"fold {fold} test")
+    views, test_ids = list(params.features.test_views), list(images.test.img)
+    oof, oof_embeddings = trainer.predict(archive, fold_images.held_out, views, f"fold {fold} held-out")
+    test, test_embeddings = trainer.predict(ImageArchive(images.raw / spec.test_archive), list(images.test.member),
+                                            views, f"fold {fold} test")
     if live is None:
         return
     checkpoint.save_best(trainer, spec.classes)

@@ -20,8 +20,8 @@ from pipeline.atomic import atomic_file
 from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.paths import folds_csv, raw_dir
-from pipeline.raw_data import train_table
+from pipeline.paths import folds_csv
+from pipeline.sample import RunImages
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def load_folds(competition: str) -> pd.DataFrame:
 def main() -> None:
     params = load_params()
     spec = load_spec(params.competition)
-    folds = make_folds(train_table(raw_dir(spec.slug), spec), spec, params.folds.n_splits, params.folds.seed)
+    folds = make_folds(RunImages.load(spec.slug).train, spec, params.folds.n_splits, params.folds.seed)
     target = folds_csv(spec.slug)
     with atomic_file(target) as tmp:
         folds.to_csv(tmp, index=False)

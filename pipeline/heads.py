@@ -31,6 +31,7 @@ from pipeline.folds import load_folds
 from pipeline.metrics import accuracy, competition_metric, multiclass_log_loss
 from pipeline.paths import features_dir, fold_name, metrics_dir, predictions_dir
 from pipeline.predictions import write_fold
+from pipeline.progress import progress
 from pipeline.competitions import load_spec
 from pipeline.training import EarlyStopping, seed_everything, warmup_cosine
 
@@ -107,7 +108,7 @@ def cross_validate(features: FeatureSet, labels: np.ndarray, fold_of: np.ndarray
     """Per fold: (held-out rows, held-out probabilities, test probabilities, head)."""
     results = []
     copies = len(features.train_views) + len(features.train_aug)
-    for fold in np.unique(fold_of):
+    for fold in progress(np.unique(fold_of), desc=f"heads on {len(features.train_ids)} images", unit="fold"):
         train, held_out = np.nonzero(fold_of != fold)[0], np.nonzero(fold_of == fold)[0]
 
         def curve(epoch: int, train_loss: float, val_loss: float, fold=fold) -> None:

@@ -8,7 +8,6 @@ Archives are untrusted: members that are links, absolute or climb out with
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import stat
@@ -16,10 +15,9 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-import cv2
 import numpy as np
-from PIL import Image
 
+from pipeline.decoding import decode_rgb
 from pipeline.errors import PipelineError
 
 # Fixed member timestamps: archives we write are byte-identical for identical content, so DVC hashes stay put.
@@ -137,33 +135,6 @@ class ImageArchive:
             raise PipelineError(f"{self.path}:{name}: cannot be read ({error})") from None
 
     def load_rgb(self, name: str, draft_size: tuple[int, int] | None = None) -> np.ndarray:
-        """Decode one JPEG to an HxWx3 uint8 RGB array.
-
-        ``draft_size`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale while staying
-        at least that big (640x480 -> 320x240 for a 224 target): most of the
-        decoding cost is saved before any resize. OpenCV's reduced decode does
-        this ~1.6x faster than Pillow's ``draft`` (bench/features.py's notes);
-        Pillow reads only the header, to name the format and the size.
-        """
-        data = self.read_bytes(name)
-        where = f"{self.path}:{name}"
-        try:
-            with Image.open(io.BytesIO(data)) as header:
-                image_format, (width, height) = header.format, header.size
-        except Exception as error:  # Pillow raises several types for unknown or broken headers
-            raise PipelineError(f"{where}: not a valid JPEG ({error})") from None
-        if image_format != "JPEG":
-            raise PipelineError(f"{where}: is {image_format}, not a JPEG")
-        if data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) == -1:
-            raise PipelineError(f"{where}: truncated JPEG (no end-of-image marker)")
-        flag = cv2.IMREAD_COLOR
-        if draft_size is not None:
-            for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                                    (2, cv2.IMREAD_REDUCED_COLOR_2)):
-                if width // factor >= draft_size[0] and height // factor >= draft_size[1]:
-                    flag = reduced
-                    break
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-        if image is None:
-            raise PipelineError(f"{where}: not a valid JPEG (libjpeg could not decode it)")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        """Decode one image to an upright HxWx3 uint8 RGB array (pipeline/decoding.py); a JPEG at reduced
+        size when ``draft_size`` (width, height) allows: most of the decoding cost is saved before any resize."""
+        return decode_rgb(self.read_bytes(name), f"{self.path}:{name}", draft_size)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.progress import bars_shown
 
 HOW_TO_AUTHENTICATE = (
     "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), "
@@ -69,7 +70,8 @@ def download_competition(competition: str, target_dir: Path) -> Path:
 
     api = authenticated_api()
     try:
-        api.competition_download_files(competition, path=str(target_dir), force=True, quiet=True)
+        # The client draws its own bar of bytes on a terminal.
+        api.competition_download_files(competition, path=str(target_dir), force=True, quiet=not bars_shown())
     except requests.RequestException as error:
         raise _explain(error, competition) from None
     bundle = target_dir / f"{competition}.zip"

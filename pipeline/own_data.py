@@ -2,9 +2,14 @@
 
 What the user has (params section ``own_data``):
 
-- ``train_dir/<class>/*.jpg``: a folder per class; the folder names are the classes;
-- ``test_dir`` (optional): unlabeled ``*.jpg`` to predict; without it the
+- ``train_dir/<class>/<image>``: a folder per class; the folder names are the classes;
+- ``test_dir`` (optional): unlabeled images to predict; without it the
   pipeline reports CV metrics and writes no submission.
+
+Images may be JPEG, PNG, WebP, BMP or TIFF (pipeline/decoding.py turns each into
+8-bit RGB). Every file is checked before anything is packed, so an image that
+will not decode is named by its own path, in seconds, not minutes later by the
+features stage as a member of the packed zip.
 
 What the download stage writes into ``data/raw/own-data/``: ``images.zip``
 (``train/<class>/<img>``, ``test/<img>``), ``labels.csv`` (img, label) and
@@ -20,10 +25,10 @@ import pandas as pd
 
 from pipeline.competitions import OWN_DATA
 from pipeline.config import OwnDataParams
+from pipeline.decoding import SUFFIXES, check_image
 from pipeline.errors import PipelineError
 from pipeline.images import ImageArchive, ZipWriter
-
-JPEG_SUFFIXES = (".jpg", ".jpeg")
+from pipeline.progress import progress
 
 
 def _images(folder: Path, key: str, depth: int) -> list[str]:
@@ -33,10 +38,10 @@ def _images(folder: Path, key: str, depth: int) -> list[str]:
     names = [n for n in ImageArchive(folder).names() if not PurePosixPath(n).name.startswith(".")]
     for name in names:
         if len(PurePosixPath(name).parts) != depth:
-            where = "<class>/<image>.jpg" if depth == 2 else "<image>.jpg"
+            where = "<class>/<image>" if depth == 2 else "<image>"
             raise PipelineError(f"{folder / name}: expected {where} directly under own_data.{key}")
-        if not name.lower().endswith(JPEG_SUFFIXES):
-            raise PipelineError(f"{folder / name}: not a .jpg file; convert it to JPEG or remove it")
+        if not name.lower().endswith(SUFFIXES):
+            raise PipelineError(f"{folder / name}: not an image file ({', '.join(SUFFIXES)}); remove it")
     return names
 
 
@@ -64,8 +69,10 @@ def ingest_own_data(settings: OwnDataParams, out_dir: Path, max_unpacked_bytes: 
     files = [(train_root / label / img, f"{OWN_DATA.train_prefix}{label}/{img}") for label, img in
              zip(train.label, train.img)]
     files += [(test_root / name, OWN_DATA.test_member(name)) for name in test_ids]
+    for path, _ in progress(files, desc="checking images"):
+        check_image(path.read_bytes(), str(path))
     with ZipWriter(out_dir / OWN_DATA.train_archive) as archive:  # the same folders give a byte-identical zip
-        for path, member in files:
+        for path, member in progress(files, desc="packing images"):
             with open(path, "rb") as stream:
                 archive.add(member, stream)
     train[list(OWN_DATA.labels_columns)].to_csv(out_dir / OWN_DATA.labels_csv, index=False)

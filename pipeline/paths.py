@@ -17,6 +17,12 @@ def raw_dir(competition: str) -> Path:
     return DATA / "raw" / competition
 
 
+def sample_dir(competition: str) -> Path:
+    """The run's images: ``train.csv`` (img, label, group, member) and ``test.csv`` (img, member), all of them
+    or a sample of whole groups (pipeline/sample.py)."""
+    return DATA / "sample" / competition
+
+
 def folds_csv(competition: str) -> Path:
     """Train images with their fold: img, label, group (State Farm: the driver), fold."""
     return DATA / "folds" / competition / "folds.csv"

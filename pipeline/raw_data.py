@@ -22,6 +22,7 @@ import pandas as pd
 from pipeline.competitions import CompetitionSpec
 from pipeline.errors import PipelineError
 from pipeline.images import ImageArchive, ZipWriter
+from pipeline.progress import progress
 
 TRAIN_COLUMNS = ["img", "label", "group", "member"]
 # The user's groups (data.groups_csv) for a competition without groups of its own, copied by the download stage.
@@ -128,9 +129,9 @@ def load_test_ids(raw: Path, spec: CompetitionSpec) -> list[str]:
     return list(ids)
 
 
-def check_competition_files(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int,
-                            official_counts: bool) -> dict[str, int]:
-    """Check that the archives, the labels and the sample submission agree image for image; return the counts."""
+def check_competition_files(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int) -> dict[str, int]:
+    """Check that the archives, the labels, the sample submission and (when there is one) the hidden labels
+    agree image for image; return the counts (what they should be is the caller's business)."""
     for name in spec.required_files:
         if not (raw / name).is_file():
             raise PipelineError(f"{raw}: missing {name}")
@@ -143,14 +144,27 @@ def check_competition_files(raw: Path, spec: CompetitionSpec, max_unpacked_bytes
         raise PipelineError(f"{archive.path}: unexpected member {spec.test_prefix + nested[0]!r}")
     _same_images(set(test_files), {i + spec.test_suffix for i in test_ids}, f"{archive.path}:{spec.test_prefix}",
                  raw / spec.sample_submission)
-
-    counts = {"train": len(train), "test": len(test_files)}
-    if official_counts and spec.official_counts and counts != spec.official_counts:
-        raise PipelineError(f"{raw}: found {counts['train']} train and {counts['test']} test images; "
-                            f"{spec.slug} has {spec.official_counts['train']} and {spec.official_counts['test']}")
-    if counts["train"] == 0:
+    if (raw / spec.solution_csv).is_file():
+        check_solution(raw / spec.solution_csv, spec, test_ids)
+    if len(train) == 0:
         raise PipelineError(f"{raw / spec.train_archive}: no train images")
-    return counts
+    return {"train": len(train), "test": len(test_files)}
+
+
+def check_solution(path: Path, spec: CompetitionSpec, test_ids: list[str]) -> None:
+    """Hidden test labels (the stand-ins', or a competitor's own held-out drivers): id, label, ``Usage``
+    (Public/Private) for exactly the test images, each once, with known classes."""
+    table = _read_csv(path, (spec.submission_id, spec.label_column, "Usage"))
+    ids = table[spec.submission_id]
+    if ids.duplicated().any():
+        raise PipelineError(f"{path}: image {ids[ids.duplicated()].iloc[0]!r} listed twice")
+    _same_images(set(ids), set(test_ids), "the sample submission", path)
+    unknown = sorted(set(table[spec.label_column]) - set(spec.classes))
+    if unknown:
+        raise PipelineError(f"{path}: unknown class {unknown[0]!r}; expected one of {list(spec.classes)}")
+    usage = sorted(set(table.Usage) - {"Public", "Private"})
+    if usage:
+        raise PipelineError(f"{path}: Usage {usage[0]!r}; expected Public or Private")
 
 
 def _same_images(in_archive, in_csv, archive_label: str, csv_path: Path) -> None:
@@ -195,7 +209,7 @@ def _copy_csv(source: ImageArchive, root: str, name: str, target: Path) -> None:
 def pack_members(source: ImageArchive, members: list[str], strip: str, target: Path) -> None:
     """Store ``members`` of ``source`` in a new zip at ``target``, minus the leading ``strip``."""
     with ZipWriter(target) as archive:
-        for member in members:
+        for member in progress(members, desc=f"packing {target.name}"):
             with source.open(member) as stream:
                 archive.add(member[len(strip):], stream)
 
@@ -207,6 +221,8 @@ def ingest(source_path: Path, out_dir: Path, spec: CompetitionSpec, max_unpacked
     for name in (spec.labels_csv, spec.sample_submission):
         if name:
             _copy_csv(source, root, name, out_dir / name)
+    if source.names(root + spec.solution_csv) == [root + spec.solution_csv]:  # a competitor's own hold-out
+        _copy_member(source, root + spec.solution_csv, out_dir / spec.solution_csv)
     for archive_name in spec.archives:
         if source.names(root + archive_name) == [root + archive_name]:
             _copy_member(source, root + archive_name, out_dir / archive_name)

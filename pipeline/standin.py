@@ -33,6 +33,7 @@ from pipeline.competitions import DOGS_VS_CATS, OWN_DATA, STATE_FARM, Competitio
 from pipeline.config import OwnDataParams, StandinParams
 from pipeline.images import ZipWriter
 from pipeline.own_data import ingest_own_data
+from pipeline.progress import progress
 from pipeline.raw_data import copy_groups
 from pipeline.standin_scene import draw_frame, frame_pose, random_look
 
@@ -97,7 +98,8 @@ def _render_all(table: pd.DataFrame, spec: CompetitionSpec, params: StandinParam
               spec.slug in VARYING_SIZE, params.jpeg_quality) for r in table.itertuples()]
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from zip(table["member"], pool.imap(_render, tasks, chunksize=16))
+        yield from progress(zip(table["member"], pool.imap(_render, tasks, chunksize=16)), total=len(tasks),
+                            desc=f"drawing the {spec.slug} stand-in")
 
 
 def _write_sample(test: pd.DataFrame, spec: CompetitionSpec, classes, out_dir: Path) -> None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -90,7 +91,8 @@ def score(table: pd.DataFrame, solution: pd.DataFrame, spec: CompetitionSpec) ->
     scores = {"leaderboard_log_loss": competition_metric(spec, labels, proba)}
     for usage in ("Public", "Private"):
         part = (merged.Usage == usage).to_numpy()
-        scores[f"{usage.lower()}_log_loss"] = competition_metric(spec, labels[part], proba[part])
+        if part.any():  # a sample run's few test images may all fall on one side
+            scores[f"{usage.lower()}_log_loss"] = competition_metric(spec, labels[part], proba[part])
     return scores
 
 
@@ -98,38 +100,48 @@ def params_hash(params: Params) -> str:
     return hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
 
 
+def write_submission(table: pd.DataFrame, sample: pd.DataFrame, spec: CompetitionSpec, target: Path) -> None:
+    """Validate, write ``target`` and ``latest.csv``, validate again as Kaggle will read it."""
+    validate_submission(table, sample, spec, str(target))
+    with atomic_file(target) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6f")
+        validate_submission(read_submission(tmp, spec.submission_id), sample, spec, str(target))
+    with atomic_file(SUBMISSIONS / "latest.csv") as tmp:
+        shutil.copyfile(target, tmp)
+    log.info("wrote %s (%d rows) and %s", target, len(table), SUBMISSIONS / "latest.csv")
+
+
 def main_for() -> None:
     params = load_params()
     spec = load_spec(params.competition)
-    raw = raw_dir(spec.slug)
+    raw, sampled = raw_dir(spec.slug), params.data.sample < 1
     sample = read_submission(raw / spec.sample_submission, spec.submission_id)
     test = read_table(ensemble_dir(spec.slug) / "test.csv", spec.classes)
-    missing = sorted(set(sample[spec.submission_id]) - set(test.index))
+    ids = [i for i in sample[spec.submission_id] if i in test.index] if sampled else list(sample[spec.submission_id])
+    missing = sorted(set(ids) - set(test.index))
     if missing:
         raise PipelineError(f"{ensemble_dir(spec.slug) / 'test.csv'}: no prediction for test image {missing[0]!r}")
-    table = to_submission(sample[spec.submission_id], test.loc[sample[spec.submission_id]].to_numpy(), spec)
+    table = to_submission(ids, test.loc[ids].to_numpy(), spec)
     target = SUBMISSIONS / f"{spec.slug}-{params_hash(params)}.csv"
     cv = json.loads((metrics_dir("ensemble") / "metrics.json").read_text())["cv_log_loss"]
     with Live(str(metrics_dir("submission")), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        live.summary.update(cv_log_loss=cv, experiment=os.environ.get("DVC_EXP_NAME", ""))
-        if not len(table):  # own data without a test folder: the CV metrics are the result
-            live.summary["file"] = ""
+        live.summary.update(cv_log_loss=cv, experiment=os.environ.get("DVC_EXP_NAME", ""), file="")
+        if sampled:  # the fast.ai way: a sample proves the pipeline and the idea, the full run gets submitted
+            log.info("data.sample=%g: a sample run (%d of %d test images); CV log loss %.4f; no submission written",
+                     params.data.sample, len(ids), len(sample), cv)
+        elif not len(table):  # own data without a test folder: the CV metrics are the result
             log.info("no test images: CV log loss %.4f; no submission written", cv)
-            return
-        validate_submission(table, sample, spec, str(target))
-        with atomic_file(target) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6f")
-            validate_submission(read_submission(tmp, spec.submission_id), sample, spec, str(target))  # as Kaggle reads it
-        with atomic_file(SUBMISSIONS / "latest.csv") as tmp:
-            shutil.copyfile(target, tmp)
-        log.info("wrote %s (%d rows) and %s", target, len(table), SUBMISSIONS / "latest.csv")
-        live.summary["file"] = target.name
+        else:
+            write_submission(table, sample, spec, target)
+            live.summary["file"] = target.name
         solution_path = raw / spec.solution_csv
-        if solution_path.is_file():  # only the stand-ins know their test labels
+        if solution_path.is_file() and len(table):  # hidden labels: a stand-in's, or the user's own hold-out
             scores = score(table, read_submission(solution_path, spec.submission_id), spec)
-            live.summary.update(scores, cv_over_private=cv / scores["private_log_loss"])
-            log.info("CV log loss %.4f; local leaderboard: public %.4f, private %.4f", cv,
-                     scores["public_log_loss"], scores["private_log_loss"])
+            live.summary.update(scores)
+            if "private_log_loss" in scores:
+                live.summary["cv_over_private"] = cv / scores["private_log_loss"]
+            log.info("CV log loss %.4f; local leaderboard%s: %s", cv, " on the sample's test images" if sampled else "",
+                     ", ".join(f"{k.split('_')[0]} {v:.4f}" for k, v in scores.items()))
 
 
 main = cli(main_for)

@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 from timm.utils import ModelEmaV3
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_file
 from pipeline.augment import view_transform
@@ -35,6 +34,7 @@ from pipeline.config import Recipe
 from pipeline.errors import PipelineError
 from pipeline.image_data import ArchiveImages, Feed, pick_device
 from pipeline.images import ImageArchive
+from pipeline.progress import progress
 from pipeline.training import EarlyStopping, warmup_cosine_factor
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Trainer:
         or its class probabilities (soft targets). Returns (mean loss, images per second)."""
         self.trained.train()
         losses, seen, start = [], 0, time.perf_counter()
-        with tqdm(total=len(data.sampler), unit="img", desc=label, mininterval=2, disable=None) as progress:
+        with progress(total=len(data.sampler), desc=label) as bar:
             for indices, inputs in self.feed.inputs(data):
                 with self.feed.autocast():
                     logits = self.trained(inputs).float()
@@ -182,8 +182,8 @@ class Trainer:
                 self.backward_step(loss)
                 losses.append(loss.item())
                 seen += len(indices)
-                progress.update(len(indices))
-                progress.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                bar.update(len(indices))
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
         return float(np.mean(losses)), seen / (time.perf_counter() - start)
 
     def backward_step(self, loss: torch.Tensor) -> None:
@@ -215,8 +215,7 @@ class Trainer:
         proba = np.zeros((len(mine), model.num_classes), np.float32)
         embeddings = np.zeros((len(mine), model.num_features), np.float32)
         interpolation = data_config(model)["interpolation"]
-        with torch.inference_mode(), tqdm(total=len(mine) * len(views), unit="img", desc=label, mininterval=2,
-                                          disable=None) as progress:
+        with torch.inference_mode(), progress(total=len(mine) * len(views), desc=label) as bar:
             for view in views:
                 dataset = ArchiveImages(archive, [members[i] for i in mine], view_transform(view, size, interpolation),
                                         size)
@@ -226,7 +225,7 @@ class Trainer:
                         logits = model.get_classifier()(pooled)
                     proba[indices.numpy()] += logits.float().softmax(-1).cpu().numpy()
                     embeddings[indices.numpy()] += pooled.float().cpu().numpy()
-                    progress.update(len(indices))
+                    bar.update(len(indices))
         proba, embeddings = proba / len(views), embeddings / len(views)
         merged = (self.distributed.gather_rows(mine, proba, len(members)),
                   self.distributed.gather_rows(mine, embeddings, len(members)))

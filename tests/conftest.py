@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.competitions import STATE_FARM
+from pipeline.competitions import STATE_FARM, load_spec
 from pipeline.config import StandinParams
+from pipeline.paths import raw_dir, sample_dir
+from pipeline.sample import RunImages
 from pipeline.standin import write_standin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,9 +116,12 @@ def make_repo(repo: Path) -> Path:
 
 
 def put_competition(repo: Path, source: Path, slug: str = STATE_FARM.slug) -> Path:
-    """Copy a competition folder to where the download stage would have put it in ``repo``."""
-    target = repo / "data" / "raw" / slug
+    """Copy a competition folder to where the download stage would have put it in ``repo``, and list all its
+    images as the sample stage does with ``data.sample: 1``."""
+    target = repo / raw_dir(slug)
     shutil.copytree(source, target)
+    (repo / sample_dir(slug)).mkdir(parents=True)
+    RunImages.every_image(target, load_spec(slug, target)).write(repo / sample_dir(slug))
     return target
 
 

@@ -116,17 +116,17 @@ def test_a_failed_download_leaves_the_previous_competition_folder_as_it_was(repo
     assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
 
 
-def _png() -> bytes:
-    png = io.BytesIO()
-    Image.new("RGB", (64, 48), (10, 200, 30)).save(png, "PNG")
-    return png.getvalue()
+def _gif() -> bytes:
+    gif = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(gif, "GIF")
+    return gif.getvalue()
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("truncated", "runcated"),  # Pillow's "Truncated File Read" or our "truncated JPEG (no end-of-image marker)"
-    ("corrupt", "not a valid JPEG"),
-    ("zero bytes", "not a valid JPEG"),
-    ("PNG named .jpg", "is PNG, not a JPEG"),
+    ("truncated", "truncated JPEG (it stops before its end-of-image marker)"),
+    ("corrupt", "broken JPEG (no valid marker at byte 2)"),
+    ("zero bytes", "not an image file (unknown or broken header)"),
+    ("GIF named .jpg", "is GIF; the pipeline reads JPEG, PNG, WebP, BMP and TIFF"),
 ])
 def test_an_image_that_does_not_decode_stops_the_features_stage_naming_it(repo_copy, tiny_competition, run_stage,
                                                                           damage, message):
@@ -135,7 +135,7 @@ def test_an_image_that_does_not_decode_stops_the_features_stage_naming_it(repo_c
     with zipfile.ZipFile(raw / "imgs.zip") as archive:
         good = archive.read(member)
     broken = {"truncated": good[: len(good) // 2], "corrupt": b"\xff\xd8\xff" + bytes(200), "zero bytes": b"",
-              "PNG named .jpg": _png()}[damage]
+              "GIF named .jpg": _gif()}[damage]
     replace_member(raw / "imgs.zip", member, broken)
     status, lines = run_stage(repo_copy, "features", BACKBONE)
     assert status == 2 and len(lines) == 1, lines

@@ -52,7 +52,7 @@ def test_dogs_vs_cats_layout_is_kaggles(tiny_dogs_vs_cats):
     assert list(sample.columns) == ["id", "label"] and list(sample.id) == list(range(1, len(test_names) + 1))
     assert sorted(test_names) == sorted(f"test/{i}.jpg" for i in sample.id)
     assert len(sizes) > 1  # Kaggle's photos come in every size
-    counts = check_competition_files(tiny_dogs_vs_cats, DOGS_VS_CATS, LIMIT, official_counts=False)
+    counts = check_competition_files(tiny_dogs_vs_cats, DOGS_VS_CATS, LIMIT)
     assert counts == {"train": len(train_names), "test": len(test_names)}
 
 
@@ -73,8 +73,8 @@ def test_dogs_vs_cats_folds_keep_a_users_groups_together(tiny_dogs_vs_cats, repo
     groups.to_csv(tmp_path / "clusters.csv", index=False)
     set_params(repo_copy, competition=DOGS_VS_CATS.slug,
                data={"groups_csv": str(tmp_path / "clusters.csv"), "group_column": "cluster"})  # the stand-in
-    run([sys.executable, "-m", "pipeline.download"], repo_copy)
-    run([sys.executable, "-m", "pipeline.folds"], repo_copy)
+    for stage in ("download", "sample", "folds"):
+        run([sys.executable, "-m", f"pipeline.{stage}"], repo_copy)
     folds = pd.read_csv(repo_copy / folds_csv(DOGS_VS_CATS.slug))
     assert folds.group.nunique() == 4 and (folds.groupby("group").fold.nunique() == 1).all()
 
@@ -103,8 +103,8 @@ def test_dogs_vs_cats_ingests_from_the_bundle_or_an_unzipped_folder(tiny_dogs_vs
     out.mkdir()
     ingest(source, out, DOGS_VS_CATS, LIMIT)
     assert sorted(p.name for p in out.iterdir()) == ["sample_submission.csv", "test.zip", "train.zip"]
-    assert check_competition_files(out, DOGS_VS_CATS, LIMIT, False) == \
-        check_competition_files(tiny_dogs_vs_cats, DOGS_VS_CATS, LIMIT, False)
+    assert check_competition_files(out, DOGS_VS_CATS, LIMIT) == \
+        check_competition_files(tiny_dogs_vs_cats, DOGS_VS_CATS, LIMIT)
 
 
 def test_binary_log_loss_is_kaggles_and_agrees_with_two_column_log_loss():
@@ -194,33 +194,34 @@ def test_own_folders_land_in_one_zip_with_labels_groups_and_a_sample_submission(
     sample = pd.read_csv(raw / "sample_submission.csv")
     assert list(sample.columns) == ["id", "closed", "open"] and list(sample.id) == [f"t{i}.jpg" for i in range(4)]
     spec = load_spec(OWN_DATA.slug, raw)
-    assert check_competition_files(raw, spec, LIMIT, False) == {"train": 12, "test": 4}
+    assert check_competition_files(raw, spec, LIMIT) == {"train": 12, "test": 4}
 
 
 @pytest.mark.parametrize("damage, message", [
     (lambda root: _jpeg(root / "train" / "open" / "c0.jpg", (1, 2, 3)), "c0.jpg is in both closed/ and open/"),
-    (lambda root: (root / "train" / "open" / "notes.txt").write_text("x"), "notes.txt: not a .jpg file"),
+    (lambda root: (root / "train" / "open" / "notes.txt").write_text("x"), "notes.txt: not an image file"),
     (lambda root: pd.read_csv(root / "groups.csv").iloc[1:].to_csv(root / "groups.csv", index=False),
      "groups.csv: does not list c0.jpg"),
-    (lambda root: _jpeg(root / "train" / "open" / "deeper" / "x.jpg", (1, 2, 3)), "expected <class>/<image>.jpg"),
+    (lambda root: _jpeg(root / "train" / "open" / "deeper" / "x.jpg", (1, 2, 3)),
+     "expected <class>/<image> directly under own_data.train_dir"),
 ])
-def test_bad_own_folders_stop_the_download_with_one_line_and_write_nothing(repo_copy, tmp_path, damage, message):
+def test_bad_own_folders_stop_the_download_with_one_line_and_write_nothing(repo_copy, tmp_path, run_stage, damage,
+                                                                          message):
     settings = _user_folders(tmp_path / "mine")
     damage(tmp_path / "mine")
     set_params(repo_copy, competition=OWN_DATA.slug, **settings)
-    result = run([sys.executable, "-m", "pipeline.download"], repo_copy, check=False)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    status, lines = run_stage(repo_copy, "download")
+    assert status == 2 and len(lines) == 1 and message in lines[0], lines
     assert not (repo_copy / raw_dir(OWN_DATA.slug)).exists()
 
 
-def test_own_data_without_a_test_folder_reports_cv_and_writes_no_submission(repo_copy, tmp_path):
+def test_own_data_without_a_test_folder_reports_cv_and_writes_no_submission(repo_copy, tmp_path, run_stage):
     set_params(repo_copy, competition=OWN_DATA.slug, **_user_folders(tmp_path / "mine", with_test=False),
                folds={"n_splits": 3},
                ensemble={"models": ["heads-tf_efficientnet_lite0"]})
-    for stage in (["download"], ["folds"], ["features", "tf_efficientnet_lite0"], ["heads", "tf_efficientnet_lite0"],
-                  ["ensemble"], ["submission"]):
-        run([sys.executable, "-m", f"pipeline.{stage[0]}", *stage[1:]], repo_copy)
+    for stage in (["download"], ["sample"], ["folds"], ["features", "tf_efficientnet_lite0"],
+                  ["heads", "tf_efficientnet_lite0"], ["ensemble"], ["submission"]):
+        assert run_stage(repo_copy, *stage)[0] == 0, stage
     metrics = json.loads((repo_copy / "metrics" / "submission" / "metrics.json").read_text())
     assert metrics["file"] == "" and metrics["cv_log_loss"] > 0
     assert not list((repo_copy / "submissions").glob("*.csv"))

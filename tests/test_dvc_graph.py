@@ -44,7 +44,7 @@ def imported_files(module: str) -> set[str]:
 def stages() -> dict:
     """Every stage dvc.yaml generates (foreach and matrix expanded): name -> (command, dependency paths)."""
     with Repo(str(REPO)) as repo:
-        return {stage.addressing: (stage.cmd, {dep.def_path for dep in stage.deps}) for stage in repo.index.stages}
+        return {stage.name: (stage.cmd, {dep.def_path for dep in stage.deps}) for stage in repo.index.stages}
 
 
 def test_the_package_init_holds_no_code_so_no_stage_needs_it_as_a_dependency():

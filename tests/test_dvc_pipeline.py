@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import pandas as pd
+from dvc.repo import Repo
 
 from pipeline.competitions import STATE_FARM
 from pipeline.paths import folds_csv, raw_dir
@@ -42,11 +44,9 @@ def test_repro_builds_every_stage_then_has_nothing_to_do_and_an_experiment_rerun
     images.write_text(original + "\n# an edit\n")
     stale = set(json.loads(run(DVC + ["status", "--json"], repo_copy).stdout))
     images.write_text(original)
-    stage_modules = {"download": "download", "folds": "folds", "features@tf_efficientnet_lite0": "features",
-                     "heads@tf_efficientnet_lite0": "heads", "ensemble": "ensemble", "submission": "submission",
-                     **{f"finetune@lite0-{k}": "finetune" for k in range(3)}}
-    assert stale == {name for name, module in stage_modules.items()
-                     if "pipeline/images.py" in imported_files(f"pipeline.{module}")}
+    with Repo(str(repo_copy)) as repo:
+        modules = {stage.name: shlex.split(stage.cmd)[2] for stage in repo.index.stages}
+    assert stale == {name for name, module in modules.items() if "pipeline/images.py" in imported_files(module)}
     assert "submission" not in stale and "finetune@lite0-0" in stale
 
     # The usual next step: an experiment on the top-level dropout reuses the cached data and features.
@@ -87,3 +87,15 @@ def test_adding_a_backbone_runs_only_its_features_stage(repo_copy):
     assert "Running stage 'features@tf_efficientnet_lite0'" not in again.stdout
     assert "Running stage 'features@resnet9000'" in again.stdout
     assert "error: params.yaml: features.backbones.resnet9000: timm has no model 'resnet9000'" in again.stderr
+
+
+def test_adding_a_model_runs_only_its_finetune_stages(repo_copy):
+    set_params(repo_copy, finetune={"folds": [0]})  # one fold is enough to see which stages run
+    first = run(DVC + ["repro", "finetune"], repo_copy)
+    assert "Running stage 'finetune@lite0-0'" in first.stdout
+    set_params(repo_copy, finetune={"models": {"small": {"backbone": "tf_efficientnet_lite0", "image_size": 32,
+                                                         "epochs": 1, "augment_strength": 0.5}}})
+    again = run(DVC + ["repro", "finetune"], repo_copy)
+    assert "Running stage 'finetune@small-0'" in again.stdout
+    assert "Running stage 'finetune@lite0-0'" not in again.stdout and "Running stage 'features" not in again.stdout
+    assert (repo_copy / "data" / "predictions" / STATE_FARM.slug / "finetune-small" / "fold0" / "test.csv").is_file()

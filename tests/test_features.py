@@ -13,6 +13,7 @@ from pipeline.config import load_params
 from pipeline.errors import PipelineError
 from pipeline.feature_cache import load_feature_set
 from pipeline.features import cache_features
+from pipeline.sample import RunImages
 from tests.conftest import REPO, TINY_FEATURES, run, set_params
 
 BACKBONE = "tf_efficientnet_lite0"
@@ -27,8 +28,8 @@ def _params(tmp_path, **features):
 def _cache(tmp_path, tiny_competition, name, **features):
     out = tmp_path / name
     out.mkdir()
-    returned = cache_features(BACKBONE, _params(tmp_path, **features), STATE_FARM, tiny_competition, out,
-                              torch.device("cpu"))
+    returned = cache_features(BACKBONE, _params(tmp_path, **features), STATE_FARM,
+                              RunImages.every_image(tiny_competition, STATE_FARM), out, torch.device("cpu"))
     features = load_feature_set(out)
     assert features.meta == returned  # features.json on disk is what the stage says it made
     return features

@@ -35,19 +35,22 @@ def test_a_pickled_archive_reopens_in_the_worker(tiny_competition):
     assert clone.read_bytes(archive.names()[0]) == archive.read_bytes(archive.names()[0])
 
 
-def test_broken_and_non_jpeg_images_name_the_member(tmp_path):
+def test_the_content_decides_the_format_and_a_broken_image_names_its_member(tmp_path):
     from io import BytesIO
 
     from PIL import Image
 
-    png = BytesIO()
-    Image.new("RGB", (8, 8)).save(png, "PNG")
+    png, gif = BytesIO(), BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 30)).save(png, "PNG")
+    Image.new("RGB", (8, 8)).save(gif, "GIF")
     path = tmp_path / "imgs.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("test/img_1.jpg", png.getvalue())
         archive.writestr("test/img_2.jpg", b"\xff\xd8\xff garbage")
+        archive.writestr("test/img_3.jpg", gif.getvalue())
     archive = ImageArchive(path)
-    with pytest.raises(PipelineError, match="img_1.jpg: is PNG, not a JPEG"):
-        archive.load_rgb("test/img_1.jpg")
-    with pytest.raises(PipelineError, match="img_2.jpg: not a valid JPEG"):
+    assert (archive.load_rgb("test/img_1.jpg") == (200, 10, 30)).all()  # a PNG named .jpg is still a PNG
+    with pytest.raises(PipelineError, match="imgs.zip:test/img_2.jpg: broken JPEG"):
         archive.load_rgb("test/img_2.jpg")
+    with pytest.raises(PipelineError, match="imgs.zip:test/img_3.jpg: is GIF; the pipeline reads JPEG, PNG"):
+        archive.load_rgb("test/img_3.jpg")

@@ -157,3 +157,19 @@ def test_missing_credentials_is_one_line_saying_how_to_set_them(repo_copy, tmp_p
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "KAGGLE_USERNAME and KAGGLE_KEY" in lines[0] and "kaggle.json" in lines[0]
+
+
+@responses.activate
+def test_a_kaggle_download_short_of_the_official_counts_is_an_error(kaggle_repo, tiny_competition, tmp_path, capsys):
+    bundle = tmp_path / "short.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for name in ("imgs.zip", "driver_imgs_list.csv", "sample_submission.csv"):
+            archive.write(tiny_competition / name, name)
+    serve(bundle.read_bytes())
+    with pytest.raises(SystemExit) as exit_:
+        download.main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].endswith("found 100 train and 40 test images; Kaggle serves 22424 and 79726; the download is "
+                             "incomplete, run it again")
+    assert not (kaggle_repo / raw_dir(STATE_FARM.slug)).exists()

@@ -1,21 +1,24 @@
 """Whatever form the user's copy takes, it lands in one layout and is checked image for image."""
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipeline.competitions import STATE_FARM
-from pipeline.errors import PipelineError
+from pipeline.paths import raw_dir
 from pipeline.raw_data import check_competition_files, ingest
+from tests.conftest import set_params
 
 LIMIT = 10**9
 
 
 def check(folder: Path) -> dict[str, int]:
-    return check_competition_files(folder, STATE_FARM, LIMIT, official_counts=False)
+    return check_competition_files(folder, STATE_FARM, LIMIT)
 
 
 def bundle_like_kaggle(competition: Path, path: Path, loose_images: bool, zipped_csvs: bool = False) -> Path:
@@ -64,6 +67,51 @@ def test_an_unzipped_folder_is_packed_into_one_archive(tiny_competition, tmp_pat
     assert check(out) == check(tiny_competition)
 
 
-def test_the_official_counts_are_checked_for_real_downloads(tiny_competition):
-    with pytest.raises(PipelineError, match="has 22424 and 79726"):
-        check_competition_files(tiny_competition, STATE_FARM, LIMIT, official_counts=True)
+def test_a_local_copy_with_other_counts_is_one_warning_and_the_download_goes_on(repo_copy, tiny_competition,
+                                                                                 run_stage):
+    set_params(repo_copy, data={"source": "local", "local_path": str(tiny_competition)})
+    status, lines = run_stage(repo_copy, "download")
+    assert status == 0
+    [warning] = [line for line in lines if line.startswith("warning:")]
+    counts = check(tiny_competition)
+    assert warning == (f"warning: {tiny_competition}: found {counts['train']} train and {counts['test']} test "
+                       f"images; Kaggle serves 22424 and 79726; going on with the images you have")
+    assert (repo_copy / raw_dir(STATE_FARM.slug) / "imgs.zip").is_file()
+
+
+def _solution_edit(folder: Path, edit) -> None:
+    path = folder / "solution.csv"
+    edit(pd.read_csv(path, dtype=str)).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.iloc[1:], "solution.csv: lists img_"),
+    (lambda t: t.assign(classname="c42"), "solution.csv: unknown class 'c42'"),
+    (lambda t: t.assign(Usage="Hidden"), "solution.csv: Usage 'Hidden'; expected Public or Private"),
+    (lambda t: t.drop(columns="Usage"), "solution.csv: missing column(s) ['Usage']"),
+])
+def test_the_users_hidden_labels_are_checked_like_every_other_file(repo_copy, tiny_competition, tmp_path, run_stage,
+                                                                   edit, message):
+    folder = tmp_path / "mine"
+    shutil.copytree(tiny_competition, folder)
+    _solution_edit(folder, edit)
+    set_params(repo_copy, data={"source": "local", "local_path": str(folder)})
+    status, lines = run_stage(repo_copy, "download")
+    assert status == 2 and message in lines[-1] and str(folder) in lines[-1], lines
+
+
+def test_a_local_subset_with_its_own_hidden_labels_runs_to_a_scored_submission(repo_copy, tiny_competition, tmp_path,
+                                                                                run_stage):
+    folder = tmp_path / "my-drivers"
+    shutil.copytree(tiny_competition, folder)  # what a competitor who kept drivers aside would have: solution.csv too
+    set_params(repo_copy, data={"source": "local", "local_path": str(folder)},
+               ensemble={"models": ["heads-tf_efficientnet_lite0"]})
+    for stage in (["download"], ["sample"], ["folds"], ["features", "tf_efficientnet_lite0"],
+                  ["heads", "tf_efficientnet_lite0"], ["ensemble"], ["submission"]):
+        status, lines = run_stage(repo_copy, *stage)
+        assert status == 0, (stage, lines)
+    assert (repo_copy / raw_dir(STATE_FARM.slug) / "solution.csv").read_bytes() == \
+        (folder / "solution.csv").read_bytes()
+    metrics = json.loads((repo_copy / "metrics" / "submission" / "metrics.json").read_text())
+    assert metrics["file"] and {"public_log_loss", "private_log_loss"} <= set(metrics)
+    assert 0 < metrics["private_log_loss"] < 5

@@ -1,0 +1,135 @@
+"""sample stage: which training and test images this run uses; all of them, or a sample of whole groups.
+
+The fast.ai way with State Farm: prove an idea on a few drivers, then run
+everything. ``data.sample`` is the fraction of the training groups to keep
+(drivers, pets, people; never part of a group), chosen deterministically from
+``data.sample_seed`` so that the kept groups' class mix stays close to the
+whole; the same fraction of the test images is kept, in sample-submission
+order. Every later stage reads these two tables instead of listing the raw
+files, so a sample run costs about that fraction of a full run. ``1`` keeps
+everything. Reads params ``competition``, ``data.sample``, ``data.sample_seed``,
+``folds.n_splits`` and the raw files. Writes ``data/sample/<competition>/``:
+``train.csv`` (img, label, group, member) and ``test.csv`` (img, member).
+
+    python -m pipeline.sample
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from pipeline.atomic import atomic_dir
+from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.config import load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.paths import raw_dir, sample_dir
+from pipeline.raw_data import load_test_ids, train_table
+
+log = logging.getLogger(__name__)
+
+
+def keep_groups(train: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Which training rows to keep: ``round(fraction * groups)`` whole groups (at least one) whose class mix is
+    close to the whole set's: chosen greedily in a seeded random order, then improved by swapping one kept group
+    for one left out while that brings the mix closer. Without groups, a stratified sample of images."""
+    if fraction >= 1:
+        return np.ones(len(train), bool)
+    if (train.group == "").all():
+        kept = train_test_split(np.arange(len(train)), train_size=max(1, round(fraction * len(train))),
+                                stratify=train.label if train.label.value_counts().min() > 1 else None,
+                                random_state=seed)[0]
+        return np.isin(np.arange(len(train)), kept)
+    counts = pd.crosstab(train.group, train.label)
+    order = np.random.default_rng(seed).permutation(len(counts))
+    names, per_class = counts.index[order], counts.to_numpy()[order].astype(float)
+    target = per_class.sum(0) / per_class.sum()
+
+    def distance(totals: np.ndarray) -> np.ndarray:  # L1 distance of each row's class mix from the target
+        return np.abs(totals / totals.sum(-1, keepdims=True) - target).sum(-1)
+
+    kept = np.zeros(len(names), bool)
+    for _ in range(max(1, round(fraction * len(names)))):
+        left = np.nonzero(~kept)[0]
+        kept[left[np.argmin(distance(per_class[kept].sum(0) + per_class[left]))]] = True
+    for _ in range(len(names)):  # swaps, each strictly better: this ends
+        total, inside, outside = per_class[kept].sum(0), np.nonzero(kept)[0], np.nonzero(~kept)[0]
+        swapped = total[None, None] - per_class[inside][:, None] + per_class[outside][None, :]
+        gains = distance(total) - distance(swapped)
+        best = np.unravel_index(np.argmax(gains), gains.shape) if gains.size else None
+        if best is None or gains[best] <= 1e-12:
+            break
+        kept[inside[best[0]]], kept[outside[best[1]]] = False, True
+    return train.group.isin(names[kept]).to_numpy()
+
+
+def keep_test(n_test: int, fraction: float, seed: int) -> np.ndarray:
+    """The same fraction of the test images (at least one when there are any), their order kept."""
+    if fraction >= 1 or n_test == 0:
+        return np.ones(n_test, bool)
+    chosen = np.random.default_rng([seed, 1]).choice(n_test, size=max(1, round(fraction * n_test)), replace=False)
+    return np.isin(np.arange(n_test), chosen)
+
+
+def sample_tables(raw: Path, spec: CompetitionSpec, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train: img, label, group, member; test: img, member) of the run."""
+    train = train_table(raw, spec)
+    test_ids = load_test_ids(raw, spec)
+    test = pd.DataFrame({"img": test_ids, "member": [spec.test_member(i) for i in test_ids]})
+    return (train[keep_groups(train, fraction, seed)].reset_index(drop=True),
+            test[keep_test(len(test), fraction, seed)].reset_index(drop=True))
+
+
+@dataclass(frozen=True)
+class RunImages:
+    """The images a run uses: where they are, the training table and the test table."""
+
+    raw: Path  # data/raw/<competition>/: the archives
+    train: pd.DataFrame  # img, label, group, member
+    test: pd.DataFrame  # img, member; sample-submission order
+
+    @classmethod
+    def load(cls, competition: str) -> "RunImages":
+        """What the sample stage chose (ids and labels as text)."""
+        def read(name: str) -> pd.DataFrame:
+            return pd.read_csv(sample_dir(competition) / name, dtype=str, keep_default_na=False)
+
+        return cls(raw_dir(competition), read("train.csv"), read("test.csv"))
+
+    def write(self, folder: Path) -> None:
+        self.train.to_csv(folder / "train.csv", index=False)
+        self.test.to_csv(folder / "test.csv", index=False)
+
+    @classmethod
+    def every_image(cls, raw: Path, spec: CompetitionSpec) -> "RunImages":
+        """Every image of a competition folder, as ``data.sample: 1`` gives (benches, tests)."""
+        return cls(raw, *sample_tables(raw, spec, 1.0, 0))
+
+
+@cli
+def main() -> None:
+    params = load_params()
+    spec = load_spec(params.competition)
+    fraction = params.data.sample
+    train, test = sample_tables(raw_dir(spec.slug), spec, fraction, params.data.sample_seed)
+    groups = train.group[train.group != ""].nunique()
+    if fraction < 1 and groups and groups < params.folds.n_splits:
+        total = train_table(raw_dir(spec.slug), spec).group.nunique()
+        raise PipelineError(f"params.yaml: data.sample: {fraction} keeps {groups} of {total} "
+                            f"{spec.group_column or 'group'} groups, fewer than folds.n_splits="
+                            f"{params.folds.n_splits}; raise data.sample to at least "
+                            f"{params.folds.n_splits / total:.2f} or lower folds.n_splits")
+    with atomic_dir(sample_dir(spec.slug)) as out:
+        RunImages(raw_dir(spec.slug), train, test).write(out)
+    if fraction < 1:
+        log.info("data.sample=%g: %d train images of %d groups, %d test images", fraction, len(train),
+                 train.group.replace("", np.nan).nunique() or len(train), len(test))
+    log.info("wrote %s: %d train and %d test images", sample_dir(spec.slug), len(train), len(test))
+
+
+if __name__ == "__main__":
+    main()
