@@ -1,58 +1,64 @@
-"""How hard is the stand-in? A frozen-feature head on unseen drivers, against a random split.
+"""Does the data in this workspace point the way real State Farm photos do? The table of the stand-in issue.
 
-Reads the features stage's cached tf_efficientnet_lite0 features (offline ImageNet
-weights, full view; run `dvc repro features` first),
-fits a logistic-regression head and prints multi-class log loss and accuracy for:
-driver-grouped CV (the folds stage's split), a random stratified split (which
-leaks near-duplicate frames of the same driver), and the hidden test drivers.
+Reads what `dvc repro` wrote for the competition in params.yaml (the stand-in, the real development set,
+any data): the frozen-feature heads' driver-split and random-split CV, each fine-tuned model's CV, the
+ensemble's neighbour weight and what smoothing did to its CV, and the ensemble's CV against the
+local private leaderboard. Prints one row each, with the ratio the row is about, beside what held-out
+real State Farm photos gave (docs/standins.md).
 
-    python bench/standin_difficulty.py
+    dvc repro && python bench/standin_difficulty.py
 """
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, log_loss
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+import json
 
-from pipeline.config import load_params
-from pipeline.feature_cache import load_feature_set
-from pipeline.paths import features_dir, raw_dir
 from pipeline.competitions import load_spec
-from pipeline.raw_data import train_table
+from pipeline.config import load_params
+from pipeline.paths import ensemble_dir, metrics_dir
+
+# Held-out real State Farm photos (640x480, 20 train / 6 test drivers), default params: the direction to match.
+REAL = {"random": "9x too optimistic", "finetune": "38 % better", "smoothing": "weight 0.6, CV -10 %",
+        "ratio": "1.19"}
+
+
+def _metrics(stage: str) -> dict:
+    path = metrics_dir(stage) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def main() -> None:
     params = load_params()
     spec = load_spec(params.competition)
-    raw = raw_dir(spec.slug)
-    labels = train_table(raw, spec)
-    solution = pd.read_csv(raw / spec.solution_csv, dtype=str)
-    cached = load_feature_set(features_dir(spec.slug, "tf_efficientnet_lite0"))
-    train_rows = pd.Series(range(len(cached.train_ids)), index=cached.train_ids).loc[labels.img].to_numpy()
-    test_rows = pd.Series(range(len(cached.test_ids)), index=cached.test_ids).loc[solution[spec.submission_id]].to_numpy()
-    x_train = np.asarray(cached.train_views[0], np.float32)[train_rows]
-    x_test = np.asarray(cached.test_views[0], np.float32)[test_rows]
-
-    y, groups = labels.label.to_numpy(), labels.group.to_numpy()
-    head = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
-    splits = {
-        "driver-grouped CV": StratifiedGroupKFold(params.folds.n_splits, shuffle=True, random_state=params.folds.seed),
-        "random split CV": StratifiedKFold(params.folds.n_splits, shuffle=True, random_state=params.folds.seed),
-    }
-    print(f"{'split':22s} {'log loss':>9s} {'accuracy':>9s}")
-    for label, splitter in splits.items():
-        proba = cross_val_predict(head, x_train, y, groups=groups if "grouped" in label else None, cv=splitter,
-                                  method="predict_proba")
-        print(f"{label:22s} {log_loss(y, proba, labels=spec.classes):9.3f} {accuracy_score(y, np.array(spec.classes)[proba.argmax(1)]):9.3f}")
-    proba = head.fit(x_train, y).predict_proba(x_test)
-    y_test = solution[spec.label_column].to_numpy()
-    print(f"{'unseen test drivers':22s} {log_loss(y_test, proba, labels=spec.classes):9.3f} "
-          f"{accuracy_score(y_test, np.array(spec.classes)[proba.argmax(1)]):9.3f}")
-    print(f"uniform guess log loss: {np.log(len(spec.classes)):.3f}")
+    backbone = next(iter(params.features.backbones))
+    heads, ensemble, submission = _metrics(f"heads-{backbone}"), _metrics("ensemble"), _metrics("submission")
+    if not heads or not ensemble:
+        raise SystemExit("run `dvc repro` first: no heads or ensemble metrics in metrics/")
+    blend = json.loads((ensemble_dir(spec.slug) / "blend.json").read_text())
+    frozen, random_split = heads["cv_log_loss"], heads.get("random_split_cv_log_loss")
+    rows = [("frozen features + head, driver-split CV", f"{frozen:.3f}", "")]
+    if random_split:
+        rows.append(("same head, random split", f"{random_split:.3f}: {frozen / random_split:.1f}x too optimistic",
+                     REAL["random"]))
+    for model in params.ensemble.models:
+        if model.startswith(("finetune-", "pseudo-")):
+            cv = ensemble[f"{model}/cv_log_loss"]
+            better = (frozen - cv) / frozen
+            rows.append((f"{model}, CV", f"{cv:.3f}: {abs(better):.0%} {'better' if better > 0 else 'worse'} "
+                                         f"than frozen", REAL["finetune"]))
+    if "neighbours/cv_log_loss" in ensemble:
+        before, after = ensemble["calibrated/cv_log_loss"], ensemble["neighbours/cv_log_loss"]
+        rows.append((f"neighbour smoothing ({blend.get('neighbour_features', backbone)})",
+                     f"weight {blend['neighbour_weight']:.1f}, k {blend['neighbours']}, CV {after / before - 1:+.0%}",
+                     REAL["smoothing"]))
+    if "private_log_loss" in submission:
+        rows.append(("ensemble CV vs unseen drivers' log loss", f"{ensemble['cv_log_loss']:.3f} vs "
+                     f"{submission['private_log_loss']:.3f} (ratio {ensemble['cv_log_loss'] / submission['private_log_loss']:.2f})",
+                     REAL["ratio"]))
+    width = max(len(r[0]) for r in rows)
+    print(f"{spec.slug}, data.source={params.data.source}")
+    print(f"{'':{width}}  {'this workspace':44s}  real photos")
+    for label, value, real in rows:
+        print(f"{label:{width}}  {value:44s}  {real}")
 
 
 if __name__ == "__main__":
