@@ -64,6 +64,12 @@ class StandinParams(Section):
 class FoldsParams(Section):
     n_splits: int = Field(ge=2)
     seed: int = Field(ge=0)
+    # given: the competition's groups or data.groups_csv, else plain stratified folds; near_duplicates: cluster
+    # near-identical images (cached features of near_duplicate_backbone) into groups (folds.py); auto: given
+    # groups where there are some, near-duplicate groups where there are none.
+    group_by: Literal["auto", "given", "near_duplicates"]
+    near_duplicate_backbone: str
+    near_duplicate_distance: float = Field(gt=0.0, lt=2.0, strict=False)  # cosine distance, average linkage
 
 
 # YAML has no float type for `1`, so floats accept ints; a pair is a [low, high] list.
@@ -243,6 +249,12 @@ def _check_competition(params: Params, spec: CompetitionSpec, source: Path) -> N
     if params.data.groups_csv and spec.group_column:
         raise PipelineError(f"{source}: data.groups_csv: {spec.slug} groups its images by {spec.group_column} "
                             f"already; leave it empty")
+    if params.folds.group_by == "near_duplicates" and (spec.group_column or params.data.groups_csv):
+        given = "data.groups_csv gives them" if params.data.groups_csv else f"{spec.slug} has {spec.group_column}"
+        raise PipelineError(f"{source}: folds.group_by: near_duplicates is for data without groups; {given}")
+    if params.folds.near_duplicate_backbone not in params.features.backbones:
+        raise PipelineError(f"{source}: folds.near_duplicate_backbone: {params.folds.near_duplicate_backbone!r} is "
+                            f"not under features.backbones")
     if not spec.flip_safe:
         if params.augment.hflip:
             raise PipelineError(f"{source}: augment.hflip: {spec.slug} classes change under a horizontal flip")

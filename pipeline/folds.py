@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.atomic import atomic_file
 from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.paths import folds_csv
+from pipeline.feature_cache import FeatureSet, load_feature_set
+from pipeline.paths import features_dir, folds_csv
 from pipeline.sample import RunImages
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,27 @@ def make_folds(train: pd.DataFrame, spec: CompetitionSpec, n_splits: int, seed: 
     return table
 
 
+def near_duplicate_groups(features: np.ndarray, distance: float) -> np.ndarray:
+    """A group per cluster of near-identical images: average-linkage clusters of the features' cosine distance,
+    cut at ``distance``. Average linkage, not "any pair closer than": a chain of near pairs would otherwise join
+    every photo into one group. Memory grows with the square of the image count (25,000 images: ~2.5 GB)."""
+    if len(features) < 2:
+        return np.ones(len(features), int)
+    tree = linkage(pdist(np.asarray(features, np.float64), "cosine"), method="average")
+    return fcluster(tree, t=distance, criterion="distance")
+
+
+def with_near_duplicate_groups(train: pd.DataFrame, cached: FeatureSet, distance: float) -> pd.DataFrame:
+    """``train`` with each image's group the cluster of near-duplicates it falls in (features averaged over
+    views), so that no pet, patient or scene straddles two folds when the data names none."""
+    rows = pd.Series(range(len(cached.train_ids)), index=cached.train_ids).loc[train.img].to_numpy()
+    clusters = near_duplicate_groups(np.asarray(cached.train_views, np.float32).mean(0)[rows], distance)
+    sizes = np.bincount(clusters)
+    log.info("near-duplicate groups: %d groups among %d images, the largest %d images", len(np.unique(clusters)),
+             len(train), sizes.max())
+    return train.assign(group=[f"near{c}" for c in clusters])
+
+
 def load_folds(competition: str) -> pd.DataFrame:
     """The folds stage's table, ids and labels as text (Dogs vs. Cats test ids are numbers)."""
     return pd.read_csv(folds_csv(competition), dtype={"img": str, "label": str, "group": str},
@@ -57,7 +82,12 @@ def load_folds(competition: str) -> pd.DataFrame:
 def main() -> None:
     params = load_params()
     spec = load_spec(params.competition)
-    folds = make_folds(RunImages.load(spec.slug).train, spec, params.folds.n_splits, params.folds.seed)
+    train = RunImages.load(spec.slug).train
+    given = (train.group != "").all()
+    if params.folds.group_by == "near_duplicates" or (params.folds.group_by == "auto" and not given):
+        cached = load_feature_set(features_dir(spec.slug, params.folds.near_duplicate_backbone))
+        train = with_near_duplicate_groups(train, cached, params.folds.near_duplicate_distance)
+    folds = make_folds(train, spec, params.folds.n_splits, params.folds.seed)
     target = folds_csv(spec.slug)
     with atomic_file(target) as tmp:
         folds.to_csv(tmp, index=False)

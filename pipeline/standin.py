@@ -24,6 +24,7 @@ import io
 import multiprocessing
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,25 +36,38 @@ from pipeline.images import ZipWriter
 from pipeline.own_data import ingest_own_data
 from pipeline.progress import progress
 from pipeline.raw_data import copy_groups
-from pipeline.standin_scene import draw_frame, frame_pose, random_look
+from pipeline.standin_scene import TRANSITIONS, draw_frame, frame_pose, random_look, random_take
 
-# Which scene pose draws each class (State Farm's c0..c9 are the poses themselves).
-POSES = {
-    STATE_FARM.slug: {c: c for c in STATE_FARM.classes},
-    DOGS_VS_CATS.slug: {"cat": "c0", "dog": "c7"},
-    OWN_DATA.slug: {"drinking": "c6", "phone": "c2", "radio": "c5", "safe": "c0"},
+@dataclass(frozen=True)
+class Style:
+    """How a competition's stand-in differs from State Farm's."""
+
+    poses: dict[str, str]  # class -> the scene pose that draws it (State Farm's c0..c9 are the poses themselves)
+    varying_size: bool = False  # Kaggle's Dogs vs. Cats photos come in every size
+    # A driver is filmed in every class; a pet is a cat or a dog: each take is then a subject of its own.
+    subject_per_take: bool = False
+    transitions: float = TRANSITIONS  # frames caught between poses; a photo of a dog never looks like a cat
+
+
+STYLES = {
+    STATE_FARM.slug: Style({c: c for c in STATE_FARM.classes}),
+    DOGS_VS_CATS.slug: Style({"cat": "c0", "dog": "c9"}, varying_size=True, subject_per_take=True, transitions=0.0),
+    OWN_DATA.slug: Style({"drinking": "c6", "phone": "c2", "radio": "c5", "safe": "c0"}),
 }
-VARYING_SIZE = {DOGS_VS_CATS.slug}  # Kaggle's Dogs vs. Cats photos come in every size
 
 
 def _render(task: tuple) -> bytes:
-    seed, driver_index, class_index, frame, pose, width, height, varying, quality = task
-    look = random_look(np.random.default_rng([seed, driver_index]))
+    seed, driver_index, class_index, frame, frames, pose, width, height, style, quality = task
+    look_seed = [seed, driver_index, class_index] if style.subject_per_take else [seed, driver_index]
+    look = random_look(np.random.default_rng(look_seed))
+    take = random_take(np.random.default_rng([seed, driver_index, class_index]))
     rng = np.random.default_rng([seed, driver_index, class_index, frame])
-    if varying:
+    if style.varying_size:
         width = int(width * rng.uniform(0.5, 1.0))
         height = int(width * rng.uniform(0.6, 1.3))
-    image = draw_frame(look, frame_pose(pose, look, rng), width, height, rng)
+    time = frame / max(1, frames - 1)  # frames of a take are consecutive moments of one video
+    image = draw_frame(look, frame_pose(pose, look, take, time, rng, style.transitions), take, time, (width, height),
+                       rng)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
@@ -93,9 +107,9 @@ def _name_images(table: pd.DataFrame, spec: CompetitionSpec, seed: int) -> pd.Da
 
 def _render_all(table: pd.DataFrame, spec: CompetitionSpec, params: StandinParams, workers: int | None):
     """(member, JPEG bytes) in the table's order."""
-    poses = POSES[spec.slug]
-    tasks = [(params.seed, r.driver_index, r.class_index, r.frame, poses[r.classname], params.width, params.height,
-              spec.slug in VARYING_SIZE, params.jpeg_quality) for r in table.itertuples()]
+    style = STYLES[spec.slug]
+    tasks = [(params.seed, r.driver_index, r.class_index, r.frame, params.frames_per_class, style.poses[r.classname],
+              params.width, params.height, style, params.jpeg_quality) for r in table.itertuples()]
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         yield from progress(zip(table["member"], pool.imap(_render, tasks, chunksize=16)), total=len(tasks),
@@ -122,7 +136,7 @@ def _write_solution(test: pd.DataFrame, spec: CompetitionSpec, params: StandinPa
 
 def write_standin(out_dir: Path, spec: CompetitionSpec, params: StandinParams, workers: int | None = None) -> None:
     """Render every image and write the competition's files into ``out_dir``."""
-    classes = tuple(POSES[spec.slug])
+    classes = tuple(STYLES[spec.slug].poses)
     table = _name_images(plan_images(classes, params), spec, params.seed)
     table = table.sort_values("member", ignore_index=True)
     if spec.ingest_from == "class_folders":

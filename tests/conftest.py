@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.competitions import STATE_FARM, load_spec
+from pipeline.competitions import DOGS_VS_CATS, STATE_FARM, load_spec
 from pipeline.config import StandinParams
 from pipeline.paths import raw_dir, sample_dir
 from pipeline.sample import RunImages
@@ -75,6 +75,15 @@ def tiny_competition(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / STATE_FARM.slug
     out.mkdir()
     write_standin(out, STATE_FARM, StandinParams(**TINY_STANDIN), workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dogs_vs_cats(tmp_path_factory) -> Path:
+    """A tiny Dogs vs. Cats Redux stand-in: train.zip, test.zip, sample_submission.csv, solution.csv."""
+    out = tmp_path_factory.mktemp("dvc") / DOGS_VS_CATS.slug
+    out.mkdir()
+    write_standin(out, DOGS_VS_CATS, StandinParams(**TINY_STANDIN), workers=1)
     return out
 
 

@@ -66,6 +66,11 @@ def _one_line_error(result) -> str:
         (lambda p: p["data"].update(groups_csv="drivers.csv", group_column="driver"),
          "params.yaml: data.groups_csv: state-farm-distracted-driver-detection groups its images by subject already"),
         (lambda p: p.update(params_version=2), "params.yaml: params_version: unknown key"),
+        (lambda p: p["folds"].update(group_by="near_duplicates"), "params.yaml: folds.group_by: near_duplicates is "
+         "for data without groups; state-farm-distracted-driver-detection has subject"),
+        (lambda p: p["folds"].update(near_duplicate_backbone="resnet50"),
+         "params.yaml: folds.near_duplicate_backbone: 'resnet50' is not under features.backbones"),
+        (lambda p: p["data"].update(sample=0), "params.yaml: data.sample: Input should be greater than 0"),
     ],
 )
 def test_a_bad_param_is_one_error_naming_the_key(edit, expected):

@@ -13,26 +13,16 @@ import pytest
 from PIL import Image
 
 from pipeline.competitions import DOGS_VS_CATS, OWN_DATA, load_spec
-from pipeline.config import StandinParams
 from pipeline.errors import PipelineError
 from pipeline.folds import make_folds
 from pipeline.metrics import binary_log_loss, competition_metric, multiclass_log_loss
 from pipeline.paths import folds_csv, raw_dir
 from pipeline.raw_data import check_competition_files, ingest, train_table
-from pipeline.standin import write_standin
 from pipeline.submission import score
-from tests.conftest import TINY_STANDIN, run, set_params
+from tests.conftest import run, set_params
 
 DVC = [sys.executable, "-m", "dvc"]
 LIMIT = 10**9
-
-
-@pytest.fixture(scope="module")
-def tiny_dogs_vs_cats(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dvc") / DOGS_VS_CATS.slug
-    out.mkdir()
-    write_standin(out, DOGS_VS_CATS, StandinParams(**TINY_STANDIN), workers=1)
-    return out
 
 
 def _exp_metrics(repo: Path) -> dict:
@@ -141,7 +131,9 @@ def test_dvc_exp_run_on_dogs_vs_cats_writes_an_id_label_submission_with_cv_metri
     assert {"cv_log_loss", "public_log_loss", "private_log_loss"} <= set(metrics["metrics/submission/metrics.json"])
     assert metrics["metrics/ensemble/metrics.json"]["cv_log_loss"] < math.log(2) * 1.5
     folds = pd.read_csv(repo_copy / folds_csv(DOGS_VS_CATS.slug))
-    assert folds.group.isna().all() and folds.fold.nunique() == 3
+    # No groups of its own: near-duplicate photos (the same pet) were grouped, and no group straddles two folds.
+    assert folds.group.notna().all() and (folds.groupby("group").fold.nunique() == 1).all()
+    assert folds.fold.nunique() == 3
 
 
 def test_dvc_exp_run_on_own_data_groups_folds_by_the_users_column(repo_copy):
@@ -219,7 +211,7 @@ def test_own_data_without_a_test_folder_reports_cv_and_writes_no_submission(repo
     set_params(repo_copy, competition=OWN_DATA.slug, **_user_folders(tmp_path / "mine", with_test=False),
                folds={"n_splits": 3},
                ensemble={"models": ["heads-tf_efficientnet_lite0"]})
-    for stage in (["download"], ["sample"], ["folds"], ["features", "tf_efficientnet_lite0"],
+    for stage in (["download"], ["sample"], ["features", "tf_efficientnet_lite0"], ["folds"],
                   ["heads", "tf_efficientnet_lite0"], ["ensemble"], ["submission"]):
         assert run_stage(repo_copy, *stage)[0] == 0, stage
     metrics = json.loads((repo_copy / "metrics" / "submission" / "metrics.json").read_text())

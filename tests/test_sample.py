@@ -46,7 +46,7 @@ def test_a_sample_run_reports_cv_on_the_sample_and_writes_no_submission(repo_cop
     put_competition(repo_copy, tiny_competition)
     set_params(repo_copy, data={"sample": 0.6}, ensemble={"models": ["heads-tf_efficientnet_lite0"]})
     logs = {}
-    for stage in (["sample"], ["folds"], ["features", "tf_efficientnet_lite0"], ["heads", "tf_efficientnet_lite0"],
+    for stage in (["sample"], ["features", "tf_efficientnet_lite0"], ["folds"], ["heads", "tf_efficientnet_lite0"],
                   ["ensemble"], ["submission"]):
         status, logs[stage[0]] = run_stage(repo_copy, *stage)
         assert status == 0, (stage, logs[stage[0]])
