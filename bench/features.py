@@ -2,9 +2,11 @@
 
 Prints, for one backbone at one batch size on this machine:
 (a) model-only forward throughput on random tensors already on the device,
-(b) end-to-end throughput of the features stage's own code path (zip -> draft
-    JPEG decode -> resize -> DataLoader -> device -> float16 memmap),
-their ratio b/a (target >= 0.8), and peak RSS of this process and its workers.
+(b) end-to-end throughput of the features stage's own code path, once per decode
+    path (``features.decode``): cpu (zip -> draft JPEG decode -> resize in workers
+    -> DataLoader -> device) and, on a GPU, device (zip bytes in workers -> nvJPEG
+    batch decode, crop and resize on the GPU), each -> float16 memmap,
+their ratios b/a (target >= 0.8), and peak RSS of this process and its workers.
 Reads the run's images of the stand-in (or real) competition (`dvc repro sample`);
 ``--images`` cycles its train images to make a run long enough for a GPU.
 
@@ -22,15 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.augment import view_transform
 from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
-from pipeline.features import extract
-from pipeline.image_data import ArchiveImages, Feed, autocast, pick_device, resolve_workers
-from pipeline.images import ImageArchive
-from pipeline.paths import raw_dir
+from pipeline.features import extract, view_images
+from pipeline.image_data import Feed, autocast, pick_device, resolve_workers
+from pipeline.images import CompetitionImages
 from pipeline.competitions import load_spec
 from pipeline.sample import RunImages
+from input_path import breakdown, report  # bench/input_path.py, beside this script
 
 
 def model_only(model, batch_size: int, size: int, device: torch.device, amp: bool, seconds: float) -> float:
@@ -58,14 +59,17 @@ def main() -> None:
     parser.add_argument("--workers", default=params.features.workers, type=lambda v: v if v == "auto" else int(v))
     parser.add_argument("--images", type=int, default=0, help="images for (b), cycling the train set (0: all once)")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of (a)")
+    parser.add_argument("--decode", nargs="+", choices=["cpu", "device"], help="decode paths for (b) "
+                        "(default: cpu, and device on a GPU)")
     args = parser.parse_args()
 
     spec = load_spec(params.competition)
-    raw = raw_dir(spec.slug)
-    members = list(RunImages.load(spec.slug).train.member)
+    images = RunImages.load(spec.slug)
+    members = list(images.train.member)
     members = [members[i % len(members)] for i in range(args.images or len(members))]
     size = params.features.backbones.get(args.backbone, next(iter(params.features.backbones.values()))).image_size
     device = pick_device()
+    decodes = args.decode or (["cpu", "device"] if device.type == "cuda" else ["cpu"])
     args.workers = resolve_workers(args.workers, device)
     model = create_backbone(args.backbone).eval().to(device, memory_format=torch.channels_last)
     config = data_config(model)
@@ -75,15 +79,17 @@ def main() -> None:
 
     forward = model_only(model, args.batch_size, size, device, params.features.amp, args.seconds)
     print(f"(a) model-only forward:        {forward:9.1f} img/s")
-    dataset = ArchiveImages(ImageArchive(raw / spec.train_archive), members,
-                            view_transform("full", size, config["interpolation"]), size)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = np.lib.format.open_memmap(Path(tmp) / "bench.npy", mode="w+", dtype=np.float16,
-                                        shape=(len(members), model.num_features))
-        feed = Feed(device, args.batch_size, args.workers, config["mean"], config["std"], params.features.amp)
-        end_to_end = extract(model, dataset, out, feed, "end-to-end")
-    print(f"(b) end-to-end from JPEGs:     {end_to_end:9.1f} img/s  ({len(members)} images)")
-    print(f"ratio b/a:                     {end_to_end / forward:9.2f}  (target >= 0.8)")
+    archive = CompetitionImages(images.raw, spec)
+    feed = Feed(device, args.batch_size, args.workers, config["mean"], config["std"], params.features.amp)
+    for decode in decodes:
+        dataset = view_images(decode, device, archive, members, "full", size, config["interpolation"])
+        with tempfile.TemporaryDirectory() as tmp:
+            out = np.lib.format.open_memmap(Path(tmp) / "bench.npy", mode="w+", dtype=np.float16,
+                                            shape=(len(members), model.num_features))
+            end_to_end = extract(model, dataset, out, feed, f"end-to-end, decode={decode}")
+        print(f"(b) end-to-end, decode={decode:6s} {end_to_end:9.1f} img/s  ({len(members)} images)")
+        print(f"    ratio b/a:                 {end_to_end / forward:9.2f}  (target >= 0.8)")
+    report(*breakdown(size, min(len(members), 300), augmented=False), model_ms=1e3 / forward)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"peak RSS: {own:.0f} MiB main process, {workers:.0f} MiB largest worker")

@@ -27,6 +27,7 @@ from pipeline.images import ImageArchive
 from pipeline.paths import raw_dir
 from pipeline.competitions import load_spec
 from pipeline.sample import RunImages
+from input_path import breakdown, report  # bench/input_path.py, beside this script
 from pipeline.trainer import Trainer
 
 
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--workers", default=params.finetune.workers, type=lambda v: v if v == "auto" else int(v))
     parser.add_argument("--images", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--main-threads", type=int, nargs="+", default=[0], help="torch threads of the main "
+                        "process while the loop runs, one (b) each (0: as the stage leaves them)")
     args = parser.parse_args()
     recipe = params.finetune.recipe(args.model).model_copy(update={"batch_size": args.batch_size,
                                                                     "image_size": args.image_size})
@@ -75,7 +78,8 @@ def main() -> None:
     rows = [i % len(members) for i in range(args.images or len(members))]
     device = pick_device()
     workers = resolve_workers(args.workers, device)
-    model = create_backbone(recipe.backbone, num_classes=len(spec.classes)).to(device, memory_format=torch.channels_last)
+    model = create_backbone(recipe.backbone, num_classes=len(spec.classes))
+    model = model.to(device, memory_format=torch.channels_last)
     config = data_config(model)
     feed = Feed(device, args.batch_size, workers, config["mean"], config["std"], params.finetune.amp)
     print(f"{recipe.backbone} at {args.image_size}px, batch {args.batch_size}, {workers} workers, {device}"
@@ -89,9 +93,15 @@ def main() -> None:
     targets = torch.as_tensor(spec.class_indices(labels.label)[rows])
     trainer = Trainer(model, recipe, feed, steps_per_epoch=-(-len(rows) // args.batch_size))
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
-    _, full_loop = trainer.train_epoch(feed.loader(dataset, sampler), targets, "train")
-    print(f"(b) full training loop:        {full_loop:9.1f} img/s  ({len(rows)} images, augmented)")
-    print(f"ratio b/a:                     {full_loop / forward_backward:9.2f}  (target >= 0.7 on a GPU)")
+    for threads in args.main_threads:
+        data = feed.loader(dataset, sampler)
+        if threads:
+            torch.set_num_threads(threads)
+        _, full_loop = trainer.train_epoch(data, targets, "train")
+        print(f"(b) full training loop:        {full_loop:9.1f} img/s  ({len(rows)} images, augmented, "
+              f"{torch.get_num_threads()} main-process threads)")
+        print(f"    ratio b/a:                 {full_loop / forward_backward:9.2f}  (target >= 0.8 on a GPU)")
+    report(*breakdown(args.image_size, min(len(rows), 300), augmented=True), model_ms=1e3 / forward_backward)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,9 @@ class FeaturesParams(Section):
     # DataLoader processes decoding JPEGs; auto: none on CPU (they would steal the model's cores), all but one on CUDA
     workers: Literal["auto"] | Annotated[int, Field(ge=0)]
     amp: bool  # bf16/fp16 autocast on CUDA; CPU always runs float32
+    # Where test-time views are decoded: cpu (workers, albumentations), device (nvJPEG on the model's GPU,
+    # pipeline/device_decode.py), auto (device on CUDA, else cpu)
+    decode: Literal["auto", "cpu", "device"]
 
 
 class HeadsParams(Section):
@@ -165,6 +168,8 @@ class FinetuneParams(Section):
 
     folds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     amp: bool  # bf16 (fp16 on older GPUs) on CUDA; CPU runs float32
+    # Processes per fold, one per device (DistributedDataParallel through torchrun); auto: every visible GPU.
+    devices: Literal["auto"] | Annotated[int, Field(ge=1, le=64)]
     workers: Literal["auto"] | Annotated[int, Field(ge=0)]
     defaults: PartialRecipe  # what every model shares unless it says otherwise
     models: dict[ModelName, PartialRecipe] = Field(min_length=1)
@@ -178,14 +183,26 @@ def _overlay(defaults: BaseModel, entry: BaseModel) -> dict:
     return {**defaults.model_dump(exclude_none=True), **entry.model_dump(exclude_none=True)}
 
 
+class PseudoParams(Section):
+    """A second, leak-free round of fine-tuning with pseudo-labelled test images (pipeline/pseudo.py)."""
+
+    models: list[ModelName]  # models of finetune.models that get a student (pseudo-<model>); [] = off
+    temperature: float = Field(gt=0.0, le=10.0, strict=False)  # on the teacher's probabilities; 1 = as they are
+    threshold: Fraction  # leave out test images whose top probability is below this; 0 keeps them all
+    weight: float = Field(ge=0.0, le=10.0, strict=False)  # a pseudo-labelled image's weight; a labelled one's is 1
+
+
 class EnsembleParams(Section):
     """Blend, calibrate and post-process every model's predictions (pipeline/ensemble.py)."""
 
     models: list[str] = Field(min_length=1)  # heads-<backbone> / finetune-<model> folders to blend
     calibrate: bool  # fit a temperature on out-of-fold predictions
     clip_grid: list[Annotated[float, Field(gt=0.0, lt=0.5, strict=False)]] = Field(min_length=1)
-    neighbours: int = Field(ge=0, le=100)  # test-neighbour smoothing; 0 turns it off
-    neighbour_backbone: str  # whose cached features define "neighbour"
+    # Test-neighbour smoothing: the k to choose from, out of fold (with the weight); [] turns it off.
+    neighbours: list[Annotated[int, Field(ge=1, le=200)]]
+    # Where neighbours may be found, chosen out of fold with k and the weight: a backbone of features.backbones
+    # (its cached ImageNet features) or a fine-tuned model, finetune-<model> / pseudo-<model> (its embeddings).
+    neighbour_features: list[str] = Field(min_length=1)
 
 
 class Params(Section):
@@ -200,6 +217,7 @@ class Params(Section):
     features: FeaturesParams
     heads: HeadsParams
     finetune: FinetuneParams
+    pseudo: PseudoParams
     ensemble: EnsembleParams
 
 
@@ -269,11 +287,25 @@ def _check_models(params: Params, source: Path) -> None:
                             f"folds.n_splits={params.folds.n_splits}")
     if len(set(params.features.test_views)) != len(params.features.test_views):
         raise PipelineError(f"{source}: features.test_views: a view is listed twice")
-    known = [f"heads-{b}" for b in params.features.backbones] + [f"finetune-{m}" for m in params.finetune.models]
+    unknown = [m for m in params.pseudo.models if m not in params.finetune.models]
+    if unknown:
+        raise PipelineError(f"{source}: pseudo.models: {unknown[0]!r} is not under finetune.models (a student needs "
+                            f"its teacher)")
+    known = ([f"heads-{b}" for b in params.features.backbones] + [f"finetune-{m}" for m in params.finetune.models]
+             + [f"pseudo-{m}" for m in params.pseudo.models])
     unknown = [m for m in params.ensemble.models if m not in known]
     if unknown:
         raise PipelineError(f"{source}: ensemble.models: {unknown[0]!r} is not a model of this params.yaml "
                             f"(known: {', '.join(known)})")
+    spaces = [*params.features.backbones, *(m for m in known if not m.startswith("heads-"))]
+    features, blended = params.ensemble.neighbour_features, params.ensemble.models
+    unknown = [f for f in features if f not in spaces] if params.ensemble.neighbours else []
+    if unknown:
+        raise PipelineError(f"{source}: ensemble.neighbour_features: {unknown[0]!r} is neither a backbone nor a "
+                            f"fine-tuned model of this params.yaml ({', '.join(spaces)})")
+    if params.ensemble.neighbours and not any(f in params.features.backbones or f in blended for f in features):
+        raise PipelineError(f"{source}: ensemble.neighbour_features: none of {features} is a backbone or a model "
+                            f"of ensemble.models; add one, or set ensemble.neighbours: [] to turn smoothing off")
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

@@ -1,15 +1,18 @@
 """ensemble stage: one calibrated prediction from every model's out-of-fold and test probabilities.
 
 Steps, each fit on out-of-fold predictions only (never on the leaderboard):
-1. blend: non-negative weights summing to one that minimise out-of-fold log loss;
+1. blend: non-negative weights summing to one, for a mean of probabilities and
+   for a mean of log-probabilities (a weighted geometric mean); the better one;
 2. temperature: one scalar on the blend's log-probabilities (calibration);
 3. neighbour smoothing: average each prediction with its k nearest neighbours
-   in feature space among images of unseen drivers (held-out fold / test set),
-   the trick top State Farm solutions used; its weight is fit out of fold;
+   among images of unseen drivers (held-out fold / test set), found in a
+   backbone's cached features or in a fine-tuned model's embeddings
+   (``ensemble.neighbour_features``), the trick top State Farm solutions used;
+   the space, k (from ``ensemble.neighbours``) and the weight are fit out of fold;
 4. clipping to [eps, 1 - eps], eps chosen from ``ensemble.clip_grid``.
 
 Reads params ``ensemble``, ``competition``, every model in ``ensemble.models``
-under ``data/predictions/<competition>/`` and the folds CSV. Writes
+under ``data/predictions/<competition>/``, the neighbour space and the folds CSV. Writes
 ``data/ensemble/<competition>/`` (``oof.csv``, ``test.csv``, ``blend.json``)
 and ``metrics/ensemble/`` (metrics.json, out-of-fold confusion matrix).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -31,12 +35,12 @@ from sklearn.neighbors import NearestNeighbors
 from pipeline.atomic import atomic_dir
 from pipeline.competitions import CompetitionSpec
 from pipeline.config import EnsembleParams, Params, load_params
-from pipeline.errors import PipelineError, cli
+from pipeline.errors import cli
 from pipeline.feature_cache import load_feature_set
 from pipeline.folds import load_folds
-from pipeline.metrics import accuracy, competition_metric, kaggle_proba, multiclass_log_loss
+from pipeline.metrics import KAGGLE_EPS, accuracy, competition_metric, kaggle_proba, multiclass_log_loss
 from pipeline.paths import ensemble_dir, features_dir, metrics_dir, predictions_dir
-from pipeline.predictions import load_model, write_table
+from pipeline.predictions import load_embeddings, load_model, write_table
 from pipeline.competitions import load_spec
 from pipeline.progress import progress
 from pipeline.sample import RunImages
@@ -46,20 +50,25 @@ NEIGHBOUR_WEIGHTS = np.linspace(0.0, 0.9, 10)
 Metric = Callable[[np.ndarray, np.ndarray], float]  # (labels, probabilities) -> loss
 
 
-def blend_weights(oofs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    """Weights on the simplex minimising the log loss of the weighted mean of probabilities."""
+def blend(probas: list[np.ndarray], weights: np.ndarray, space: str = "probability") -> np.ndarray:
+    """The weighted mean of probabilities, or of log-probabilities renormalised (a weighted geometric mean, the
+    3rd-place State Farm blend): it trusts a model's confident "no" more."""
+    if space == "probability":
+        return np.tensordot(weights, np.stack(probas), 1)
+    logs = np.tensordot(weights, np.log(np.clip(np.stack(probas), KAGGLE_EPS, 1.0)), 1)
+    exp = np.exp(logs - logs.max(1, keepdims=True))
+    return exp / exp.sum(1, keepdims=True)
+
+
+def blend_weights(oofs: list[np.ndarray], labels: np.ndarray, space: str = "probability") -> np.ndarray:
+    """Weights on the simplex minimising the out-of-fold log loss of the blend in ``space``."""
     if len(oofs) == 1:
         return np.ones(1)
-    stacked = np.stack(oofs)
-    result = minimize(lambda w: multiclass_log_loss(labels, np.tensordot(w, stacked, 1)),
+    result = minimize(lambda w: multiclass_log_loss(labels, blend(oofs, w, space)),
                       np.full(len(oofs), 1 / len(oofs)), method="SLSQP", bounds=[(0.0, 1.0)] * len(oofs),
                       constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}])
     weights = np.clip(result.x, 0, None)
     return weights / weights.sum()
-
-
-def blend(probas: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    return np.tensordot(weights, np.stack(probas), 1)
 
 
 def with_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -74,68 +83,117 @@ def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
                                  bounds=(0.05, 20.0), method="bounded").x)
 
 
-def neighbour_mean(proba: np.ndarray, features: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
-    """Mean prediction of each image's k nearest (cosine) other images within its group."""
-    result = np.empty_like(proba)
-    with progress(total=len(proba), desc=f"{k} nearest neighbours") as bar:
+def nearest(features: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k nearest (cosine) other rows within its group, nearest first; [n, k] row indices (a group
+    smaller than k + 1 repeats its nearest)."""
+    result = np.zeros((len(features), k), np.int64)
+    with progress(total=len(features), desc=f"{k} nearest neighbours") as bar:
         for group in np.unique(groups):
             rows = np.nonzero(groups == group)[0]
             n = min(k + 1, len(rows))
             index = NearestNeighbors(n_neighbors=n, metric="cosine").fit(features[rows])
             for start in range(0, len(rows), 4096):  # in chunks: a bar that moves, memory that stays flat
                 chunk = rows[start:start + 4096]
-                _, nearest = index.kneighbors(features[chunk])
-                result[chunk] = proba[rows][nearest[:, 1:]].mean(1) if n > 1 else proba[chunk]
+                found = rows[index.kneighbors(features[chunk])[1][:, 1:]] if n > 1 else chunk[:, None]
+                result[chunk] = np.pad(found, ((0, 0), (0, k - found.shape[1])), mode="edge")
                 bar.update(len(chunk))
     return result
+
+
+def neighbour_mean(proba: np.ndarray, neighbours: np.ndarray, k: int) -> np.ndarray:
+    """Mean prediction of each image's k nearest neighbours (the first k columns of ``nearest``)."""
+    return proba[neighbours[:, :k]].mean(1)
 
 
 def smooth(proba: np.ndarray, neighbours: np.ndarray, weight: float) -> np.ndarray:
     return (1 - weight) * proba + weight * neighbours
 
 
-def neighbour_space(params: Params, spec: CompetitionSpec, folds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows in ``folds`` order, test rows) of the space where neighbours are found: a backbone's cached
-    features, averaged over views."""
-    backbone = params.ensemble.neighbour_backbone
-    if backbone not in params.features.backbones:
-        raise PipelineError(f"params.yaml: ensemble.neighbour_backbone: {backbone!r} is not under features.backbones")
-    cached = load_feature_set(features_dir(spec.slug, backbone))
-    order = pd.Series(range(len(cached.train_ids)), index=cached.train_ids).loc[folds.img].to_numpy()
-    return np.asarray(cached.train_views, np.float32).mean(0)[order], np.asarray(cached.test_views, np.float32).mean(0)
+def smoothing_losses(oof: np.ndarray, labels: np.ndarray, neighbours: np.ndarray, ks: list[int]) -> dict:
+    """Out-of-fold log loss of neighbour smoothing for each (k, weight); weight 0 is no smoothing."""
+    return {(k, float(w)): multiclass_log_loss(labels, smooth(oof, neighbour_mean(oof, neighbours, k), w))
+            for k in ks for w in NEIGHBOUR_WEIGHTS}
 
 
-def ensemble(oofs: list[np.ndarray], tests: list[np.ndarray], labels: np.ndarray, fold_of: np.ndarray,
-             settings: EnsembleParams, space: tuple[np.ndarray, np.ndarray] | None, metric: Metric) -> tuple:
+def fit_smoothing(oof: np.ndarray, labels: np.ndarray, neighbours: np.ndarray, ks: list[int]) -> tuple[int, float]:
+    """The (k, weight) of neighbour smoothing with the lowest out-of-fold log loss; weight 0 turns it off."""
+    losses = smoothing_losses(oof, labels, neighbours, ks)
+    return min(losses, key=losses.get)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Every model's out-of-fold and test probabilities, the labels, and where neighbours are found."""
+
+    oofs: list[np.ndarray]  # per model
+    tests: list[list[np.ndarray]]  # per model, per fold: each fold model's own test probabilities
+    labels: np.ndarray
+    fold_of: np.ndarray
+    spaces: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (train rows, test rows) to find neighbours in
+
+
+def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric) -> tuple:
     """The pure core: (out-of-fold, test probabilities, recipe, report), every step fit on out-of-fold only.
 
-    ``space`` holds the (train, test) rows neighbours are found among; held-out images look for neighbours
-    within their own fold (drivers unseen by its models), as test images do within the test set. Steps are
-    fit on multi-class log loss and reported in the competition's ``metric``.
+    1. blend: simplex weights for a mean of probabilities and for a mean of log-probabilities; the better one;
+    2. temperature; 3. neighbour smoothing, (space, k, weight) from ``settings.neighbour_features`` x
+    ``settings.neighbours`` x a weight grid, held-out
+    images looking for neighbours within their own fold (drivers unseen by its models), test images within
+    the test set; 4. clipping. Steps are fit on multi-class log loss and reported in the competition's metric.
     """
-    report = {}
-    weights = blend_weights(oofs, labels)
-    oof, test = blend(oofs, weights), blend(tests, weights)
-    report["blend/cv_log_loss"] = metric(labels, oof)
-    temperature = fit_temperature(oof, labels) if settings.calibrate else 1.0
-    oof, test = with_temperature(oof, temperature), with_temperature(test, temperature)
-    report["calibrated/cv_log_loss"] = metric(labels, oof)
-
-    neighbour_weight = 0.0
+    p, report, blends = predictions, {}, {}
+    for space in ("probability", "log"):
+        weights = blend_weights(p.oofs, p.labels, space)
+        blends[space] = (weights, blend(p.oofs, weights, space))
+        report[f"blend_{space}/cv_log_loss"] = metric(p.labels, blends[space][1])
+    space = min(blends, key=lambda name: multiclass_log_loss(p.labels, blends[name][1]))
+    weights, oof = blends[space]
+    report["blend/cv_log_loss"] = metric(p.labels, oof)
+    temperature = fit_temperature(oof, p.labels) if settings.calibrate else 1.0
+    oof = with_temperature(oof, temperature)
+    report["calibrated/cv_log_loss"] = metric(p.labels, oof)
+    # Blend and temperature were fit on out-of-fold predictions, each made by one fold's models: apply them to
+    # each fold's test predictions the same way, then combine the folds (a geometric mean, as for a blend).
+    per_fold = [with_temperature(blend([tests[k] for tests in p.tests], weights, space), temperature)
+                for k in range(len(p.tests[0]))]
+    test = blend(per_fold, np.full(len(per_fold), 1 / len(per_fold)), "log")
+    k, neighbour_weight, chosen = 0, 0.0, None
     if settings.neighbours:
-        oof_near = neighbour_mean(oof, space[0], fold_of, settings.neighbours)
-        losses = [multiclass_log_loss(labels, smooth(oof, oof_near, w)) for w in NEIGHBOUR_WEIGHTS]
-        neighbour_weight = float(NEIGHBOUR_WEIGHTS[int(np.argmin(losses))])
-        test_near = neighbour_mean(test, space[1], np.zeros(len(test)), settings.neighbours)
-        oof, test = smooth(oof, oof_near, neighbour_weight), smooth(test, test_near, neighbour_weight)
-        report["neighbours/cv_log_loss"] = metric(labels, oof)
-
-    clip = min(settings.clip_grid, key=lambda eps: multiclass_log_loss(labels, kaggle_proba(oof, eps)))
+        near = {name: nearest(train, p.fold_of, max(settings.neighbours)) for name, (train, _) in p.spaces.items()}
+        losses = {(name, *kw): loss for name in near
+                  for kw, loss in smoothing_losses(oof, p.labels, near[name], settings.neighbours).items()}
+        chosen, k, neighbour_weight = min(losses, key=losses.get)
+        test_near = nearest(p.spaces[chosen][1], np.zeros(len(test)), k)
+        oof = smooth(oof, neighbour_mean(oof, near[chosen], k), neighbour_weight)
+        test = smooth(test, neighbour_mean(test, test_near, k), neighbour_weight)
+        report["neighbours/cv_log_loss"] = metric(p.labels, oof)
+    clip = min(settings.clip_grid, key=lambda eps: multiclass_log_loss(p.labels, kaggle_proba(oof, eps)))
     oof, test = kaggle_proba(oof, clip), kaggle_proba(test, clip)
     oof, test = oof / oof.sum(1, keepdims=True), test / test.sum(1, keepdims=True)
-    recipe = {"models": list(settings.models), "weights": weights.round(6).tolist(), "temperature": temperature,
-              "neighbours": settings.neighbours, "neighbour_weight": neighbour_weight, "clip": clip}
+    recipe = {"models": list(settings.models), "blend": space, "weights": weights.round(6).tolist(),
+              "temperature": temperature, "neighbour_features": chosen, "neighbours": k,
+              "neighbour_weight": neighbour_weight, "clip": clip}
     return oof, test, recipe, report
+
+
+def neighbour_candidates(params: Params) -> list[str]:
+    """The spaces of ``ensemble.neighbour_features`` to choose from: backbones, and fine-tuned models that this
+    ensemble blends (a model left out of ``ensemble.models`` may not have run)."""
+    settings = params.ensemble
+    return [name for name in settings.neighbour_features if settings.neighbours
+            and (name in params.features.backbones or name in settings.models)]
+
+
+def neighbour_space(params: Params, spec: CompetitionSpec, folds: pd.DataFrame, source: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows in ``folds`` order, test rows) of a space where neighbours may be found: a backbone's cached
+    features averaged over views, or a fine-tuned model's pooled embeddings (what it learned: pose)."""
+    if source in params.features.backbones:
+        cached = load_feature_set(features_dir(spec.slug, source))
+        order = pd.Series(range(len(cached.train_ids)), index=cached.train_ids).loc[folds.img].to_numpy()
+        return (np.asarray(cached.train_views, np.float32).mean(0)[order],
+                np.asarray(cached.test_views, np.float32).mean(0))
+    return load_embeddings(predictions_dir(spec.slug, source), folds)
 
 
 def main_for() -> None:
@@ -147,12 +205,12 @@ def main_for() -> None:
     test_ids = list(RunImages.load(spec.slug).test.img)
     oofs, tests, report = [], [], {}
     for model in settings.models:
-        oof, test = load_model(predictions_dir(spec.slug, model), folds, spec.classes, test_ids)
+        oof, fold_tests = load_model(predictions_dir(spec.slug, model), folds, spec.classes, test_ids)
         oofs.append(oof.to_numpy())
-        tests.append(test.to_numpy())
+        tests.append([test.to_numpy() for test in fold_tests])
         report[f"{model}/cv_log_loss"] = competition_metric(spec, labels, oofs[-1])
-    space = neighbour_space(params, spec, folds) if settings.neighbours else None
-    oof, test, recipe, steps = ensemble(oofs, tests, labels, folds.fold.to_numpy(), settings, space,
+    spaces = {name: neighbour_space(params, spec, folds, name) for name in neighbour_candidates(params)}
+    oof, test, recipe, steps = ensemble(Predictions(oofs, tests, labels, folds.fold.to_numpy(), spaces), settings,
                                         functools.partial(competition_metric, spec))
     report.update(steps)
     report.update(cv_log_loss=competition_metric(spec, labels, oof), cv_accuracy=accuracy(labels, oof))
@@ -168,8 +226,9 @@ def main_for() -> None:
                               name="oof_confusion.json")
     for key, value in report.items():
         log.info("%-45s %.4f", key, value)
-    log.info("blend weights %s, temperature %.3f, neighbour weight %.2f, clip %g", recipe["weights"],
-             recipe["temperature"], recipe["neighbour_weight"], recipe["clip"])
+    log.info("%s blend, weights %s, temperature %.3f, %d neighbours in %s at weight %.2f, clip %g",
+             recipe["blend"], recipe["weights"], recipe["temperature"], recipe["neighbours"],
+             recipe["neighbour_features"], recipe["neighbour_weight"], recipe["clip"])
 
 
 main = cli(main_for)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -19,7 +21,8 @@ class PipelineError(Exception):
 
 
 def cli(main: Callable[[], None]) -> Callable[[], None]:
-    """Run a stage's ``main`` with its INFO logging on, and turn a PipelineError into a one-line message and exit 2."""
+    """Run a stage's ``main`` with its INFO logging on, turn a PipelineError into a one-line message and exit 2, and
+    end with the stage's wall time (``features tf_efficientnet_lite0: done in 41.2 s``)."""
 
     @functools.wraps(main)
     def run() -> None:
@@ -27,10 +30,13 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         for ours in ("pipeline", "__main__"):  # a stage run with `python -m` logs as __main__
             logging.getLogger(ours).setLevel(logging.INFO)
+        start = time.perf_counter()
         try:
             main()
         except PipelineError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        stage = " ".join([Path(sys.argv[0]).stem, *sys.argv[1:]])
+        logging.getLogger("pipeline").info("%s: done in %.1f s", stage, time.perf_counter() - start)
 
     return run

@@ -26,10 +26,11 @@ from pipeline.augment import train_transform, view_transform
 from pipeline.backbones import create_backbone, data_config
 from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
+from pipeline.device_decode import EncodedViews
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
 from pipeline.image_data import ArchiveImages, Feed, pick_device
-from pipeline.images import ImageArchive
+from pipeline.images import CompetitionImages
 from pipeline.paths import features_dir
 from pipeline.progress import progress
 from pipeline.sample import RunImages
@@ -37,7 +38,8 @@ from pipeline.sample import RunImages
 log = logging.getLogger(__name__)
 
 
-def extract(model: torch.nn.Module, dataset: ArchiveImages, out: np.ndarray, feed: Feed, label: str) -> float:
+def extract(model: torch.nn.Module, dataset: ArchiveImages | EncodedViews, out: np.ndarray, feed: Feed,
+            label: str) -> float:
     """Fill ``out`` [len(dataset), dim] with pooled features; return images per second."""
     start = time.perf_counter()
     with torch.inference_mode(), progress(total=len(dataset), desc=label) as bar:
@@ -48,10 +50,18 @@ def extract(model: torch.nn.Module, dataset: ArchiveImages, out: np.ndarray, fee
                 chunk = features.float().cpu().numpy().astype(np.float16)
             if not np.isfinite(chunk).all():  # float16 overflows past 65504; catch it here, not in a submission
                 bad = dataset.members[int(indices[np.nonzero(~np.isfinite(chunk).all(1))[0][0]])]
-                raise PipelineError(f"{dataset.archive.path}:{bad}: {label}: non-finite features")
+                raise PipelineError(f"{dataset.archive.where(bad)}: {label}: non-finite features")
             out[indices.numpy()] = chunk
             bar.update(len(indices))
     return len(dataset) / (time.perf_counter() - start)
+
+
+def view_images(decode: str, device: torch.device, archive: CompetitionImages, members: list[str], view: str,
+                size: int, interpolation: str) -> ArchiveImages | EncodedViews:
+    """One test-time view of ``members``, decoded where ``features.decode`` says (``auto``: on a GPU if any)."""
+    if decode == "device" or (decode == "auto" and device.type == "cuda"):
+        return EncodedViews(archive, members, view, size, interpolation)
+    return ArchiveImages(archive, members, view_transform(view, size, interpolation), size)
 
 
 def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images: RunImages, out_dir: Path,
@@ -62,18 +72,17 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images:
     model = model.eval().to(device, memory_format=torch.channels_last)
     config = data_config(model)
     feed = Feed(device, settings.batch_size, settings.workers, config["mean"], config["std"], settings.amp)
-    archives = {"train": ImageArchive(images.raw / spec.train_archive),
-                "test": ImageArchive(images.raw / spec.test_archive)}
+    archive = CompetitionImages(images.raw, spec)
     members = {"train": list(images.train.member), "test": list(images.test.member)}
     write_index(out_dir, "train", images.train.img)
     write_index(out_dir, "test", images.test.img)
 
     speeds = []
     for split in ("train", "test"):
-        views = new_array(out_dir, views_file(split), (len(settings.test_views), len(members[split]), model.num_features))
+        shape = (len(settings.test_views), len(members[split]), model.num_features)
+        views = new_array(out_dir, views_file(split), shape)
         for v, view in enumerate(settings.test_views):
-            dataset = ArchiveImages(archives[split], members[split], view_transform(view, size, config["interpolation"]),
-                                    size)
+            dataset = view_images(settings.decode, device, archive, members[split], view, size, config["interpolation"])
             speeds.append(extract(model, dataset, views[v], feed, f"{backbone} {split} {view}"))
         views.flush()
     if settings.train_passes:
@@ -81,11 +90,12 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images:
         for p in range(settings.train_passes):
             # One seed per (pass, image): the same augmentation whatever the worker count.
             seeds = np.random.SeedSequence([settings.seed, p]).generate_state(len(members["train"]))
-            dataset = ArchiveImages(archives["train"], members["train"],
+            dataset = ArchiveImages(archive, members["train"],
                                     train_transform(params.augment, size, settings.seed), size, seeds=seeds)
             speeds.append(extract(model, dataset, augmented[p], feed, f"{backbone} train pass {p + 1}"))
         augmented.flush()
-    meta = {"backbone": backbone, "image_size": size, "dim": model.num_features, "test_views": list(settings.test_views),
+    meta = {"backbone": backbone, "image_size": size, "dim": model.num_features,
+            "test_views": list(settings.test_views),
             "train_passes": settings.train_passes, "mean": list(config["mean"]), "std": list(config["std"]),
             "interpolation": config["interpolation"], "n_train": len(members["train"]), "n_test": len(members["test"])}
     write_meta(out_dir, meta)

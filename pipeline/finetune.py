@@ -17,8 +17,12 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import json
 import logging
+from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 import torch
 
 from pipeline.atomic import atomic_dir
@@ -29,23 +33,34 @@ from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.folds import load_folds
 from pipeline.image_data import ArchiveImages, Feed
-from pipeline.images import ImageArchive
+from pipeline.images import CompetitionImages
 from pipeline.metrics import competition_metric
 from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, metrics_dir
 from pipeline.predictions import write_embeddings, write_fold
 from pipeline.sample import RunImages
-from pipeline.trainer import Checkpoint, Distributed, FoldImages, Trainer
+from pipeline.trainer import Checkpoint, Distributed, FoldImages, Trainer, spread_over_devices
 from pipeline.training import seed_everything
 
 log = logging.getLogger(__name__)
 
 
-def run_config(params: Params, model: str, fold: int, spec: CompetitionSpec) -> dict:
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Test images with a teacher's probabilities, trained on beside the labelled images (pipeline/pseudo.py)."""
+
+    members: list[str]
+    probabilities: np.ndarray  # [n, classes]: soft targets
+    weight: float  # of a pseudo-labelled image in the loss, a labelled one's being 1
+    teacher: dict  # which teacher and what it was, recorded in the run's config
+
+
+def run_config(params: Params, model: str, fold: int, spec: CompetitionSpec, pseudo: PseudoLabels | None) -> dict:
     """Everything that decides this fold's training; a checkpoint resumes only under the same config."""
     return {"model": model, "fold": fold, "recipe": params.finetune.recipe(model).model_dump(),
             "amp": params.finetune.amp, "augment": params.augment.model_dump(), "dropout": params.dropout,
             "test_views": list(params.features.test_views), "competition": spec.slug,
-            "folds_csv_sha256": hashlib.sha256(folds_csv(spec.slug).read_bytes()).hexdigest()}
+            "folds_csv_sha256": hashlib.sha256(folds_csv(spec.slug).read_bytes()).hexdigest(),
+            "pseudo": None if pseudo is None else {"weight": pseudo.weight, **pseudo.teacher}}
 
 
 def new_trainer(params: Params, model_name: str, spec: CompetitionSpec, n_train: int,
@@ -61,22 +76,37 @@ def new_trainer(params: Params, model_name: str, spec: CompetitionSpec, n_train:
     return Trainer(model, recipe, feed, -(-n_train // (recipe.batch_size * distributed.world)), distributed)
 
 
-def finetune_fold(params: Params, model_name: str, fold: int, distributed: Distributed) -> None:
-    from dvclive import Live  # here, not at the top: importing DVC costs a second that the benches don't need
-
-    spec, recipe, name = load_spec(params.competition), params.finetune.recipe(model_name), f"finetune-{model_name}"
-    folds, images = load_folds(spec.slug), RunImages.load(spec.slug)
+def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpec,
+                pseudo: PseudoLabels | None) -> tuple[FoldImages, pd.Series]:
+    """The fold's training images (and pseudo-labelled test images) with targets, and its held-out images
+    (with their ids)."""
+    recipe, folds, images = params.finetune.recipe(model_name), load_folds(spec.slug), RunImages.load(spec.slug)
     train_rows, held_out = folds[folds.fold != fold], folds[folds.fold == fold]
     member_of = images.train.set_index("img").member
-    archive, held_out_labels = ImageArchive(images.raw / spec.train_archive), spec.class_indices(held_out.label)
-    seed_everything(recipe.seed + fold)
-    trainer = new_trainer(params, model_name, spec, len(train_rows), distributed)
+    members, targets, weights = list(member_of.loc[train_rows.img]), spec.class_indices(train_rows.label), None
+    if pseudo is not None:  # soft targets for all: the labelled images' are one-hot
+        members += pseudo.members
+        targets = np.concatenate([np.eye(len(spec.classes), dtype=np.float32)[targets], pseudo.probabilities])
+        weights = torch.as_tensor(np.r_[np.ones(len(train_rows)), np.full(len(pseudo.members), pseudo.weight)],
+                                  dtype=torch.float32)
     augment = train_transform(params.augment, recipe.image_size, recipe.seed, recipe.augment_strength)
-    fold_images = FoldImages(fold, ArchiveImages(archive, list(member_of.loc[train_rows.img]), augment,
-                                                 recipe.image_size),
-                             torch.as_tensor(spec.class_indices(train_rows.label)), archive,
-                             list(member_of.loc[held_out.img]), functools.partial(competition_metric, spec, held_out_labels))
-    checkpoint = Checkpoint(checkpoint_dir(spec.slug, name, fold), run_config(params, model_name, fold, spec))
+    archive = CompetitionImages(images.raw, spec)
+    return FoldImages(fold, ArchiveImages(archive, members, augment, recipe.image_size), torch.as_tensor(targets),
+                      archive, list(member_of.loc[held_out.img]),
+                      functools.partial(competition_metric, spec, spec.class_indices(held_out.label)),
+                      weights), held_out.img
+
+
+def train_fold(params: Params, model_name: str, fold: int, distributed: Distributed, name: str,
+               pseudo: PseudoLabels | None = None) -> None:
+    """Train ``model_name``'s recipe on ``fold`` (plus pseudo-labels), predict, and write it all as ``name``."""
+    from dvclive import Live  # here, not at the top: importing DVC costs a second that the benches don't need
+
+    spec = load_spec(params.competition)
+    seed_everything(params.finetune.recipe(model_name).seed + fold)
+    images, held_out_ids = fold_images(params, model_name, fold, spec, pseudo)
+    trainer = new_trainer(params, model_name, spec, len(images.train_set), distributed)
+    checkpoint = Checkpoint(checkpoint_dir(spec.slug, name, fold), run_config(params, model_name, fold, spec, pseudo))
     start = checkpoint.resume(trainer)
     live = Live(str(metrics_dir(f"{name}-fold{fold}")), resume=start > 0, dvcyaml=False, save_dvc_exp=False,
                 report=None) if distributed.rank == 0 else None
@@ -88,39 +118,48 @@ def finetune_fold(params: Params, model_name: str, fold: int, distributed: Distr
         log.info("%s fold %d epoch %d: train loss %.4f, held-out log loss %.4f, %.1f img/s", name, fold, epoch + 1,
                  *figures.values())
 
-    trainer.fit(fold_images, checkpoint, start, report)
+    trainer.fit(images, checkpoint, start, report)
     trainer.use_best()
-    views, test_ids = list(params.features.test_views), list(images.test.img)
-    oof, oof_embeddings = trainer.predict(archive, fold_images.held_out, views, f"fold {fold} held-out")
-    test, test_embeddings = trainer.predict(ImageArchive(images.raw / spec.test_archive), list(images.test.member),
-                                            views, f"fold {fold} test")
+    test, views = RunImages.load(spec.slug).test, list(params.features.test_views)
+    oof, oof_embeddings = trainer.predict(images.archive, images.held_out, views, f"fold {fold} held-out")
+    test_proba, test_embeddings = trainer.predict(images.archive, list(test.member), views, f"fold {fold} test")
     if live is None:
         return
     checkpoint.save_best(trainer, spec.classes)
     with atomic_dir(fold_dir(spec.slug, name, fold)) as out:
-        write_fold(out, spec.classes, held_out.img, oof, test_ids, test)
+        write_fold(out, spec.classes, held_out_ids, oof, test.img, test_proba)
         write_embeddings(out, oof_embeddings, test_embeddings)
-    live.summary["fold_log_loss"] = competition_metric(spec, held_out_labels, oof)
+        if pseudo is not None:
+            (out / "teacher.json").write_text(json.dumps(pseudo.teacher, indent=2) + "\n")
+    live.summary["fold_log_loss"] = images.score(oof)
     live.end()
     log.info("%s fold %d: held-out log loss %.4f with %d test view(s); wrote %s", name, fold,
              live.summary["fold_log_loss"], len(views), fold_dir(spec.slug, name, fold))
 
 
-@cli
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Fine-tune one model of finetune.models on one fold")
+def fold_command(description: str, section: str) -> tuple[Params, str, int]:
+    """params and ``<model> --fold k`` from the command line, the model listed under ``<section>.models`` and the
+    fold under ``finetune.folds`` (the finetune and pseudo stages)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("model")
     parser.add_argument("--fold", type=int, required=True)
     args = parser.parse_args()
     params = load_params()
-    if args.model not in params.finetune.models:
-        raise PipelineError(f"params.yaml: finetune.models: {args.model!r} is not listed "
-                            f"({', '.join(params.finetune.models)})")
+    listed = getattr(params, section).models
+    if args.model not in listed:
+        raise PipelineError(f"params.yaml: {section}.models: {args.model!r} is not listed ({', '.join(listed)})")
     if args.fold not in params.finetune.folds:
         raise PipelineError(f"params.yaml: finetune.folds: fold {args.fold} is not listed ({params.finetune.folds})")
-    with Distributed.from_environment() as distributed:
-        finetune_fold(params, args.model, args.fold, distributed)
+    return params, args.model, args.fold
 
+
+@cli
+def main() -> None:
+    params, model, fold = fold_command("Fine-tune one model of finetune.models on one fold", "finetune")
+    if spread_over_devices(params.finetune.devices, "pipeline.finetune", [model, "--fold", str(fold)]):
+        return  # its processes did the work
+    with Distributed.from_environment() as distributed:
+        train_fold(params, model, fold, distributed, f"finetune-{model}")
 
 if __name__ == "__main__":
     main()

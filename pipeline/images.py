@@ -13,12 +13,15 @@ import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from pipeline.decoding import decode_rgb
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # only a type: images.py is imported by what competitions.py's users import
+    from pipeline.competitions import CompetitionSpec
 
 # Fixed member timestamps: archives we write are byte-identical for identical content, so DVC hashes stay put.
 ZIP_DATE = (2016, 4, 5, 0, 0, 0)
@@ -137,4 +140,30 @@ class ImageArchive:
     def load_rgb(self, name: str, draft_size: tuple[int, int] | None = None) -> np.ndarray:
         """Decode one image to an upright HxWx3 uint8 RGB array (pipeline/decoding.py); a JPEG at reduced
         size when ``draft_size`` (width, height) allows: most of the decoding cost is saved before any resize."""
-        return decode_rgb(self.read_bytes(name), f"{self.path}:{name}", draft_size)
+        return decode_rgb(self.read_bytes(name), self.where(name), draft_size)
+
+    def where(self, name: str) -> str:
+        """How errors name a member: ``data/raw/<competition>/imgs.zip:train/c0/img_1.jpg``."""
+        return f"{self.path}:{name}"
+
+
+class CompetitionImages:
+    """A competition's train and test images by member name (``train/...``, ``test/...``), whether they sit in
+    one archive (State Farm's imgs.zip) or two (Dogs vs. Cats' train.zip and test.zip)."""
+
+    def __init__(self, raw: Path, spec: "CompetitionSpec"):
+        train = ImageArchive(raw / spec.train_archive)
+        test = train if spec.test_archive == spec.train_archive else ImageArchive(raw / spec.test_archive)
+        self._by_prefix = {spec.train_prefix: train, spec.test_prefix: test}
+
+    def _archive(self, name: str) -> ImageArchive:
+        return next(archive for prefix, archive in self._by_prefix.items() if name.startswith(prefix))
+
+    def load_rgb(self, name: str, draft_size: tuple[int, int] | None = None) -> np.ndarray:
+        return self._archive(name).load_rgb(name, draft_size)
+
+    def read_bytes(self, name: str) -> bytes:
+        return self._archive(name).read_bytes(name)
+
+    def where(self, name: str) -> str:
+        return self._archive(name).where(name)

@@ -52,9 +52,9 @@ def write_fold(out: Path, classes: tuple[str, ...], oof_ids, oof_proba: np.ndarr
 
 
 def load_model(folder: Path, folds: pd.DataFrame, classes: tuple[str, ...],
-               test_ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(out-of-fold, test) probabilities of one model, checked: every train image predicted exactly once,
-    by the fold that held it out; test probabilities averaged over folds, in sample-submission order."""
+               test_ids: list[str]) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """(out-of-fold probabilities, each fold's test probabilities) of one model, checked: every train image
+    predicted exactly once, by the fold that held it out; test images in sample-submission order."""
     oof_parts, test_parts = [], []
     for fold in sorted(folds.fold.unique()):
         fold_folder = folder / fold_name(fold)
@@ -66,8 +66,7 @@ def load_model(folder: Path, folds: pd.DataFrame, classes: tuple[str, ...],
         if list(test.index) != list(test_ids):
             raise PipelineError(f"{fold_folder}/test.csv: test images differ from the sample submission")
         test_parts.append(test)
-    oof = pd.concat(oof_parts).loc[folds.img]
-    return oof, sum(test_parts) / len(test_parts)
+    return pd.concat(oof_parts).loc[folds.img], test_parts
 
 
 def write_embeddings(out: Path, oof_embeddings: np.ndarray, test_embeddings: np.ndarray) -> None:
@@ -80,17 +79,22 @@ def write_embeddings(out: Path, oof_embeddings: np.ndarray, test_embeddings: np.
 
 
 def load_embeddings(folder: Path, folds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(train embeddings in ``folds`` row order, each from the fold that held it out; test embeddings averaged
-    over folds) of one fine-tuned model."""
-    train, tests = np.zeros((len(folds), 0), np.float32), []
+    """(train embeddings in ``folds`` row order, each from the fold model that held it out; test embeddings
+    averaged over the fold models) of one fine-tuned model. Every fold's embeddings are scaled to unit length
+    first, so that cosine neighbours weigh each fold model alike."""
+    train, tests = None, []
     for fold in sorted(folds.fold.unique()):
         fold_folder = folder / fold_name(fold)
         if not (fold_folder / "oof_embeddings.npy").is_file():
             raise PipelineError(f"{fold_folder}/oof_embeddings.npy: missing; only fine-tuned models write embeddings")
-        part = np.load(fold_folder / "oof_embeddings.npy").astype(np.float32)
-        if train.shape[1] == 0:
-            train = np.zeros((len(folds), part.shape[1]), np.float32)
+        part = _unit(np.load(fold_folder / "oof_embeddings.npy"))
+        train = np.zeros((len(folds), part.shape[1]), np.float32) if train is None else train
         ids = pd.read_csv(fold_folder / "oof.csv", dtype={"img": str}, usecols=["img"], keep_default_na=False).img
         train[pd.Series(range(len(folds)), index=folds.img).loc[ids].to_numpy()] = part
-        tests.append(np.load(fold_folder / "test_embeddings.npy").astype(np.float32))
+        tests.append(_unit(np.load(fold_folder / "test_embeddings.npy")))
     return train, np.mean(tests, 0)
+
+
+def _unit(embeddings: np.ndarray) -> np.ndarray:
+    embeddings = embeddings.astype(np.float32)
+    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)

@@ -16,6 +16,8 @@ import contextlib
 import logging
 import os
 import pickle
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +35,27 @@ from pipeline.backbones import data_config
 from pipeline.config import Recipe
 from pipeline.errors import PipelineError
 from pipeline.image_data import ArchiveImages, Feed, pick_device
-from pipeline.images import ImageArchive
+from pipeline.images import CompetitionImages
 from pipeline.progress import progress
 from pipeline.training import EarlyStopping, warmup_cosine_factor
 
 log = logging.getLogger(__name__)
+
+
+def spread_over_devices(setting: int | str, module: str, args: list[str]) -> bool:
+    """Run this command as one process per device, under ``torchrun``, and wait for them: True. False when there
+    is one device (``auto``: the visible GPUs), or when this process already is one of torchrun's."""
+    world = torch.cuda.device_count() if setting == "auto" else int(setting)
+    if world <= 1 or "WORLD_SIZE" in os.environ:
+        return False
+    log.info("%s %s: %d processes, one per device (DistributedDataParallel)", module, " ".join(args), world)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+               "-m", module, *args]
+    finished = subprocess.run(command, check=False)
+    if finished.returncode != 0:
+        raise PipelineError(f"{module} {' '.join(args)}: its {world} processes under torchrun failed (exit status "
+                            f"{finished.returncode}); their own messages are above")
+    return True
 
 
 @dataclass(frozen=True)
@@ -104,9 +122,18 @@ class FoldImages:
     fold: int
     train_set: ArchiveImages
     targets: torch.Tensor  # a class index per training image, or class probabilities (soft targets)
-    archive: ImageArchive  # of the held-out images
+    archive: CompetitionImages  # where the held-out images are
     held_out: list[str]
     score: Callable[[np.ndarray], float]
+    weights: torch.Tensor | None = None  # each training image's weight in the loss (pseudo-labels weigh less)
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy against class indices or class probabilities, as a weighted mean when weights are given."""
+    if weights is None:
+        return torch.nn.functional.cross_entropy(logits, targets)
+    per_image = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    return (per_image * weights).sum() / weights.sum()
 
 
 class Trainer:
@@ -155,7 +182,8 @@ class Trainer:
             train_set.seeds = np.random.SeedSequence([self.recipe.seed, images.fold, epoch]).generate_state(
                 len(train_set))
             data = self.feed.loader(train_set, self.distributed.sampler(train_set, self.recipe.seed, epoch))
-            train_loss, speed = self.train_epoch(data, images.targets, f"fold {images.fold} epoch {epoch + 1}")
+            train_loss, speed = self.train_epoch(data, images.targets, f"fold {images.fold} epoch {epoch + 1}",
+                                                 images.weights)
             proba, _ = self.predict(images.archive, images.held_out, ["full"], f"fold {images.fold} held-out")
             stop = None
             if self.distributed.rank == 0:
@@ -166,16 +194,19 @@ class Trainer:
             if self.distributed.broadcast(stop):
                 break
 
-    def train_epoch(self, data, targets: torch.Tensor, label: str) -> tuple[float, float]:
+    def train_epoch(self, data, targets: torch.Tensor, label: str,
+                    weights: torch.Tensor | None = None) -> tuple[float, float]:
         """One pass of ``data`` (a loader over an ``ArchiveImages``); ``targets[i]`` is item i's class index,
-        or its class probabilities (soft targets). Returns (mean loss, images per second)."""
+        or its class probabilities (soft targets), ``weights[i]`` its weight in the loss (default: all equal).
+        Returns (mean loss, images per second)."""
         self.trained.train()
         losses, seen, start = [], 0, time.perf_counter()
         with progress(total=len(data.sampler), desc=label) as bar:
             for indices, inputs in self.feed.inputs(data):
                 with self.feed.autocast():
                     logits = self.trained(inputs).float()
-                loss = torch.nn.functional.cross_entropy(logits, targets[indices].to(self.feed.device))
+                loss = _loss(logits, targets[indices].to(self.feed.device),
+                             None if weights is None else weights[indices].to(self.feed.device))
                 if not torch.isfinite(loss):  # stop here: a NaN net would only write NaN predictions later
                     raise PipelineError(f"{label}: the training loss became {loss.item()} after {seen} images; "
                                         f"lower the learning rate (lr) or set grad_clip")
@@ -205,7 +236,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
 
-    def predict(self, archive: ImageArchive, members: Sequence[str], views: Sequence[str],
+    def predict(self, archive: CompetitionImages, members: Sequence[str], views: Sequence[str],
                 label: str = "predict") -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         """(softmax probabilities, pooled pre-logit embeddings), each averaged over ``views``; the whole arrays on
         rank 0, (None, None) on the other ranks, which each predict every world-th image."""

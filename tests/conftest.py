@@ -56,7 +56,7 @@ def run_stage(monkeypatch, capsys):
 
     def run_stage_(repo: Path, stage: str, *args: str) -> tuple[int, list[str]]:
         monkeypatch.chdir(repo)
-        monkeypatch.setattr(sys, "argv", [f"pipeline.{stage}", *args])
+        monkeypatch.setattr(sys, "argv", [f"pipeline/{stage}.py", *args])
         monkeypatch.setattr(logging.root, "handlers", [])  # the stage logs to this test's captured stderr
         capsys.readouterr()
         try:

@@ -57,6 +57,11 @@ def _one_line_error(result) -> str:
          "params.yaml: finetune.models.lite0.image_size: Input should be greater than or equal to 32"),
         (lambda p: p["ensemble"].update(models=["finetune-lite9"]),
          "params.yaml: ensemble.models: 'finetune-lite9' is not a model of this params.yaml"),
+        (lambda p: p["ensemble"].update(neighbour_features=["finetune-lite9"]),
+         "params.yaml: ensemble.neighbour_features: 'finetune-lite9' is neither a backbone nor a fine-tuned model"),
+        (lambda p: p["ensemble"].update(models=["heads-tf_efficientnet_lite0"], neighbour_features=["finetune-lite0"]),
+         "params.yaml: ensemble.neighbour_features: none of ['finetune-lite0'] is a backbone or a model of "
+         "ensemble.models"),
         (lambda p: p["augment"].update(scale=[1.1, 0.9]), "params.yaml: augment.scale: Value error, expected [low, high]"),
         (lambda p: p.update(competition="own-data", data={**p["data"], "source": "kaggle"}),
          "params.yaml: data.source: own-data is not on Kaggle"),

@@ -76,3 +76,16 @@ def test_features_json_records_how_they_were_made(tmp_path, tiny_competition):
     assert meta == {"backbone": BACKBONE, "image_size": 64, "dim": 1280, "test_views": ["full", "left"],
                     "train_passes": 0, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
                     "n_train": len(labels), "n_test": len(pd.read_csv(tiny_competition / "sample_submission.csv"))}
+
+
+def test_views_decoded_on_the_device_give_the_features_of_the_cpu_path(tmp_path, tiny_competition):
+    # features.decode: device on a CPU runs torchvision's decoder where a GPU would run nvJPEG (the same code).
+    cpu = _cache(tmp_path, tiny_competition, "cpu", decode="cpu", test_views=["full", "left"])
+    device = _cache(tmp_path, tiny_competition, "device", decode="device", test_views=["full", "left"], workers=1)
+    for a, b in ((cpu.train_views, device.train_views), (cpu.test_views, device.test_views)):
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        cosine = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+        assert cosine.min() > 0.9  # the same image and view, through another decoder and resampler
+        for view in range(len(a)):  # and nearer its own CPU features than any other image's
+            nearest = np.argmin(((b[view][:, None] - a[view][None]) ** 2).sum(-1), axis=1)
+            assert (nearest == np.arange(len(a[view]))).all()

@@ -1,5 +1,5 @@
-"""Fine-tuning a fold: an interrupted run resumes where it stopped and ends where an uninterrupted one does;
-torchrun with two CPU processes writes the same prediction format."""
+"""Fine-tuning a fold: an interrupted run resumes where it stopped and ends where an uninterrupted one does
+(several processes per fold and several machines: tests/test_parallel.py)."""
 from __future__ import annotations
 
 import os
@@ -58,16 +58,3 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     run(FINETUNE, fresh)
     for resumed_table, fresh_table in zip(_fold0(repo_copy), _fold0(fresh)):
         pd.testing.assert_frame_equal(resumed_table, fresh_table, atol=1e-4)
-
-
-def test_torchrun_with_two_cpu_processes_writes_the_usual_predictions(repo_copy, tiny_competition):
-    _prepare(repo_copy, tiny_competition, epochs=1)
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
-         "pipeline.finetune", "lite0", "--fold", "0"], repo_copy, env={"OMP_NUM_THREADS": "1"})
-    oof, test = _fold0(repo_copy)
-    folds = pd.read_csv(repo_copy / "data" / "folds" / STATE_FARM.slug / "folds.csv")
-    assert sorted(oof.img) == sorted(folds.img[folds.fold == 0])
-    assert list(test.img) == list(pd.read_csv(repo_copy / "data" / "raw" / STATE_FARM.slug / "sample_submission.csv").img)
-    for table in (oof, test):
-        assert list(table.columns) == ["img", *STATE_FARM.classes]
-        assert (table[list(STATE_FARM.classes)].sum(axis=1) - 1).abs().max() < 1e-4

@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.ensemble import blend_weights, fit_temperature, neighbour_mean, with_temperature
+from pipeline.config import EnsembleParams
+from pipeline.ensemble import (Predictions, blend, blend_weights, ensemble, fit_smoothing, fit_temperature, nearest,
+                               neighbour_mean, with_temperature)
 from pipeline.errors import PipelineError
 from pipeline.metrics import multiclass_log_loss
 from pipeline.predictions import load_model, write_fold
@@ -54,8 +56,63 @@ def test_temperature_above_one_softens_an_overconfident_model():
 def test_neighbour_mean_stays_inside_each_group():
     features = np.array([[1.0, 0.0], [0.9, 0.1], [1.0, 0.05], [0.0, 1.0]])
     proba = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.5, 0.5, 0]])
-    near = neighbour_mean(proba, features, np.array([0, 0, 1, 1]), k=1)
-    np.testing.assert_allclose(near, proba[[1, 0, 3, 2]])
+    neighbours = nearest(features, np.array([0, 0, 1, 1]), k=1)
+    np.testing.assert_array_equal(neighbours[:, 0], [1, 0, 3, 2])
+    np.testing.assert_allclose(neighbour_mean(proba, neighbours, 1), proba[[1, 0, 3, 2]])
+
+
+def test_a_log_space_blend_is_a_renormalised_weighted_geometric_mean_and_is_chosen_when_it_fits_better():
+    a, b = np.array([[0.9, 0.1], [0.5, 0.5]]), np.array([[0.6, 0.4], [0.01, 0.99]])
+    geometric = blend([a, b], np.array([0.5, 0.5]), "log")
+    expected = np.sqrt(a * b) / np.sqrt(a * b).sum(1, keepdims=True)
+    np.testing.assert_allclose(geometric, expected)
+    # Two models sure of the right class, each unsure between it and a different wrong class: the geometric mean
+    # keeps what both rule out, the arithmetic mean averages their doubts.
+    labels = np.random.default_rng(0).integers(0, 3, 400)
+    models = []
+    for shift in (1, 2):
+        proba = np.full((400, 3), 0.02)
+        proba[np.arange(400), labels] = 0.6
+        proba[np.arange(400), (labels + shift) % 3] = 0.38
+        models.append(proba)
+    settings = EnsembleParams(models=["a", "b"], calibrate=False, clip_grid=[1e-15], neighbours=[],
+                              neighbour_features=["x"])
+    oof, _, recipe, report = ensemble(Predictions(models, [[m] for m in models], labels, np.zeros(400, int), {}),
+                                      settings, multiclass_log_loss)
+    assert recipe["blend"] == "log" and report["blend_log/cv_log_loss"] < report["blend_probability/cv_log_loss"]
+    assert report["blend/cv_log_loss"] == report["blend_log/cv_log_loss"]
+
+
+def test_smoothing_picks_the_k_and_weight_that_score_best_out_of_fold():
+    rng = np.random.default_rng(3)
+    takes = np.repeat(np.arange(60), 10)  # 60 "takes" of 10 near-identical frames, labelled per take
+    labels = takes % 3
+    features = rng.normal(size=(60, 16))[takes] + rng.normal(scale=0.01, size=(600, 16))
+    proba = np.full((600, 3), 0.1)
+    proba[np.arange(600), labels] = 0.8
+    noisy = rng.random(600) < 0.3  # a third of frames confidently wrong, each on its own
+    proba[noisy] = np.roll(proba[noisy], 1, axis=1)
+    k, weight = fit_smoothing(proba, labels, nearest(features, np.zeros(600), 9), [1, 9])
+    assert (k, weight) == (9, pytest.approx(0.9, abs=0.25))
+
+
+def test_the_ensemble_finds_neighbours_in_the_space_that_scores_best_out_of_fold():
+    rng = np.random.default_rng(4)
+    takes = np.repeat(np.arange(60), 10)
+    labels = takes % 3
+    proba = np.full((600, 3), 0.1)
+    proba[np.arange(600), labels] = 0.8
+    noisy = rng.random(600) < 0.3
+    proba[noisy] = np.roll(proba[noisy], 1, axis=1)
+    pose = rng.normal(size=(60, 16))[takes] + rng.normal(scale=0.01, size=(600, 16))  # frames of a take together
+    noise = rng.normal(size=(600, 16))  # neighbours that share nothing
+    spaces = {"noise": (noise, noise[:60]), "pose": (pose, pose[:60])}
+    settings = EnsembleParams(models=["a"], calibrate=False, clip_grid=[1e-15], neighbours=[9],
+                              neighbour_features=["noise", "pose"])
+    _, _, recipe, report = ensemble(Predictions([proba], [[proba[:60]]], labels, np.zeros(600, int), spaces),
+                                    settings, multiclass_log_loss)
+    assert recipe["neighbour_features"] == "pose" and recipe["neighbour_weight"] > 0.5
+    assert report["neighbours/cv_log_loss"] < 0.7 * report["blend/cv_log_loss"]
 
 
 def _write_model(folder, folds, test_ids, drop=None):
@@ -68,8 +125,8 @@ def _write_model(folder, folds, test_ids, drop=None):
 def test_out_of_fold_predictions_must_cover_each_image_exactly_once(tmp_path):
     folds = pd.DataFrame({"img": [f"img_{i}.jpg" for i in range(6)], "fold": [0, 0, 1, 1, 2, 2]})
     _write_model(tmp_path / "complete", folds, ["t1.jpg", "t2.jpg"])
-    oof, test = load_model(tmp_path / "complete", folds, CLASSES, ["t1.jpg", "t2.jpg"])
-    assert list(oof.index) == list(folds.img) and test.shape == (2, 3)
+    oof, tests = load_model(tmp_path / "complete", folds, CLASSES, ["t1.jpg", "t2.jpg"])
+    assert list(oof.index) == list(folds.img) and [test.shape for test in tests] == [(2, 3)] * 3
     _write_model(tmp_path / "gap", folds, ["t1.jpg", "t2.jpg"], drop="img_3.jpg")
     with pytest.raises(PipelineError, match="fold1/oof.csv: does not hold exactly fold 1's held-out images"):
         load_model(tmp_path / "gap", folds, CLASSES, ["t1.jpg", "t2.jpg"])

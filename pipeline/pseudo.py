@@ -1,0 +1,73 @@
+"""pseudo stage: a second round of fine-tuning on the labelled images plus pseudo-labelled test images.
+
+For fold k of model M the student trains on the training folds other than k and on the test images,
+whose targets are the probabilities of the teacher ``finetune-M`` fold k: the first-round model that
+was trained on the same folds and never saw fold k. The student's out-of-fold predictions for fold k
+therefore stay as honest as the teacher's: no label of fold k, and no model that saw one, reaches it
+(docs/stages.md, "pseudo-labels"). Soft targets (distillation): the teacher's probabilities, sharpened
+or softened by ``pseudo.temperature``; test images whose top probability is below ``pseudo.threshold``
+are left out; each pseudo-labelled image weighs ``pseudo.weight`` in the loss against a labelled
+image's 1. The teacher's temperature is not fit on fold k's labels: that would leak them.
+
+Reads what the finetune stage reads, params ``pseudo`` and the teacher's fold predictions. Writes, as
+model ``pseudo-M``, what the finetune stage writes, plus ``teacher.json`` (which teacher, which images
+it held out) beside the predictions.
+
+    python -m pipeline.pseudo lite0 --fold 0
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from pipeline.competitions import load_spec
+from pipeline.config import Params
+from pipeline.errors import PipelineError, cli
+from pipeline.finetune import PseudoLabels, fold_command, train_fold
+from pipeline.folds import load_folds
+from pipeline.paths import fold_dir
+from pipeline.predictions import read_table
+from pipeline.sample import RunImages
+from pipeline.trainer import Distributed, spread_over_devices
+
+
+def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities ** (1 / temperature), renormalised: above 1 softer, below 1 sharper, 1 unchanged."""
+    scaled = np.exp(np.log(np.clip(proba, 1e-12, 1.0)) / temperature)
+    return scaled / scaled.sum(1, keepdims=True)
+
+
+def teacher_labels(params: Params, model: str, fold: int) -> PseudoLabels:
+    """The fold-k teacher's soft labels for the run's test images; refused unless the teacher held out exactly
+    the student's validation fold."""
+    spec, settings = load_spec(params.competition), params.pseudo
+    folds, images = load_folds(spec.slug), RunImages.load(spec.slug)
+    teacher = fold_dir(spec.slug, f"finetune-{model}", fold)
+    held_out = sorted(folds.img[folds.fold == fold])
+    if sorted(read_table(teacher / "oof.csv", spec.classes).index) != held_out:
+        raise PipelineError(f"{teacher}/oof.csv: the teacher did not hold out exactly fold {fold}; a student may only "
+                            f"learn from the teacher that never saw its validation fold")
+    test = read_table(teacher / "test.csv", spec.classes).loc[images.test.img]
+    proba = soften(test.to_numpy(), settings.temperature)
+    keep = proba.max(1) >= settings.threshold
+    record = {"teacher": str(teacher), "teacher_held_out": len(held_out),
+              "teacher_held_out_sha256": hashlib.sha256("\n".join(held_out).encode()).hexdigest(),
+              "teacher_test_sha256": hashlib.sha256((teacher / "test.csv").read_bytes()).hexdigest(),
+              "temperature": settings.temperature, "threshold": settings.threshold,
+              "pseudo_labelled": int(keep.sum()), "test_images": len(keep)}
+    return PseudoLabels(list(images.test.member.to_numpy()[keep]), proba[keep].astype(np.float32), settings.weight,
+                        record)
+
+
+@cli
+def main() -> None:
+    params, model, fold = fold_command("Train a student on one fold with its teacher's pseudo-labels", "pseudo")
+    if spread_over_devices(params.finetune.devices, "pipeline.pseudo", [model, "--fold", str(fold)]):
+        return  # its processes did the work
+    pseudo = teacher_labels(params, model, fold)
+    with Distributed.from_environment() as distributed:
+        train_fold(params, model, fold, distributed, f"pseudo-{model}", pseudo)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Pseudo-labels without leaks: a fold's student learns only from the teacher that never saw that fold; fine-tuned
+embeddings as the ensemble's neighbour space; the student's predictions enter the ensemble like any model's."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pandas as pd
+import pytest
+
+from pipeline.competitions import STATE_FARM
+from pipeline.paths import fold_dir
+from tests.conftest import make_repo, put_competition, run, set_params
+
+MODEL = "lite0"
+FOLDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def first_round(tmp_path_factory, tiny_competition):
+    """A repository with folds and every fold of the first fine-tuning round done."""
+    repo = make_repo(tmp_path_factory.mktemp("pseudo") / "repo")
+    put_competition(repo, tiny_competition)
+    set_params(repo, pseudo={"models": [MODEL], "threshold": 0.0})
+    for stage in (["folds"], *(["finetune", MODEL, "--fold", str(k)] for k in FOLDS)):
+        run([sys.executable, "-m", f"pipeline.{stage[0]}", *stage[1:]], repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def second_round(first_round, tmp_path_factory):
+    """The same repository after a student per fold."""
+    repo = tmp_path_factory.mktemp("students") / "repo"
+    shutil.copytree(first_round, repo, symlinks=True)
+    for fold in FOLDS:
+        run([sys.executable, "-m", "pipeline.pseudo", MODEL, "--fold", str(fold)], repo)
+    return repo
+
+
+def _ids(path) -> set[str]:
+    return set(pd.read_csv(path, dtype={"img": str}).img)
+
+
+def test_no_students_teacher_saw_the_students_validation_fold(second_round):
+    repo = second_round
+    folds = pd.read_csv(repo / "data" / "folds" / STATE_FARM.slug / "folds.csv", dtype={"img": str})
+    for fold in FOLDS:
+        student = repo / fold_dir(STATE_FARM.slug, f"pseudo-{MODEL}", fold)
+        validation = _ids(student / "oof.csv")
+        teacher = json.loads((student / "teacher.json").read_text())
+        teacher_held_out = _ids(repo / teacher["teacher"] / "oof.csv")
+        teacher_trained_on = set(folds.img) - teacher_held_out  # every fold model trains on all but its held-out
+        assert teacher_trained_on.isdisjoint(validation), f"fold {fold}: the teacher saw the student's validation"
+        assert validation == set(folds.img[folds.fold == fold])
+        assert teacher["pseudo_labelled"] == teacher["test_images"] == 40
+
+
+def test_a_teacher_that_held_out_another_fold_is_refused(first_round, tmp_path, run_stage):
+    repo = tmp_path / "repo"
+    shutil.copytree(first_round, repo, symlinks=True)
+    teacher = repo / fold_dir(STATE_FARM.slug, f"finetune-{MODEL}", 0)
+    shutil.rmtree(teacher)
+    shutil.copytree(repo / fold_dir(STATE_FARM.slug, f"finetune-{MODEL}", 1), teacher)  # a mixed-up teacher
+    status, lines = run_stage(repo, "pseudo", MODEL, "--fold", "0")
+    assert status == 2 and lines == [f"error: {teacher.relative_to(repo)}/oof.csv: the teacher did not hold out "
+                                     f"exactly fold 0; a student may only learn from the teacher that never saw "
+                                     f"its validation fold"]
+
+
+def test_students_and_fine_tuned_embeddings_enter_the_ensemble(second_round, tmp_path, run_stage):
+    repo = tmp_path / "repo"
+    shutil.copytree(second_round, repo, symlinks=True)
+    set_params(repo, ensemble={"models": [f"finetune-{MODEL}", f"pseudo-{MODEL}"], "neighbours": [1, 3],
+                               "neighbour_features": [f"finetune-{MODEL}"]})
+    status, lines = run_stage(repo, "ensemble")
+    assert status == 0, lines
+    recipe = json.loads((repo / "data" / "ensemble" / STATE_FARM.slug / "blend.json").read_text())
+    assert recipe["models"] == [f"finetune-{MODEL}", f"pseudo-{MODEL}"] and recipe["blend"] in ("probability", "log")
+    assert recipe["neighbour_features"] == f"finetune-{MODEL}" and recipe["neighbours"] in (0, 1, 3)
+    metrics = json.loads((repo / "metrics" / "ensemble" / "metrics.json").read_text())
+    assert {"blend_probability/cv_log_loss", "blend_log/cv_log_loss", f"pseudo-{MODEL}/cv_log_loss"} <= set(metrics)
