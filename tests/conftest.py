@@ -69,22 +69,23 @@ def run_stage(monkeypatch, capsys):
     return run_stage_
 
 
+def _tiny_standin(tmp_path_factory, spec) -> Path:
+    out = tmp_path_factory.mktemp(spec.slug[:8]) / spec.slug
+    out.mkdir()
+    write_standin(out, spec, StandinParams(**TINY_STANDIN), workers=1)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_competition(tmp_path_factory) -> Path:
     """A tiny stand-in State Farm folder: 5 train drivers, 2 test drivers, 64x48 frames."""
-    out = tmp_path_factory.mktemp("tiny") / STATE_FARM.slug
-    out.mkdir()
-    write_standin(out, STATE_FARM, StandinParams(**TINY_STANDIN), workers=1)
-    return out
+    return _tiny_standin(tmp_path_factory, STATE_FARM)
 
 
 @pytest.fixture(scope="session")
 def tiny_dogs_vs_cats(tmp_path_factory) -> Path:
     """A tiny Dogs vs. Cats Redux stand-in: train.zip, test.zip, sample_submission.csv, solution.csv."""
-    out = tmp_path_factory.mktemp("dvc") / DOGS_VS_CATS.slug
-    out.mkdir()
-    write_standin(out, DOGS_VS_CATS, StandinParams(**TINY_STANDIN), workers=1)
-    return out
+    return _tiny_standin(tmp_path_factory, DOGS_VS_CATS)
 
 
 def _merged(old, new):
