@@ -3,13 +3,14 @@
 Prints, at one batch size and image size on this machine: (a) model-only
 training throughput (forward + backward + AdamW step on random tensors already
 on the device, same AMP and channels_last), (b) the finetune stage's
-``train_one_epoch`` on the competition's train images (zip -> reduced JPEG
-decode -> albumentations augmentation -> DataLoader -> device), and b/a
+``train_epoch`` on the competition's train images (zip -> reduced JPEG
+decode -> albumentations augmentation in the workers, or kornia on the device with ``--augment-on device`` ->
+DataLoader -> device), and b/a
 (target >= 0.7 on a GPU). Needs `dvc repro sample` first; ``--images``
 cycles the train set so a GPU run lasts long enough.
 
     python bench/finetune.py                                          # CPU, params.yaml's finetune preset
-    python bench/finetune.py --batch-size 128 --image-size 224 --images 30000   # a GPU machine
+    python bench/finetune.py --batch-size 128 --image-size 224 --images 30000 --augment-on cpu device  # a GPU
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ import time
 import numpy as np
 import torch
 
-from pipeline.augment import train_transform
 from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
-from pipeline.image_data import ArchiveImages, Feed, pick_device, resolve_workers
+from pipeline.device_augment import augmented_images, resolve_augment_on
+from pipeline.image_data import Feed, pick_device, resolve_workers
 from pipeline.images import ImageArchive
 from pipeline.paths import raw_dir
 from pipeline.competitions import load_spec
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--main-threads", type=int, nargs="+", default=[0], help="torch threads of the main "
                         "process while the loop runs, one (b) each (0: as the stage leaves them)")
+    parser.add_argument("--augment-on", nargs="+", choices=["auto", "cpu", "device"],
+                        default=[params.finetune.augment_on], help="where images are augmented, one (b) each")
     args = parser.parse_args()
     recipe = params.finetune.recipe(args.model).model_copy(update={"batch_size": args.batch_size,
                                                                     "image_size": args.image_size})
@@ -87,20 +90,22 @@ def main() -> None:
     forward_backward = model_only(Trainer(model, recipe, feed, steps_per_epoch=10**6), args.image_size, args.seconds)
     print(f"(a) model-only train step:     {forward_backward:9.1f} img/s")
 
-    dataset = ArchiveImages(ImageArchive(raw / spec.train_archive), [members[i] for i in rows],
-                            train_transform(params.augment, args.image_size, recipe.seed), args.image_size,
-                            seeds=np.arange(len(rows)))
     targets = torch.as_tensor(spec.class_indices(labels.label)[rows])
     trainer = Trainer(model, recipe, feed, steps_per_epoch=-(-len(rows) // args.batch_size))
-    sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
-    for threads in args.main_threads:
-        data = feed.loader(dataset, sampler)
-        if threads:
-            torch.set_num_threads(threads)
-        _, full_loop = trainer.train_epoch(data, targets, "train")
-        print(f"(b) full training loop:        {full_loop:9.1f} img/s  ({len(rows)} images, augmented, "
-              f"{torch.get_num_threads()} main-process threads)")
-        print(f"    ratio b/a:                 {full_loop / forward_backward:9.2f}  (target >= 0.8 on a GPU)")
+    archive = ImageArchive(raw / spec.train_archive)
+    for augment_on in args.augment_on:
+        dataset = augmented_images(archive, [members[i] for i in rows], params.augment, recipe.augment_strength, args.image_size,
+                                   recipe.seed, augment_on, device)
+        dataset.seeds = np.arange(len(rows))
+        for threads in args.main_threads:
+            data = feed.loader(dataset, torch.utils.data.RandomSampler(dataset,
+                                                                       generator=torch.Generator().manual_seed(0)))
+            if threads:
+                torch.set_num_threads(threads)
+            _, full_loop = trainer.train_epoch(data, targets, "train")
+            print(f"(b) full training loop:        {full_loop:9.1f} img/s  ({len(rows)} images, augmented on the "
+                  f"{resolve_augment_on(augment_on, device)}, {torch.get_num_threads()} main-process threads)")
+            print(f"    ratio b/a:                 {full_loop / forward_backward:9.2f}  (target >= 0.8 on a GPU)")
     report(*breakdown(args.image_size, min(len(rows), 300), augmented=True), model_ms=1e3 / forward_backward)
 
 

@@ -11,7 +11,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/gpu-repro}
 counts=("${2:-26}" "${3:-93}" "${4:-86}")  # State Farm's full counts: 22,360 train and 79,980 test images
-if [ -d "$repo/.whl" ] && ! python3 -c "import dvc, dvclive, albumentations" 2>/dev/null; then
+if [ -d "$repo/.whl" ] && ! python3 -c "import dvc, dvclive, albumentations, kornia" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$repo"/.whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi

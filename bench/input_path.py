@@ -4,8 +4,9 @@ Shared by bench/features.py and bench/finetune.py, which print it next to the mo
 image, so "the GPU waits for the CPU" is a number per step, not a guess. Times are medians over the
 images, in one process with one OpenCV thread (what each DataLoader worker is). Also measured:
 what reseeding the transform per image costs (the stage does it so augmentation does not depend on
-worker count), and the same augmentation with the crop first (Affine then runs on the small crop,
-not on the 320x240 decoded frame).
+worker count), the same augmentation with the crop first (Affine then runs on the small crop,
+not on the 320x240 decoded frame), and the same augmentation on whole batches on the model's device with kornia
+(``finetune.augment_on: device``).
 
     python bench/input_path.py [--image-size 224] [--images 300]       # on its own
 """
@@ -21,10 +22,11 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.augment import train_transform, view_transform
+from pipeline.augment import AugmentRanges, train_transform, view_transform
 from pipeline.competitions import load_spec
 from pipeline.config import load_params
 from pipeline.decoding import decode_rgb
+from pipeline.device_augment import DeviceAugment
 from pipeline.image_data import pick_device
 from pipeline.images import CompetitionImages
 from pipeline.sample import RunImages
@@ -38,6 +40,22 @@ def _median_ms(function: Callable[[object], object], items: list) -> tuple[float
         results.append(function(item))
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times), results
+
+
+def _device_augment_ms(params, image_size: int, frames: list[np.ndarray]) -> float:
+    """Milliseconds per image of ``finetune.augment_on: device`` (pipeline/device_augment.py) on batches of 64 frames."""
+    device = pick_device()
+    augment = DeviceAugment(AugmentRanges.of(params.augment), image_size)
+    same_size = [f for f in frames if f.shape == frames[0].shape][:64]
+    batch = torch.from_numpy(np.stack(same_size)).to(device).permute(0, 3, 1, 2).float().div(255)
+
+    def run(_: int) -> None:
+        augment(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    run(0)  # warm-up
+    return _median_ms(run, list(range(5)))[0] / len(same_size)
 
 
 def breakdown(image_size: int, n_images: int, augmented: bool) -> tuple[dict[str, float], dict[str, float]]:
@@ -67,6 +85,8 @@ def breakdown(image_size: int, n_images: int, augmented: bool) -> tuple[dict[str
                                                                          decoded)
         alternatives["the whole augmentation, crop first"], _ = _median_ms(lambda im: crop_first(image=im)["image"],
                                                                            decoded)
+        alternatives[f"the same on the {pick_device().type} with kornia (per image, batches of 64)"] = \
+            _device_augment_ms(params, image_size, decoded)
     batch = 64
     stack_ms, stacked = _median_ms(lambda i: torch.from_numpy(np.stack(current[i:i + batch])),
                                    list(range(0, len(current) - batch + 1, batch)) or [0])

@@ -8,6 +8,8 @@ augmentation (checked in pipeline/config.py).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import albumentations as A
 import cv2
 
@@ -40,26 +42,55 @@ def _toward(neutral: float, value: float, strength: float) -> float:
     return value if strength == 1 else neutral + (value - neutral) * strength
 
 
-def train_transform(augment: AugmentParams, size: int, seed: int, strength: float = 1.0) -> A.Compose:
-    """Random augmentation for training, its magnitudes scaled by ``strength`` (0: none; a model's
-    ``augment_strength``); reseed per sample (``set_random_seed``) for worker-independent results."""
-    def scaled(value: float) -> float:
-        return _toward(0.0, value, strength)
+@dataclass(frozen=True)
+class AugmentRanges:
+    """The ``augment`` params with their magnitudes scaled by ``strength`` (0: none; a model's ``augment_strength``):
+    what both the CPU path (``train_transform``) and the GPU path (pipeline/device_augment.py) sample from."""
 
-    scale = tuple(_toward(1.0, s, strength) for s in augment.scale)
+    rotate_degrees: float
+    translate: float  # of the frame's width and height
+    scale: tuple[float, float]  # x and y drawn independently (albumentations' Affine, keep_ratio=False)
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    dropout_holes: int  # 0: no coarse dropout
+    dropout_size: tuple[float, float]  # a hole's side, as fractions of the image's side
+    dropout_p: float
+    hflip: bool
+
+    @classmethod
+    def of(cls, augment: AugmentParams, strength: float = 1.0) -> "AugmentRanges":
+        def scaled(value: float) -> float:
+            return _toward(0.0, value, strength)
+
+        return cls(rotate_degrees=scaled(augment.rotate_degrees), translate=scaled(augment.translate),
+                   scale=tuple(_toward(1.0, s, strength) for s in augment.scale),
+                   crop_scale=(_toward(1.0, augment.crop_scale[0], strength), augment.crop_scale[1]),
+                   crop_ratio=tuple(augment.crop_ratio), brightness=scaled(augment.brightness),
+                   contrast=scaled(augment.contrast), saturation=scaled(augment.saturation), hue=scaled(augment.hue),
+                   dropout_holes=augment.dropout_holes if strength else 0, dropout_size=(0.05, augment.dropout_size),
+                   dropout_p=0.5, hflip=augment.hflip)
+
+
+def train_transform(augment: AugmentParams, size: int, seed: int, strength: float = 1.0) -> A.Compose:
+    """Random augmentation for training, its magnitudes scaled by ``strength`` (``AugmentRanges``); reseed per
+    sample (``set_random_seed``) for worker-independent results."""
+    ranges = AugmentRanges.of(augment, strength)
     steps = [
-        A.Affine(rotate=(-scaled(augment.rotate_degrees), scaled(augment.rotate_degrees)),
-                 translate_percent=(-scaled(augment.translate), scaled(augment.translate)), scale=scale,
+        A.Affine(rotate=(-ranges.rotate_degrees, ranges.rotate_degrees),
+                 translate_percent=(-ranges.translate, ranges.translate), scale=ranges.scale,
                  border_mode=cv2.BORDER_REFLECT_101, p=1.0),
-        A.RandomResizedCrop((size, size), scale=(_toward(1.0, augment.crop_scale[0], strength), augment.crop_scale[1]),
-                            ratio=tuple(augment.crop_ratio), interpolation=cv2.INTER_CUBIC),
-        A.ColorJitter(brightness=scaled(augment.brightness), contrast=scaled(augment.contrast),
-                      saturation=scaled(augment.saturation), hue=scaled(augment.hue), p=1.0),
+        A.RandomResizedCrop((size, size), scale=ranges.crop_scale, ratio=ranges.crop_ratio,
+                            interpolation=cv2.INTER_CUBIC),
+        A.ColorJitter(brightness=ranges.brightness, contrast=ranges.contrast, saturation=ranges.saturation,
+                      hue=ranges.hue, p=1.0),
     ]
-    if augment.dropout_holes and strength:
-        steps.append(A.CoarseDropout(num_holes_range=(1, augment.dropout_holes),
-                                     hole_height_range=(0.05, augment.dropout_size),
-                                     hole_width_range=(0.05, augment.dropout_size), p=0.5))
-    if augment.hflip:
+    if ranges.dropout_holes:
+        steps.append(A.CoarseDropout(num_holes_range=(1, ranges.dropout_holes), hole_height_range=ranges.dropout_size,
+                                     hole_width_range=ranges.dropout_size, p=ranges.dropout_p))
+    if ranges.hflip:
         steps.append(A.HorizontalFlip(p=0.5))
     return A.Compose(steps, seed=seed)

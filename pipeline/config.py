@@ -107,11 +107,14 @@ class BackboneParams(Section):
     image_size: int = Field(ge=32, le=1024)
 
 
+View = Literal["full", "zoom", "left", "right", "up", "down", "hflip"]  # pipeline/augment.py's CROPS
+
+
 class FeaturesParams(Section):
     """Cached pooled features of pretrained backbones (pipeline/features.py)."""
 
     backbones: dict[str, BackboneParams] = Field(min_length=1)  # timm names
-    test_views: list[Literal["full", "zoom", "left", "right", "up", "down", "hflip"]] = Field(min_length=1)
+    test_views: list[View] = Field(min_length=1)
     train_passes: int = Field(ge=0, le=100)  # augmented passes over the train images, besides the views
     seed: int = Field(ge=0)
     batch_size: int = Field(ge=1)
@@ -171,6 +174,11 @@ class FinetuneParams(Section):
     # Processes per fold, one per device (DistributedDataParallel through torchrun); auto: every visible GPU.
     devices: Literal["auto"] | Annotated[int, Field(ge=1, le=64)]
     workers: Literal["auto"] | Annotated[int, Field(ge=0)]
+    # Where training images are augmented: cpu (albumentations in the workers), device (kornia on the model's
+    # device, workers only decode; pipeline/device_augment.py), auto (device on CUDA, else cpu)
+    augment_on: Literal["auto", "cpu", "device"]
+    # Test-time views of the fine-tuned nets (held-out and test images alike), averaged; cheap beside training.
+    test_views: list[View] = Field(min_length=1)
     defaults: PartialRecipe  # what every model shares unless it says otherwise
     models: dict[ModelName, PartialRecipe] = Field(min_length=1)
 
@@ -276,8 +284,10 @@ def _check_competition(params: Params, spec: CompetitionSpec, source: Path) -> N
     if not spec.flip_safe:
         if params.augment.hflip:
             raise PipelineError(f"{source}: augment.hflip: {spec.slug} classes change under a horizontal flip")
-        if "hflip" in params.features.test_views:
-            raise PipelineError(f"{source}: features.test_views: {spec.slug} classes change under a horizontal flip")
+        for section in ("features", "finetune"):
+            if "hflip" in getattr(params, section).test_views:
+                raise PipelineError(f"{source}: {section}.test_views: {spec.slug} classes change under a horizontal "
+                                    f"flip")
 
 
 def _check_models(params: Params, source: Path) -> None:
@@ -285,8 +295,10 @@ def _check_models(params: Params, source: Path) -> None:
     if any(f >= params.folds.n_splits for f in folds) or len(set(folds)) != len(folds):
         raise PipelineError(f"{source}: finetune.folds: {folds} must be distinct folds below "
                             f"folds.n_splits={params.folds.n_splits}")
-    if len(set(params.features.test_views)) != len(params.features.test_views):
-        raise PipelineError(f"{source}: features.test_views: a view is listed twice")
+    for section in ("features", "finetune"):
+        views = getattr(params, section).test_views
+        if len(set(views)) != len(views):
+            raise PipelineError(f"{source}: {section}.test_views: a view is listed twice")
     unknown = [m for m in params.pseudo.models if m not in params.finetune.models]
     if unknown:
         raise PipelineError(f"{source}: pseudo.models: {unknown[0]!r} is not under finetune.models (a student needs "

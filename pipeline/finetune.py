@@ -1,7 +1,7 @@
 """finetune stage: train one model of ``finetune.models`` on one fold, with augmentation; resumable; CPU, GPU or DDP.
 
-Reads params ``finetune`` (``defaults`` overlaid with ``models.<model>``), ``augment``,
-``dropout``, ``features.test_views``, the folds CSV and the image zip. Writes, for
+Reads params ``finetune`` (``defaults`` overlaid with ``models.<model>``; ``augment_on``: augmentation in the
+workers or on the GPU; ``test_views``), ``augment``, ``dropout``, the folds CSV and the image zip. Writes, for
 fold k of model M: ``models/<competition>/finetune-M/fold<k>/`` (``last.pt``
 every epoch, to resume an interrupted run; ``best.pt``: the best weights and the
 resolved config), ``data/predictions/<competition>/finetune-M/fold<k>/``
@@ -26,13 +26,13 @@ import pandas as pd
 import torch
 
 from pipeline.atomic import atomic_dir
-from pipeline.augment import train_transform
 from pipeline.backbones import create_backbone, data_config
 from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.folds import load_folds
-from pipeline.image_data import ArchiveImages, Feed
+from pipeline.device_augment import augmented_images, resolve_augment_on
+from pipeline.image_data import Feed
 from pipeline.images import CompetitionImages
 from pipeline.metrics import competition_metric
 from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, metrics_dir
@@ -54,11 +54,13 @@ class PseudoLabels:
     teacher: dict  # which teacher and what it was, recorded in the run's config
 
 
-def run_config(params: Params, model: str, fold: int, spec: CompetitionSpec, pseudo: PseudoLabels | None) -> dict:
-    """Everything that decides this fold's training; a checkpoint resumes only under the same config."""
+def run_config(params: Params, model: str, fold: int, spec: CompetitionSpec, pseudo: PseudoLabels | None,
+               augment_on: str) -> dict:
+    """Everything that decides this fold's training; a checkpoint resumes only under the same config. The test-time
+    views are not in it: other views re-predict with a finished run's best weights instead of training again."""
     return {"model": model, "fold": fold, "recipe": params.finetune.recipe(model).model_dump(),
             "amp": params.finetune.amp, "augment": params.augment.model_dump(), "dropout": params.dropout,
-            "test_views": list(params.features.test_views), "competition": spec.slug,
+            "augment_on": augment_on, "competition": spec.slug,
             "folds_csv_sha256": hashlib.sha256(folds_csv(spec.slug).read_bytes()).hexdigest(),
             "pseudo": None if pseudo is None else {"weight": pseudo.weight, **pseudo.teacher}}
 
@@ -76,8 +78,8 @@ def new_trainer(params: Params, model_name: str, spec: CompetitionSpec, n_train:
     return Trainer(model, recipe, feed, -(-n_train // (recipe.batch_size * distributed.world)), distributed)
 
 
-def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpec,
-                pseudo: PseudoLabels | None) -> tuple[FoldImages, pd.Series]:
+def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpec, pseudo: PseudoLabels | None,
+                device: torch.device) -> tuple[FoldImages, pd.Series]:
     """The fold's training images (and pseudo-labelled test images) with targets, and its held-out images
     (with their ids)."""
     recipe, folds, images = params.finetune.recipe(model_name), load_folds(spec.slug), RunImages.load(spec.slug)
@@ -89,9 +91,10 @@ def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpe
         targets = np.concatenate([np.eye(len(spec.classes), dtype=np.float32)[targets], pseudo.probabilities])
         weights = torch.as_tensor(np.r_[np.ones(len(train_rows)), np.full(len(pseudo.members), pseudo.weight)],
                                   dtype=torch.float32)
-    augment = train_transform(params.augment, recipe.image_size, recipe.seed, recipe.augment_strength)
     archive = CompetitionImages(images.raw, spec)
-    return FoldImages(fold, ArchiveImages(archive, members, augment, recipe.image_size), torch.as_tensor(targets),
+    train_set = augmented_images(archive, members, params.augment, recipe.augment_strength, recipe.image_size,
+                                 recipe.seed, params.finetune.augment_on, device)
+    return FoldImages(fold, train_set, torch.as_tensor(targets),
                       archive, list(member_of.loc[held_out.img]),
                       functools.partial(competition_metric, spec, spec.class_indices(held_out.label)),
                       weights), held_out.img
@@ -104,9 +107,11 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
 
     spec = load_spec(params.competition)
     seed_everything(params.finetune.recipe(model_name).seed + fold)
-    images, held_out_ids = fold_images(params, model_name, fold, spec, pseudo)
+    images, held_out_ids = fold_images(params, model_name, fold, spec, pseudo, distributed.device)
     trainer = new_trainer(params, model_name, spec, len(images.train_set), distributed)
-    checkpoint = Checkpoint(checkpoint_dir(spec.slug, name, fold), run_config(params, model_name, fold, spec, pseudo))
+    augment_on = resolve_augment_on(params.finetune.augment_on, distributed.device)
+    checkpoint = Checkpoint(checkpoint_dir(spec.slug, name, fold),
+                            run_config(params, model_name, fold, spec, pseudo, augment_on))
     start = checkpoint.resume(trainer)
     live = Live(str(metrics_dir(f"{name}-fold{fold}")), resume=start > 0, dvcyaml=False, save_dvc_exp=False,
                 report=None) if distributed.rank == 0 else None
@@ -120,7 +125,7 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
 
     trainer.fit(images, checkpoint, start, report)
     trainer.use_best()
-    test, views = RunImages.load(spec.slug).test, list(params.features.test_views)
+    test, views = RunImages.load(spec.slug).test, list(params.finetune.test_views)
     oof, oof_embeddings = trainer.predict(images.archive, images.held_out, views, f"fold {fold} held-out")
     test_proba, test_embeddings = trainer.predict(images.archive, list(test.member), views, f"fold {fold} test")
     if live is None:

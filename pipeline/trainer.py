@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from timm.utils import ModelEmaV3
+from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from pipeline.atomic import atomic_file
@@ -120,7 +121,7 @@ class FoldImages:
     images that are scored after every epoch (``score``: probabilities -> loss)."""
 
     fold: int
-    train_set: ArchiveImages
+    train_set: Dataset  # ArchiveImages or DeviceAugmentedImages: items reseeded through its ``seeds``
     targets: torch.Tensor  # a class index per training image, or class probabilities (soft targets)
     archive: CompetitionImages  # where the held-out images are
     held_out: list[str]
@@ -196,7 +197,7 @@ class Trainer:
 
     def train_epoch(self, data, targets: torch.Tensor, label: str,
                     weights: torch.Tensor | None = None) -> tuple[float, float]:
-        """One pass of ``data`` (a loader over an ``ArchiveImages``); ``targets[i]`` is item i's class index,
+        """One pass of ``data`` (a loader over a ``FoldImages.train_set``); ``targets[i]`` is item i's class index,
         or its class probabilities (soft targets), ``weights[i]`` its weight in the loss (default: all equal).
         Returns (mean loss, images per second)."""
         self.trained.train()

@@ -33,7 +33,7 @@ GIT_IDENTITY = {"GIT_AUTHOR_NAME": "pipeline-tests", "GIT_AUTHOR_EMAIL": "tests@
                 "GIT_COMMITTER_NAME": "pipeline-tests", "GIT_COMMITTER_EMAIL": "tests@pipeline.local"}
 TINY_STANDIN = dict(seed=7, train_drivers=5, test_drivers=2, frames_per_class=2, width=64, height=48,
                     jpeg_quality=80, public_fraction=0.31)
-TINY_FINETUNE = dict(folds=[0, 1, 2], workers=0, defaults={"batch_size": 16},
+TINY_FINETUNE = dict(folds=[0, 1, 2], workers=0, test_views=["full"], defaults={"batch_size": 16},
                      models={"lite0": {"backbone": "tf_efficientnet_lite0", "image_size": 32, "epochs": 1}})
 TINY_FEATURES = dict(backbones={"tf_efficientnet_lite0": {"image_size": 64}}, batch_size=64, workers=0)
 

@@ -48,6 +48,8 @@ def _one_line_error(result) -> str:
         (lambda p: p.update(competition="state-farm"), "params.yaml: competition: unknown competition 'state-farm'"),
         (lambda p: p["augment"].update(hflip=True), "params.yaml: augment.hflip: state-farm-distracted-driver-detection "
                                                     "classes change under a horizontal flip"),
+        (lambda p: p["finetune"].update(augment_on="gpu"),
+         "params.yaml: finetune.augment_on: Input should be 'auto', 'cpu' or 'device'"),
         (lambda p: p["finetune"].update(folds=[0, 7]), "params.yaml: finetune.folds: [0, 7] must be distinct folds below"),
         (lambda p: p["finetune"]["models"]["lite0"].update(epocs=3),
          "params.yaml: finetune.models.lite0.epocs: unknown key (did you mean 'epochs'?)"),

@@ -118,8 +118,9 @@ def test_a_dogs_vs_cats_submission_is_scored_on_p_dog():
 
 def test_dvc_exp_run_on_dogs_vs_cats_writes_an_id_label_submission_with_cv_metrics(repo_copy):
     # Mirroring is fine for cats and dogs: the flip view and flip augmentation are allowed here.
-    set_params(repo_copy, augment={"hflip": True}, features={"test_views": ["full", "hflip"]})
-    run(["git", "commit", "-qam", "flip for dogs vs cats"], repo_copy)
+    set_params(repo_copy, augment={"hflip": True}, features={"test_views": ["full", "hflip"]},
+               finetune={"test_views": ["full", "hflip"], "folds": [0, 1]}, folds={"n_splits": 2})
+    run(["git", "commit", "-qam", "flip for dogs vs cats, two folds"], repo_copy)
     run(DVC + ["exp", "run", "-S", f"competition={DOGS_VS_CATS.slug}", "-n", "dogs"], repo_copy)
     raw = repo_copy / raw_dir(DOGS_VS_CATS.slug)
     assert (raw / "train.zip").is_file() and (raw / "test.zip").is_file()
@@ -133,10 +134,12 @@ def test_dvc_exp_run_on_dogs_vs_cats_writes_an_id_label_submission_with_cv_metri
     folds = pd.read_csv(repo_copy / folds_csv(DOGS_VS_CATS.slug))
     # No groups of its own: near-duplicate photos (the same pet) were grouped, and no group straddles two folds.
     assert folds.group.notna().all() and (folds.groupby("group").fold.nunique() == 1).all()
-    assert folds.fold.nunique() == 3
+    assert folds.fold.nunique() == 2
 
 
 def test_dvc_exp_run_on_own_data_groups_folds_by_the_users_column(repo_copy):
+    set_params(repo_copy, folds={"n_splits": 2}, finetune={"folds": [0, 1]})
+    run(["git", "commit", "-qam", "two folds"], repo_copy)
     run(DVC + ["exp", "run", "-S", f"competition={OWN_DATA.slug}", "-n", "own"], repo_copy)
     raw = repo_copy / raw_dir(OWN_DATA.slug)
     assert sorted(p.name for p in raw.iterdir()) == ["groups.csv", "images.zip", "labels.csv",

@@ -1,5 +1,6 @@
-"""Fine-tuning a fold: an interrupted run resumes where it stopped and ends where an uninterrupted one does
-(several processes per fold and several machines: tests/test_parallel.py)."""
+"""Fine-tuning a fold: an interrupted run resumes where it stopped and ends where an uninterrupted one does, and
+a finished one predicts other test-time views without training again (several processes per fold and several
+machines: tests/test_parallel.py)."""
 from __future__ import annotations
 
 import os
@@ -58,3 +59,13 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     run(FINETUNE, fresh)
     for resumed_table, fresh_table in zip(_fold0(repo_copy), _fold0(fresh)):
         pd.testing.assert_frame_equal(resumed_table, fresh_table, atol=1e-4)
+
+    # Other test-time views: the finished run predicts again with its best weights, it does not train again.
+    before = _fold0(repo_copy)
+    set_params(repo_copy, finetune={"test_views": ["full", "zoom"]})
+    repredicted = run(FINETUNE, repo_copy)
+    assert "resuming from" in repredicted.stderr and " epoch 1: train loss" not in repredicted.stderr
+    assert "with 2 test view(s)" in repredicted.stderr
+    after = _fold0(repo_copy)
+    assert list(after[1].img) == list(before[1].img)
+    assert not after[1].equals(before[1])

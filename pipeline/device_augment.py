@@ -1,0 +1,127 @@
+"""Fine-tuning augmentation on the model's device: workers only decode, kornia warps and jitters whole batches.
+
+On an H100, fine-tuning waits for its CPU workers: one image's albumentations
+augmentation costs a core ~1.4 ms beside its ~1.5 ms decode (docs/gpu.md), so 15
+workers feed ~2,300 img/s to a model that trains 4,300. With
+``finetune.augment_on: device`` (``auto`` picks it when the model is on CUDA) a
+worker decodes the frame at reduced size and hands it over unaugmented; the main
+process applies the same augmentation as pipeline/augment.py's ``train_transform``
+to the whole batch on the device with kornia, each image drawing its own
+parameters from the same ``AugmentRanges``: affine (rotation, translation, x and
+y scale, reflected borders), random resized crop, colour jitter, coarse dropout,
+the optional flip. Kornia's rotation angle is albumentations' negated (the
+ranges are symmetric, so the distributions are equal);
+tests/test_device_augment.py checks that both give the same geometry for the
+same sampled parameters. Frames of another size than the first image's are
+resized to it in the worker (State Farm's are all 640x480), so a batch is one tensor.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import kornia.augmentation as K
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.augment import AugmentRanges, train_transform
+from pipeline.config import AugmentParams
+from pipeline.errors import PipelineError
+from pipeline.image_data import ArchiveImages
+from pipeline.images import CompetitionImages, ImageArchive
+
+
+def resolve_augment_on(setting: str, device: torch.device) -> str:
+    """``auto``: on the device when it is a GPU; a CPU does the same work either way, and albumentations is its
+    reference path."""
+    return ("device" if device.type == "cuda" else "cpu") if setting == "auto" else setting
+
+
+class DeviceAugment(torch.nn.Module):
+    """float NCHW frames in [0, 1] -> augmented ``size x size`` images, each with its own random parameters."""
+
+    def __init__(self, ranges: AugmentRanges, size: int):
+        super().__init__()
+        self.ranges = ranges
+        low, high = ranges.scale
+        self.geometry = K.AugmentationSequential(
+            K.RandomAffine(degrees=ranges.rotate_degrees, translate=(ranges.translate, ranges.translate),
+                           scale=(low, high, low, high), padding_mode="reflection", p=1.0),
+            K.RandomResizedCrop((size, size), scale=ranges.crop_scale, ratio=ranges.crop_ratio, resample="bicubic",
+                                p=1.0))
+        self.colour = K.ColorJitter(ranges.brightness, ranges.contrast, ranges.saturation, ranges.hue, p=1.0)
+        self.flip = K.RandomHorizontalFlip(p=0.5) if ranges.hflip else None
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        images = self.colour(self.geometry(frames).clamp_(0, 1))
+        if self.ranges.dropout_holes:
+            images = images * ~self.holes(images)
+        return self.flip(images) if self.flip is not None else images
+
+    def holes(self, images: torch.Tensor) -> torch.Tensor:
+        """albumentations' CoarseDropout for the batch: with probability ``dropout_p`` an image gets 1..holes
+        rectangles, each side a uniform fraction of the image's; a boolean [n, 1, h, w] mask of what is blanked."""
+        n, _, height, width = images.shape
+        holes, (small, large) = self.ranges.dropout_holes, self.ranges.dropout_size
+        count = torch.randint(1, holes + 1, (n, 1)) * (torch.rand(n, 1) < self.ranges.dropout_p)
+        used = torch.arange(holes)[None] < count  # [n, holes]
+        sides = torch.tensor([height, width]) * (small + (large - small) * torch.rand(n, holes, 2))
+        sides = sides.round().clamp(min=1)
+        corner = ((torch.tensor([height, width]) - sides + 1) * torch.rand(n, holes, 2)).floor()
+        box = torch.cat([corner, corner + sides], -1).to(images.device)  # y0, x0, y1, x1
+        ys = torch.arange(height, device=images.device)[None, None, :, None]
+        xs = torch.arange(width, device=images.device)[None, None, None, :]
+        inside = ((ys >= box[..., 0, None, None]) & (ys < box[..., 2, None, None]) &
+                  (xs >= box[..., 1, None, None]) & (xs < box[..., 3, None, None]))
+        return (inside & used.to(images.device)[..., None, None]).any(1, keepdim=True)
+
+
+class DeviceAugmentedImages(Dataset):
+    """``members[i]`` of ``archive`` decoded at reduced size in the workers, unaugmented; ``to_images``
+    augments the batch on the device (``DeviceAugment``) to ``size x size`` uint8 NHWC.
+
+    ``seeds`` (one per item, set per epoch by the trainer) seed each batch's draw from its first item's seed, in a
+    forked RNG, so the draws neither depend on worker count nor disturb the global RNG that dropout uses.
+    """
+
+    def __init__(self, archive: ImageArchive | CompetitionImages, members: Sequence[str], ranges: AugmentRanges,
+                 size: int, seeds: Sequence[int] | None = None):
+        self.archive, self.members, self.size, self.seeds = archive, members, size, seeds
+        self.augment = DeviceAugment(ranges, size)
+        self.frame_shape = archive.load_rgb(members[0], draft_size=(size, size)).shape[:2] if members else (size, size)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        height, width = self.frame_shape
+        frames = torch.zeros(len(indices), height, width, 3, dtype=torch.uint8)
+        errors = []
+        for row, index in enumerate(indices):
+            try:
+                frame = self.archive.load_rgb(self.members[index], draft_size=(self.size, self.size))
+            except PipelineError as error:
+                errors.append(str(error))
+                continue
+            if frame.shape[:2] != (height, width):
+                frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+            frames[row] = torch.from_numpy(frame)
+            errors.append("")
+        return {"index": torch.as_tensor(indices), "image": {"frames": frames}, "error": errors}
+
+    def to_images(self, batch: dict, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        frames = batch["frames"].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        seed = int(self.seeds[int(indices[0])]) if self.seeds is not None else int(indices[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            images = self.augment(frames)
+        return images.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def augmented_images(archive: ImageArchive | CompetitionImages, members: Sequence[str], augment: AugmentParams,
+                     strength: float, size: int, seed: int, on: str, device: torch.device) -> Dataset:
+    """A fine-tuning run's training images, augmented where ``on`` (``finetune.augment_on``) says: albumentations in
+    the workers, or kornia on ``device``."""
+    if resolve_augment_on(on, device) == "device":
+        return DeviceAugmentedImages(archive, members, AugmentRanges.of(augment, strength), size)
+    return ArchiveImages(archive, members, train_transform(augment, size, seed, strength), size)
