@@ -85,7 +85,7 @@ def breakdown(image_size: int, n_images: int, augmented: bool) -> tuple[dict[str
                                                                          decoded)
         alternatives["the whole augmentation, crop first"], _ = _median_ms(lambda im: crop_first(image=im)["image"],
                                                                            decoded)
-        alternatives[f"the same on the {pick_device().type} with kornia (per image, batches of 64)"] = \
+        alternatives[f"the same with kornia on the {pick_device().type}, batch 64"] = \
             _device_augment_ms(params, image_size, decoded)
     batch = 64
     stack_ms, stacked = _median_ms(lambda i: torch.from_numpy(np.stack(current[i:i + batch])),
