@@ -94,8 +94,8 @@ def main() -> None:
     trainer = Trainer(model, recipe, feed, steps_per_epoch=-(-len(rows) // args.batch_size))
     archive = ImageArchive(raw / spec.train_archive)
     for augment_on in args.augment_on:
-        dataset = augmented_images(archive, [members[i] for i in rows], params.augment, recipe.augment_strength, args.image_size,
-                                   recipe.seed, augment_on, device)
+        dataset = augmented_images(archive, [members[i] for i in rows], params.augment, recipe.augment_strength,
+                                   args.image_size, recipe.seed, augment_on, device)
         dataset.seeds = np.arange(len(rows))
         for threads in args.main_threads:
             data = feed.loader(dataset, torch.utils.data.RandomSampler(dataset,

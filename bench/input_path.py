@@ -43,7 +43,7 @@ def _median_ms(function: Callable[[object], object], items: list) -> tuple[float
 
 
 def _device_augment_ms(params, image_size: int, frames: list[np.ndarray]) -> float:
-    """Milliseconds per image of ``finetune.augment_on: device`` (pipeline/device_augment.py) on batches of 64 frames."""
+    """Milliseconds per image of ``finetune.augment_on: device`` (pipeline/device_augment.py), batches of 64."""
     device = pick_device()
     augment = DeviceAugment(AugmentRanges.of(params.augment), image_size)
     same_size = [f for f in frames if f.shape == frames[0].shape][:64]

@@ -36,21 +36,31 @@ def _as_uint8(images: torch.Tensor) -> np.ndarray:
     return (images[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255)
 
 
+def _draw(step: int, seed: int, adjust=lambda drawn: drawn) -> tuple[dict, np.ndarray]:
+    """The parameters that geometry step ``step`` (0: affine, 1: resized crop) draws for the test frame, passed
+    through ``adjust``, and the frame it makes with them."""
+    geometry = DeviceAugment(RANGES, SIZE).geometry[step]
+    frame = _as_float(_frame())
+    torch.manual_seed(seed)
+    drawn = adjust(geometry.forward_parameters(frame.shape))
+    return drawn, _as_uint8(geometry(frame, params=drawn))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_affine_step_matches_albumentations_with_the_same_angle_shift_and_scales(seed):
-    affine = DeviceAugment(RANGES, SIZE).geometry[0]
-    frame, torch_frame = _frame(), _as_float(_frame())
-    torch.manual_seed(seed)
-    drawn = affine.forward_parameters(torch_frame.shape)
-    drawn["translations"] = drawn["translations"].round()  # albumentations shifts by whole pixels
-    on_device = _as_uint8(affine(torch_frame, params=drawn))
+    def whole_pixels(drawn: dict) -> dict:  # albumentations shifts by whole pixels
+        return {**drawn, "translations": drawn["translations"].round()}
+
+    drawn, on_device = _draw(0, seed, whole_pixels)
+    frame = _frame()
 
     angle = float(drawn["angle"][0])
     (shift_x, shift_y), (scale_x, scale_y) = drawn["translations"][0].tolist(), drawn["scale"][0].tolist()
     assert abs(angle) <= RANGES.rotate_degrees and RANGES.scale[0] <= min(scale_x, scale_y) <= RANGES.scale[1]
 
     def albumentations(rotate: float) -> np.ndarray:
-        step = A.Affine(rotate=(rotate, rotate), translate_percent={"x": (shift_x / 160,) * 2, "y": (shift_y / 120,) * 2},
+        shift = {"x": (shift_x / 160,) * 2, "y": (shift_y / 120,) * 2}
+        step = A.Affine(rotate=(rotate, rotate), translate_percent=shift,
                         scale={"x": (scale_x, scale_x), "y": (scale_y, scale_y)}, border_mode=cv2.BORDER_REFLECT_101,
                         p=1.0)
         return step(image=frame)["image"].astype(float)
@@ -63,11 +73,8 @@ def test_the_affine_step_matches_albumentations_with_the_same_angle_shift_and_sc
 
 @pytest.mark.parametrize("seed", range(4))
 def test_the_resized_crop_matches_albumentations_on_the_same_box(seed):
-    crop = DeviceAugment(RANGES, SIZE).geometry[1]
-    frame, torch_frame = _frame(), _as_float(_frame())
-    torch.manual_seed(seed)
-    drawn = crop.forward_parameters(torch_frame.shape)
-    on_device = _as_uint8(crop(torch_frame, params=drawn))
+    drawn, on_device = _draw(1, seed)
+    frame = _frame()
 
     (left, top), _, (right, bottom), _ = drawn["src"][0].int().tolist()
     width, height = right - left + 1, bottom - top + 1
@@ -80,7 +87,7 @@ def test_the_resized_crop_matches_albumentations_on_the_same_box(seed):
 
     assert np.abs(albumentations(0) - on_device).mean() < 1.5  # kornia's bicubic and OpenCV's differ a little
     off = 3 if bottom + 3 < 120 and right + 3 < 160 else -3
-    assert np.abs(albumentations(off) - on_device).mean() > 3  # a box 3 pixels off does not pass
+    assert np.abs(albumentations(off) - on_device).mean() > 3  # a box 3 pixels off is told apart
 
 
 def test_coarse_dropout_blanks_half_the_images_with_at_most_the_holes_and_sizes_asked():
