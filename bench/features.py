@@ -26,11 +26,11 @@ import torch
 
 from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
-from pipeline.features import extract, view_images
+from pipeline.extraction import extract, view_images
 from pipeline.image_data import Feed, autocast, pick_device, resolve_workers
 from pipeline.images import CompetitionImages
 from pipeline.competitions import load_spec
-from pipeline.sample import RunImages
+from pipeline.tables import RunImages
 from input_path import breakdown, report  # bench/input_path.py, beside this script
 
 

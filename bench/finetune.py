@@ -27,7 +27,7 @@ from pipeline.image_data import Feed, pick_device, resolve_workers
 from pipeline.images import ImageArchive
 from pipeline.paths import raw_dir
 from pipeline.competitions import load_spec
-from pipeline.sample import RunImages
+from pipeline.tables import RunImages
 from input_path import breakdown, report  # bench/input_path.py, beside this script
 from pipeline.trainer import Trainer
 

@@ -14,6 +14,7 @@ import albumentations as A
 import cv2
 
 from pipeline.config import AugmentParams
+from pipeline.errors import PipelineError
 
 # View name -> fraction of the frame cut from (top, right, bottom, left) before resizing.
 CROPS = {
@@ -30,11 +31,16 @@ INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nea
 
 def view_transform(view: str, size: int, interpolation: str = "bicubic") -> A.Compose:
     """One deterministic test-time view of the frame, resized the way the backbone was trained (timm data config)."""
+    if view != "hflip" and view not in CROPS:
+        raise PipelineError(f"test view {view!r}: unknown; views are {', '.join([*CROPS, 'hflip'])}")
+    if interpolation not in INTERPOLATIONS:
+        raise PipelineError(f"interpolation {interpolation!r} (the backbone's data config): unknown; "
+                            f"known: {', '.join(INTERPOLATIONS)}")
     steps = [A.HorizontalFlip(p=1.0)] if view == "hflip" else []
     top, right, bottom, left = CROPS.get(view, CROPS["full"])
     if any((top, right, bottom, left)):
         steps.append(A.CropAndPad(percent=(-top, -right, -bottom, -left), keep_size=False))
-    return A.Compose([*steps, A.Resize(size, size, interpolation=INTERPOLATIONS.get(interpolation, cv2.INTER_CUBIC))])
+    return A.Compose([*steps, A.Resize(size, size, interpolation=INTERPOLATIONS[interpolation])])
 
 
 def _toward(neutral: float, value: float, strength: float) -> float:

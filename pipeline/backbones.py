@@ -60,11 +60,14 @@ def create_backbone(name: str, num_classes: int = 0, pretrained: bool = True, pa
         return model
     try:
         return timm.create_model(name, pretrained=True, num_classes=num_classes, **timm_kwargs)
-    except Exception as error:  # hub and network errors come in many types
+    except OSError as error:  # hub and network errors (requests', huggingface_hub's, urllib's) are all OSErrors
         raise PipelineError(
             f"params.yaml: {param_key}: {name}: its pretrained weights could not be downloaded ({type(error).__name__}); "
             f"backbones that work offline: {', '.join(OFFLINE_WEIGHTS)}"
         ) from None
+    except (TypeError, ValueError, RuntimeError) as error:  # a keyword timm refuses, out of memory, ...
+        raise PipelineError(f"params.yaml: {param_key}: {name}: timm could not build it "
+                            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
 
 
 def data_config(model: torch.nn.Module) -> dict:

@@ -6,7 +6,13 @@ e.g. ``error: params.yaml: folds.n_splits: Input should be greater than or equal
 """
 from __future__ import annotations
 
+import atexit
 import difflib
+import functools
+import json
+import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,6 +24,9 @@ from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+# A folder: every load_params() of this process notes which keys the stage reads (tests/test_dvc_pipeline.py
+# compares them with the stage's `params:` in dvc.yaml).
+RECORD_READS = "PIPELINE_RECORD_PARAM_READS"
 
 
 class Section(BaseModel):
@@ -99,7 +108,8 @@ class AugmentParams(Section):
     saturation: Fraction
     hue: Annotated[float, Field(ge=0.0, le=0.5, strict=False)]
     dropout_holes: int = Field(ge=0, le=32)  # CoarseDropout, 0 turns it off
-    dropout_size: Fraction  # largest hole side, as a fraction of the image side
+    # Largest hole side, as a fraction of the image side; holes are 0.05 to this, so it is at least 0.05.
+    dropout_size: float = Field(ge=0.05, le=1.0, strict=False)
     hflip: bool  # only for competitions whose classes survive a mirror (not State Farm)
 
 
@@ -135,7 +145,6 @@ class HeadsParams(Section):
     lr: float = Field(gt=0.0, le=1.0, strict=False)
     weight_decay: float = Field(ge=0.0, le=1.0, strict=False)
     warmup_epochs: int = Field(ge=0)
-    patience: int = Field(ge=1)  # early stopping on the fold's validation log loss
     seed: int = Field(ge=0)
     random_split_check: bool  # also fit on a random, non-driver split to show how much it flatters
 
@@ -154,7 +163,6 @@ class Recipe(Section):
     freeze_epochs: int = Field(ge=0)  # progressive unfreezing: only the head learns for this many epochs
     grad_clip: float = Field(ge=0.0, strict=False)  # max gradient norm; 0 turns clipping off
     ema_decay: float = Field(ge=0.0, lt=1.0, strict=False)  # EMA of weights; 0 turns it off
-    patience: int = Field(ge=1)  # early stopping on the fold's held-out log loss
     augment_strength: float = Field(ge=0.0, le=2.0, strict=False)  # scales section augment; 0: none
     seed: int = Field(ge=0)
 
@@ -328,4 +336,64 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         raise PipelineError(f"{path}: not found; run stages from the repository root") from None
     except yaml.YAMLError as error:
         raise PipelineError(f"{path}: not valid YAML ({error})") from None
-    return parse_params(raw, path)
+    params = parse_params(raw, path)
+    if not os.environ.get(RECORD_READS):
+        return params
+    return _Recorded(params, "", _process_reads())  # duck-typed: stages only read attributes
+
+
+@functools.cache
+def _process_reads() -> set[str]:
+    """This process's reads, written to ``RECORD_READS``/<pid>.json at exit with the command line."""
+    reads: set[str] = set()
+    record = Path(os.environ[RECORD_READS]) / f"{os.getpid()}.json"
+    atexit.register(lambda: record.write_text(json.dumps({"argv": sys.argv, "reads": sorted(reads)})))
+    return reads
+
+
+def _recorded(value, path: str, reads: set[str]):
+    if isinstance(value, BaseModel):
+        return _Recorded(value, path, reads)
+    if isinstance(value, dict):
+        return _RecordedMapping(value, path, reads)
+    reads.add(path)
+    return value
+
+
+class _Recorded:
+    """A params section that notes the dotted path of every key read through it (the ``RECORD_READS`` mode)."""
+
+    def __init__(self, section: BaseModel, path: str, reads: set[str]):
+        self._section, self._path, self._reads = section, path, reads
+
+    def __getattr__(self, name: str):
+        value = getattr(self._section, name)
+        path = f"{self._path}.{name}".lstrip(".")
+        if name in type(self._section).model_fields:
+            return _recorded(value, path, self._reads)
+        if name in vars(type(self._section)):  # our own methods (FinetuneParams.recipe) read through this view
+            return functools.partial(getattr(type(self._section), name), self)
+        self._reads.add(self._path or "(everything)")  # pydantic's (model_dump, ...) read the whole section
+        return value
+
+
+class _RecordedMapping(Mapping):
+    """A mapping of params (backbones, models): listing its keys reads the mapping, an entry reads that entry."""
+
+    def __init__(self, mapping: dict, path: str, reads: set[str]):
+        self._mapping, self._path, self._reads = mapping, path, reads
+
+    def __getitem__(self, key):
+        return _recorded(self._mapping[key], f"{self._path}.{key}", self._reads)
+
+    def __iter__(self):
+        self._reads.add(self._path)
+        return iter(self._mapping)
+
+    def __len__(self) -> int:
+        self._reads.add(self._path)
+        return len(self._mapping)
+
+    def __contains__(self, key) -> bool:
+        self._reads.add(self._path)
+        return key in self._mapping

@@ -23,6 +23,7 @@ from pipeline.competitions import CompetitionSpec
 from pipeline.errors import PipelineError
 from pipeline.images import ImageArchive, ZipWriter
 from pipeline.progress import progress
+from pipeline.tables import RunImages
 
 TRAIN_COLUMNS = ["img", "label", "group", "member"]
 # The user's groups (data.groups_csv) for a competition without groups of its own, copied by the download stage.
@@ -102,14 +103,26 @@ def _with_user_groups(table: pd.DataFrame, raw: Path, spec: CompetitionSpec) -> 
     return table.assign(group=table.img.map(group_of))
 
 
+def every_image(raw: Path, spec: CompetitionSpec) -> RunImages:
+    """Every image of a competition folder as a run's tables (train: img, label, group, member; test: img, member
+    in sample-submission order): what the sample stage chooses from, and all that ``data.sample: 1`` keeps."""
+    test_ids = load_test_ids(raw, spec)
+    test = pd.DataFrame({"img": test_ids, "member": [spec.test_member(i) for i in test_ids]})
+    return RunImages(raw, train_table(raw, spec), test)
+
+
 def copy_groups(source: Path, group_column: str, raw: Path, spec: CompetitionSpec) -> None:
     """Write the user's groups (``data.groups_csv``) into ``raw`` as groups.csv (img, group), one per training
     image: images of a group (a pet, a patient, a camera) then never land in two folds."""
     if not source.is_file():
         raise PipelineError(f"params.yaml: data.groups_csv: {source} is not a file")
-    groups = _read_csv(source, ("img", group_column))
+    groups = _read_csv(source, ("img", group_column)).drop_duplicates(["img", group_column])
+    twice = groups.img[groups.img.duplicated()]
+    if len(twice):  # keeping either would let the other group's images share a fold with it
+        raise PipelineError(f"{source}: image {twice.iloc[0]} is given two groups "
+                            f"({', '.join(groups[group_column][groups.img == twice.iloc[0]])}); give it one")
     images = train_table(raw, spec).img
-    group_of = groups.drop_duplicates("img").set_index("img")[group_column]
+    group_of = groups.set_index("img")[group_column]
     unlisted = sorted(set(images) - set(group_of.index))
     if unlisted:
         raise PipelineError(f"{source}: does not list {unlisted[0]}; {len(unlisted)} training image(s) without "

@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError, cli
 from pipeline.kaggle_io import submit_file
 from pipeline.paths import SUBMISSIONS, metrics_dir, raw_dir
 from pipeline.competitions import load_spec
-from pipeline.submission import read_submission, validate_submission
+from pipeline.submission_format import read_submission, validate_submission
 
 log = logging.getLogger(__name__)
 

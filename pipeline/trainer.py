@@ -4,9 +4,12 @@
   pretrained body at ``lr * body_lr_factor``, the new head at ``lr``), warm-up +
   cosine per batch, optional progressive unfreezing, gradient clipping, AMP,
   optional EMA of the weights; ``train_epoch`` and ``predict`` (probabilities and
-  pooled pre-logit embeddings, averaged over test-time views).
+  pooled pre-logit embeddings, averaged over test-time views). A fixed schedule:
+  every epoch of the recipe runs and the final (EMA) weights predict, so nothing is
+  chosen on the held-out fold that the out-of-fold predictions are scored on.
 - ``Checkpoint``: ``last.pt`` after every epoch, resumed only under the same
-  config, loaded as plain weights (``weights_only``: a checkpoint is data, never code).
+  config (process count and batch size included), loaded as plain weights
+  (``weights_only``: a checkpoint is data, never code).
 - ``Distributed``: one process per GPU under ``torchrun``; each rank trains on
   its share (DDP) and predicts every world-th image, rank 0 gathers and writes.
 """
@@ -38,7 +41,7 @@ from pipeline.errors import PipelineError
 from pipeline.image_data import ArchiveImages, Feed, pick_device
 from pipeline.images import CompetitionImages
 from pipeline.progress import progress
-from pipeline.training import EarlyStopping, warmup_cosine_factor
+from pipeline.training import warmup_cosine_factor
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +121,7 @@ class Distributed:
 @dataclass(frozen=True)
 class FoldImages:
     """One fold's images: the training set (augmented, reseeded per epoch) with its targets, and the held-out
-    images that are scored after every epoch (``score``: probabilities -> loss)."""
+    images, predicted and scored (``score``: probabilities -> loss) once training has ended."""
 
     fold: int
     train_set: Dataset  # ArchiveImages or DeviceAugmentedImages: items reseeded through its ``seeds``
@@ -160,7 +163,6 @@ class Trainer:
         self.ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
         fp16 = feed.device.type == "cuda" and feed.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None  # fp16 needs loss scaling; bf16 does not
-        self.stopper = EarlyStopping(recipe.patience)
         self.trained = model
         if distributed.world > 1:
             device_ids = [feed.device.index] if feed.device.type == "cuda" else None
@@ -168,16 +170,14 @@ class Trainer:
 
     @property
     def scored(self) -> torch.nn.Module:
-        """The weights that are validated and predict: the EMA when there is one."""
+        """The weights that predict: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
     def fit(self, images: FoldImages, checkpoint: "Checkpoint", start: int,
             report: Callable[[int, dict[str, float]], None]) -> None:
-        """Train from epoch ``start`` to the recipe's last, scoring the held-out images after every epoch and
-        saving ``last.pt``; stops early after ``patience`` epochs without a better held-out loss. ``report``
-        gets each epoch's figures on rank 0."""
-        # A run resumed after early stopping had stopped trains no further.
-        for epoch in range(start, self.recipe.epochs) if not self.stopper.done(start - 1) else ():
+        """Train from epoch ``start`` to the recipe's last, saving ``last.pt`` after each; ``report`` gets each
+        epoch's figures on rank 0. The held-out images are not looked at: no epoch is chosen by them."""
+        for epoch in range(start, self.recipe.epochs):
             # Per-(epoch, image) augmentation seeds and a per-epoch shuffle: a resumed run sees the same data.
             train_set = images.train_set
             train_set.seeds = np.random.SeedSequence([self.recipe.seed, images.fold, epoch]).generate_state(
@@ -185,15 +185,9 @@ class Trainer:
             data = self.feed.loader(train_set, self.distributed.sampler(train_set, self.recipe.seed, epoch))
             train_loss, speed = self.train_epoch(data, images.targets, f"fold {images.fold} epoch {epoch + 1}",
                                                  images.weights)
-            proba, _ = self.predict(images.archive, images.held_out, ["full"], f"fold {images.fold} held-out")
-            stop = None
             if self.distributed.rank == 0:
-                val_loss = images.score(proba)
-                stop = self.stopper.update(epoch, val_loss, self.scored)
-                report(epoch, {"train_loss": train_loss, "val_log_loss": val_loss, "train_images_per_s": speed})
+                report(epoch, {"train_loss": train_loss, "train_images_per_s": speed})
                 checkpoint.save_last(self, epoch)
-            if self.distributed.broadcast(stop):
-                break
 
     def train_epoch(self, data, targets: torch.Tensor, label: str,
                     weights: torch.Tensor | None = None) -> tuple[float, float]:
@@ -266,7 +260,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {},
-                "stopper": self.stopper.state_dict(), "rng": torch.get_rng_state()}
+                "rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -274,18 +268,24 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.stopper.load_state_dict(state["stopper"])
         torch.set_rng_state(state["rng"])
 
-    def use_best(self) -> None:
-        """Every rank predicts with the best weights that rank 0 validated."""
-        best = self.stopper.best_state
-        best = {k: v.cpu() for k, v in best.items()} if self.distributed.rank == 0 else None
-        self.scored.load_state_dict(self.distributed.broadcast(best))
+
+def _differences(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs, nested dicts (the recipe) key by key."""
+    found = []
+    for key in sorted({*before, *now}):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return found
 
 
 class Checkpoint:
-    """``last.pt`` (everything needed to resume) and ``best.pt`` (best weights and the config) of one run."""
+    """``last.pt`` (everything needed to resume) and ``final.pt`` (the weights that predict, and the config) of one
+    run."""
 
     def __init__(self, folder: Path, config: dict):
         self.folder, self.config = folder, config
@@ -301,7 +301,8 @@ class Checkpoint:
             raise PipelineError(f"{self.last}: not a checkpoint that loads as plain weights "
                                 f"({type(error).__name__}); delete it to start over") from None
         if saved.get("config") != self.config:
-            log.info("%s was made with other params; starting over", self.last)
+            log.warning("not resuming from %s: it was written under other settings (%s); starting over", self.last,
+                        "; ".join(_differences(saved.get("config") or {}, self.config)))
             return 0
         trainer.load_state_dict(saved["state"])
         log.info("resuming from %s after epoch %d", self.last, saved["epoch"] + 1)
@@ -311,6 +312,6 @@ class Checkpoint:
         with atomic_file(self.last) as tmp:
             torch.save({"config": self.config, "epoch": epoch, "state": trainer.state_dict()}, tmp)
 
-    def save_best(self, trainer: Trainer, classes: Sequence[str]) -> None:
-        with atomic_file(self.folder / "best.pt") as tmp:
+    def save_final(self, trainer: Trainer, classes: Sequence[str]) -> None:
+        with atomic_file(self.folder / "final.pt") as tmp:
             torch.save({"config": self.config, "model": trainer.scored.state_dict(), "classes": list(classes)}, tmp)

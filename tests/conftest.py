@@ -22,7 +22,7 @@ import yaml
 from pipeline.competitions import DOGS_VS_CATS, STATE_FARM, load_spec
 from pipeline.config import StandinParams
 from pipeline.paths import raw_dir, sample_dir
-from pipeline.sample import RunImages
+from pipeline.raw_data import every_image
 from pipeline.standin import write_standin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,19 +48,29 @@ def run(args: list[str], cwd: Path, env: dict | None = None, check: bool = True)
     return result
 
 
+# A test that needs a throw-away repository or runs a stage is end to end: `slow` (pytest -m "not slow" skips it).
+SLOW_FIXTURES = {"repo_copy", "run_stage", "tiny_competition", "tiny_dogs_vs_cats"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def run_stage(monkeypatch, capsys):
-    """Run a stage's ``main`` in this process, as ``python -m pipeline.<stage> <args>`` in ``repo`` would:
+    """Run a stage's ``main`` in this process, as ``python -m pipeline.stages.<stage> <args>`` in ``repo`` would:
     returns (exit status, stderr lines). Seconds cheaper than a subprocess, which imports torch afresh; each test
     module keeps one subprocess test to prove the command line itself."""
 
     def run_stage_(repo: Path, stage: str, *args: str) -> tuple[int, list[str]]:
         monkeypatch.chdir(repo)
-        monkeypatch.setattr(sys, "argv", [f"pipeline/{stage}.py", *args])
+        monkeypatch.setattr(sys, "argv", [f"pipeline/stages/{stage}.py", *args])
         monkeypatch.setattr(logging.root, "handlers", [])  # the stage logs to this test's captured stderr
         capsys.readouterr()
         try:
-            importlib.import_module(f"pipeline.{stage}").main()
+            importlib.import_module(f"pipeline.stages.{stage}").main()
             status = 0
         except SystemExit as exit_:
             status = exit_.code
@@ -131,7 +141,7 @@ def put_competition(repo: Path, source: Path, slug: str = STATE_FARM.slug) -> Pa
     target = repo / raw_dir(slug)
     shutil.copytree(source, target)
     (repo / sample_dir(slug)).mkdir(parents=True)
-    RunImages.every_image(target, load_spec(slug, target)).write(repo / sample_dir(slug))
+    every_image(target, load_spec(slug, target)).write(repo / sample_dir(slug))
     return target
 
 

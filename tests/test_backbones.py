@@ -34,6 +34,7 @@ def test_num_classes_zero_gives_pooled_features():
         assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 1280)
 
 
+@pytest.mark.slow
 def test_a_hub_only_backbone_offline_names_it_and_the_offline_ones(tmp_path):
     # huggingface_hub reads HF_HUB_OFFLINE at import, so the check runs in a fresh interpreter.
     code = ("from pipeline.backbones import create_backbone\n"

@@ -50,7 +50,7 @@ def refused(repo_copy, run_stage):
     def refused_(source: Path, subprocess_: bool = False, **data) -> str:
         set_params(repo_copy, data={"source": "local", "local_path": str(source), **data})
         if subprocess_:
-            result = run([sys.executable, "-m", "pipeline.download"], repo_copy, check=False)
+            result = run([sys.executable, "-m", "pipeline.stages.download"], repo_copy, check=False)
             status, lines = result.returncode, result.stderr.strip().splitlines()
         else:
             status, lines = run_stage(repo_copy, "download")

@@ -100,7 +100,7 @@ def test_the_download_command_itself_exits_2_with_the_one_line(repo_copy, tiny_c
     folder = tmp_path / "mine"
     message = _damaged_copy(tiny_competition, folder, "train image not in the CSV")
     set_params(repo_copy, data={"source": "local", "local_path": str(folder)})
-    result = run([sys.executable, "-m", "pipeline.download"], repo_copy, check=False)
+    result = run([sys.executable, "-m", "pipeline.stages.download"], repo_copy, check=False)
     _assert_names_the_users_file(result.returncode, result.stderr.strip().splitlines(), message, folder, repo_copy)
 
 

@@ -12,7 +12,7 @@ from pipeline.errors import PipelineError
 from pipeline.paths import features_dir, folds_csv, raw_dir
 from tests.conftest import REPO, put_competition, run, set_params
 
-DOWNLOAD = [sys.executable, "-m", "pipeline.download"]
+DOWNLOAD = [sys.executable, "-m", "pipeline.stages.download"]
 
 
 def test_the_shipped_params_load_with_state_farm_from_the_standin():

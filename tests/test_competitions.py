@@ -14,11 +14,11 @@ from PIL import Image
 
 from pipeline.competitions import DOGS_VS_CATS, OWN_DATA, load_spec
 from pipeline.errors import PipelineError
-from pipeline.folds import make_folds
+from pipeline.stages.folds import make_folds
 from pipeline.metrics import binary_log_loss, competition_metric, multiclass_log_loss
 from pipeline.paths import folds_csv, raw_dir
 from pipeline.raw_data import check_competition_files, ingest, train_table
-from pipeline.submission import score
+from pipeline.submission_format import score
 from tests.conftest import run, set_params
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -64,13 +64,13 @@ def test_dogs_vs_cats_folds_keep_a_users_groups_together(tiny_dogs_vs_cats, repo
     set_params(repo_copy, competition=DOGS_VS_CATS.slug,
                data={"groups_csv": str(tmp_path / "clusters.csv"), "group_column": "cluster"})  # the stand-in
     for stage in ("download", "sample", "folds"):
-        run([sys.executable, "-m", f"pipeline.{stage}"], repo_copy)
+        run([sys.executable, "-m", f"pipeline.stages.{stage}"], repo_copy)
     folds = pd.read_csv(repo_copy / folds_csv(DOGS_VS_CATS.slug))
     assert folds.group.nunique() == 4 and (folds.groupby("group").fold.nunique() == 1).all()
 
     copied = (repo_copy / raw_dir(DOGS_VS_CATS.slug) / "groups.csv").read_bytes()
     groups.iloc[1:].to_csv(tmp_path / "clusters.csv", index=False)  # one photo without a cluster
-    result = run([sys.executable, "-m", "pipeline.download"], repo_copy, check=False)
+    result = run([sys.executable, "-m", "pipeline.stages.download"], repo_copy, check=False)
     assert result.returncode == 2 and f"clusters.csv: does not list {images.iloc[0]}" in result.stderr
     assert (repo_copy / raw_dir(DOGS_VS_CATS.slug) / "groups.csv").read_bytes() == copied  # the last good download
 
@@ -130,7 +130,7 @@ def test_dvc_exp_run_on_dogs_vs_cats_writes_an_id_label_submission_with_cv_metri
     assert submission.label.between(0, 1).all() and submission.label.std() > 0
     metrics = _exp_metrics(repo_copy)
     assert {"cv_log_loss", "public_log_loss", "private_log_loss"} <= set(metrics["metrics/submission/metrics.json"])
-    assert metrics["metrics/ensemble/metrics.json"]["cv_log_loss"] < math.log(2) * 1.5
+    assert metrics["metrics/ensemble/metrics.json"]["cv_log_loss"] < math.log(2)  # better than chance
     folds = pd.read_csv(repo_copy / folds_csv(DOGS_VS_CATS.slug))
     # No groups of its own: near-duplicate photos (the same pet) were grouped, and no group straddles two folds.
     assert folds.group.notna().all() and (folds.groupby("group").fold.nunique() == 1).all()
@@ -179,7 +179,7 @@ def _user_folders(root: Path, with_test: bool = True) -> dict:
 
 def test_own_folders_land_in_one_zip_with_labels_groups_and_a_sample_submission(repo_copy, tmp_path):
     set_params(repo_copy, competition=OWN_DATA.slug, **_user_folders(tmp_path / "mine"))
-    run([sys.executable, "-m", "pipeline.download"], repo_copy)
+    run([sys.executable, "-m", "pipeline.stages.download"], repo_copy)
     raw = repo_copy / raw_dir(OWN_DATA.slug)
     labels = pd.read_csv(raw / "labels.csv")
     assert list(labels.columns) == ["img", "label"] and len(labels) == 12 and set(labels.label) == {"closed", "open"}

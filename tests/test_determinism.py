@@ -14,6 +14,8 @@ import pytest
 from pipeline.paths import features_dir, folds_csv, metrics_dir, predictions_dir
 from tests.conftest import make_repo, put_competition, run, set_params
 
+pytestmark = pytest.mark.slow  # end to end: stages as subprocesses
+
 SLUG = "state-farm-distracted-driver-detection"
 BACKBONE = "tf_efficientnet_lite0"
 STAGES = (["folds"], ["features", BACKBONE], ["heads", BACKBONE])
@@ -39,7 +41,7 @@ def two_runs(tmp_path_factory, tiny_competition) -> tuple[dict, dict, Path]:
         put_competition(repo, tiny_competition)
         set_params(repo, features={"train_passes": 1}, heads={"epochs": 5})
         for stage in STAGES:
-            run([sys.executable, "-m", f"pipeline.{stage[0]}", *stage[1:]], repo)
+            run([sys.executable, "-m", f"pipeline.stages.{stage[0]}", *stage[1:]], repo)
         results.append((_outputs(repo), repo))
     return results[0][0], results[1][0], results[1][1]
 
@@ -57,8 +59,8 @@ def test_another_seed_changes_the_folds_and_so_everything_after_them(two_runs, t
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy, symlinks=True)
     set_params(copy, folds={"seed": 1})
-    run([sys.executable, "-m", "pipeline.folds"], copy)
-    run([sys.executable, "-m", "pipeline.heads", BACKBONE], copy)
+    run([sys.executable, "-m", "pipeline.stages.folds"], copy)
+    run([sys.executable, "-m", "pipeline.stages.heads", BACKBONE], copy)
     changed = _outputs(copy)
     assert changed[str(folds_csv(SLUG))] != first[str(folds_csv(SLUG))]
     assert changed["heads metrics.json"] != first["heads metrics.json"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 import shlex
 import shutil
 import subprocess
@@ -26,8 +27,8 @@ def _imported_modules(module: str) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("pipeline.")}
-        elif isinstance(node, ast.ImportFrom) and node.module == "pipeline":
-            found |= {f"pipeline.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module in ("pipeline", "pipeline.stages"):
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
             found.add(node.module)
     return found
@@ -70,9 +71,44 @@ def every_stage(stages, tmp_path_factory) -> dict:
     return {**stages, **optional}
 
 
-def test_the_package_init_holds_no_code_so_no_stage_needs_it_as_a_dependency():
-    tree = ast.parse((PACKAGE / "__init__.py").read_text())
-    assert [type(node) for node in tree.body] == [ast.Expr] and isinstance(tree.body[0].value, ast.Constant)
+def test_the_package_inits_hold_no_code_so_no_stage_needs_them_as_dependencies():
+    for init in (PACKAGE / "__init__.py", PACKAGE / "stages" / "__init__.py"):
+        tree = ast.parse(init.read_text())
+        assert [type(node) for node in tree.body] == [ast.Expr] and isinstance(tree.body[0].value, ast.Constant)
+
+
+def test_stage_modules_are_what_dvc_runs_and_nothing_imports_them(stages):
+    stage_modules = {f"pipeline.stages.{path.stem}" for path in (PACKAGE / "stages").glob("*.py")} - {
+        "pipeline.stages.__init__"}
+    run_by_dvc = {shlex.split(cmd)[shlex.split(cmd).index("-m") + 1] for cmd, _ in stages.values()}
+    assert stage_modules - {"pipeline.stages.pseudo"} == run_by_dvc  # pseudo@ stages exist when pseudo.models is set
+    importers = []
+    for path in [*PACKAGE.rglob("*.py"), *(REPO / "bench").glob("*.py")]:
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        importers += [f"{path.relative_to(REPO)} imports {imported}" for imported in _imported_modules(module)
+                      if imported in stage_modules and imported != module]
+    assert importers == []
+
+
+def test_every_library_the_code_imports_is_a_declared_dependency():
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    declared = {re.split(r"[<>=\[ ]", spec)[0].lower().replace("_", "-")
+                for spec in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    imported = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"pipeline"}
+    # The optional offline weights of lite1/lite2 are an extra ([lite12]), imported by name only when asked for.
+    distributions = packages_distributions()
+    undeclared = sorted(f"{module} (from {', '.join(distributions.get(module, ['?']))})" for module in third_party
+                        if not {d.lower().replace("_", "-") for d in distributions.get(module, [module])} & declared)
+    assert undeclared == []
 
 
 def test_every_stage_depends_on_exactly_the_modules_its_command_imports(every_stage):

@@ -1,103 +1,192 @@
-"""`dvc repro` end to end on a tiny stand-in, in a throw-away git repo."""
+"""`dvc repro` end to end on a tiny stand-in, in one throw-away git repo that the tests of this module share.
+
+The repo is reproduced once (two folds, a pseudo-label round on, every stage recording which params it reads);
+the tests then ask it questions in file order, each leaving it as it found it, and the experiment comes last.
+"""
 from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
+from pathlib import Path
 
 import pandas as pd
+import pytest
 from dvc.repo import Repo
 
 from pipeline.competitions import STATE_FARM
+from pipeline.config import RECORD_READS
 from pipeline.paths import folds_csv, raw_dir
-from tests.conftest import run, set_params
+from tests.conftest import make_repo, run, set_params
 from tests.test_dvc_graph import imported_files
 
 DVC = [sys.executable, "-m", "dvc"]
+pytestmark = pytest.mark.slow
+# Read by a stage without being one of its params, on purpose: how many processes decode never changes a number.
+NOT_OUTPUT_PARAMS = {"features.workers", "finetune.workers"}
 
 
-def test_repro_builds_every_stage_then_has_nothing_to_do_and_an_experiment_reruns_what_dropout_reaches(repo_copy):
-    set_params(repo_copy, folds={"n_splits": 2}, finetune={"folds": [0, 1]})  # two folds: the suite stays fast
-    run(["git", "commit", "-qam", "two folds"], repo_copy)
-    first = run(DVC + ["repro"], repo_copy)
-    assert "Running stage 'download'" in first.stdout and "Running stage 'folds'" in first.stdout
-    raw = repo_copy / raw_dir(STATE_FARM.slug)
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> tuple[Path, Path, str]:
+    """(repo, folder of params-read records, the first `dvc repro`'s stdout)."""
+    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    set_params(repo, folds={"n_splits": 2}, finetune={"folds": [0, 1]}, pseudo={"models": ["lite0"]},
+               ensemble={"models": ["heads-tf_efficientnet_lite0", "finetune-lite0", "pseudo-lite0"]})
+    run(["git", "commit", "-qam", "two folds, a pseudo-label round"], repo)
+    reads = tmp_path_factory.mktemp("reads")
+    first = run(DVC + ["repro"], repo, env={RECORD_READS: str(reads)})
+    return repo, reads, first.stdout
+
+
+def _stale(repo: Path) -> set[str]:
+    return set(json.loads(run(DVC + ["status", "--json"], repo).stdout))
+
+
+def test_repro_builds_every_stage_and_a_second_repro_has_nothing_to_do(reproduced):
+    repo, _, first = reproduced
+    assert "Running stage 'download'" in first and "Running stage 'pseudo@lite0-1'" in first
+    raw = repo / raw_dir(STATE_FARM.slug)
     assert (raw / "imgs.zip").is_file() and (raw / "driver_imgs_list.csv").is_file()
-    folds = pd.read_csv(repo_copy / folds_csv(STATE_FARM.slug))
+    folds = pd.read_csv(repo / folds_csv(STATE_FARM.slug))
     assert folds.fold.nunique() == 2 and (folds.groupby("group").fold.nunique() == 1).all()
-    submission = pd.read_csv(repo_copy / "submissions" / "latest.csv")
+    submission = pd.read_csv(repo / "submissions" / "latest.csv")
     assert list(submission.columns) == ["img", *STATE_FARM.classes]
-    assert len(list((repo_copy / "submissions").glob(f"{STATE_FARM.slug}-*.csv"))) == 1
-    shown = json.loads(run(DVC + ["metrics", "show", "--json"], repo_copy).stdout)
+    assert len(list((repo / "submissions").glob(f"{STATE_FARM.slug}-*.csv"))) == 1
+    shown = json.loads(run(DVC + ["metrics", "show", "--json"], repo).stdout)
     metrics = {path: m["data"] for path, m in next(iter(shown.values()))["data"].items()}
     assert {"cv_log_loss", "private_log_loss", "public_log_loss"} <= set(metrics["metrics/submission/metrics.json"])
+    assert {"cv_log_loss", "in_sample/cv_log_loss"} <= set(metrics["metrics/ensemble/metrics.json"])
     assert "random_split_cv_log_loss" in metrics["metrics/heads-tf_efficientnet_lite0/metrics.json"]
-    plots = run(DVC + ["plots", "show", "--json"], repo_copy).stdout
-    assert "oof_confusion.json" in plots
+    assert "oof_confusion.json" in run(DVC + ["plots", "show", "--json"], repo).stdout
+    second = run(DVC + ["repro"], repo)
+    assert "Running stage" not in second.stdout and "up to date" in run(DVC + ["status"], repo).stdout
 
-    second = run(DVC + ["repro"], repo_copy)
-    assert "Running stage" not in second.stdout
-    status = run(DVC + ["status"], repo_copy)
-    assert "up to date" in status.stdout
 
-    # An edit to a shared module makes exactly the stages that import it (directly or not) out of date.
-    images = repo_copy / "pipeline" / "images.py"
-    original = images.read_text()
-    images.write_text(original + "\n# an edit\n")
-    stale = set(json.loads(run(DVC + ["status", "--json"], repo_copy).stdout))
-    images.write_text(original)
-    with Repo(str(repo_copy)) as repo:
-        modules = {stage.name: shlex.split(stage.cmd)[2] for stage in repo.index.stages}
-    assert stale == {name for name, module in modules.items() if "pipeline/images.py" in imported_files(module)}
-    assert "submission" not in stale and "finetune@lite0-0" in stale
+def _declared_params(repo: Path) -> dict[tuple[str, ...], tuple[str, set[str]]]:
+    """(module, *arguments) of each stage's command -> (stage name, its params keys in dvc.yaml)."""
+    declared = {}
+    with Repo(str(repo)) as dvc:
+        for stage in dvc.index.stages:
+            words = shlex.split(stage.cmd)
+            keys = {key for dep in stage.deps if hasattr(dep, "params") for key in dep.params}
+            declared[tuple(words[words.index("-m") + 1:])] = (stage.name, keys)
+    return declared
 
-    # The usual next step: an experiment on the top-level dropout reuses the cached data and features.
-    experiment = run(DVC + ["exp", "run", "-S", "dropout=0.3", "-n", "drop03"], repo_copy)
+
+def undeclared_reads(repo: Path, reads: Path) -> list[str]:
+    """Every params key a stage's code read in the recorded run that its `params:` in dvc.yaml does not cover
+    (a key is covered by itself or a section above it; reading a mapping's keys is covered by one of its
+    entries, as finetune.models is by finetune.models.lite0)."""
+    declared, problems = _declared_params(repo), []
+    for record in sorted(reads.glob("*.json")):
+        content = json.loads(record.read_text())
+        argv = content["argv"]
+        module = ".".join(Path(argv[0]).with_suffix("").parts[-3:])
+        name, keys = declared[(module, *argv[1:])]
+        for read in content["reads"]:
+            covered = any(read == key or read.startswith(key + ".") or key.startswith(read + ".") for key in keys)
+            if not covered and read not in NOT_OUTPUT_PARAMS:
+                problems.append(f"{name}: reads {read}, not in its params")
+    return sorted(set(problems))
+
+
+def test_every_param_a_stage_reads_is_one_of_its_params_in_dvc_yaml(reproduced):
+    repo, reads, _ = reproduced
+    recorded = {json.loads(path.read_text())["argv"][0].rsplit("/", 1)[-1] for path in reads.glob("*.json")}
+    assert recorded == {f"{stage}.py" for stage in ("download", "sample", "features", "folds", "heads", "finetune",
+                                                    "pseudo", "ensemble", "submission")}
+    assert undeclared_reads(repo, reads) == []
+
+
+def test_the_params_check_names_a_stage_whose_params_miss_a_key_it_reads(reproduced, tmp_path):
+    repo, reads, _ = reproduced
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, ignore=shutil.ignore_patterns("data", "models", ".dvc"))
+    (copy / ".dvc").mkdir()
+    shutil.copy(repo / ".dvc" / "config", copy / ".dvc" / "config")
+    dvc_yaml = (copy / "dvc.yaml").read_text()
+    assert "        - features.amp\n" in dvc_yaml
+    (copy / "dvc.yaml").write_text(dvc_yaml.replace("        - features.amp\n", "", 1))
+    assert undeclared_reads(copy, reads) == ["features@tf_efficientnet_lite0: reads features.amp, not in its params"]
+
+
+def test_editing_image_decoding_makes_stale_exactly_the_stages_that_decode(reproduced):
+    repo = reproduced[0]
+    decoding = repo / "pipeline" / "decoding.py"
+    original = decoding.read_text()
+    decoding.write_text(original + "\n# an edit\n")
+    try:
+        stale = _stale(repo)
+    finally:
+        decoding.write_text(original)
+    with Repo(str(repo)) as dvc:
+        modules = {stage.name: shlex.split(stage.cmd)[2] for stage in dvc.index.stages}
+    assert stale == {name for name, module in modules.items() if "pipeline/decoding.py" in imported_files(module)}
+    assert "finetune@lite0-0" in stale and "features@tf_efficientnet_lite0" in stale
+    assert not {"folds", "heads@tf_efficientnet_lite0", "ensemble", "submission"} & stale
+
+
+def test_a_folds_param_makes_stale_the_folds_and_what_follows_them_not_what_comes_before(reproduced):
+    repo = reproduced[0]
+    params = (repo / "params.yaml").read_text()
+    set_params(repo, folds={"seed": 7})
+    try:
+        stale = _stale(repo)
+    finally:
+        (repo / "params.yaml").write_text(params)
+    assert {"folds", "heads@tf_efficientnet_lite0", "finetune@lite0-0", "ensemble"} <= stale
+    assert not {"download", "sample", "features@tf_efficientnet_lite0"} & stale
+
+
+def test_a_bad_param_fails_dvc_repro_with_the_one_line_error_and_writes_nothing(reproduced):
+    repo = reproduced[0]
+    params, folds = (repo / "params.yaml").read_text(), (repo / folds_csv(STATE_FARM.slug)).read_bytes()
+    set_params(repo, folds={"n_splits": 9})
+    result = run(DVC + ["repro", "folds"], repo, check=False)
+    (repo / "params.yaml").write_text(params)
+    assert result.returncode != 0
+    assert "error: params.yaml: folds.n_splits: 9 folds need at least 9 distinct subject values" in result.stderr
+    assert not (repo / folds_csv(STATE_FARM.slug)).exists()  # DVC removed the old output; the stage wrote none
+    run(DVC + ["checkout", "folds"], repo)
+    assert (repo / folds_csv(STATE_FARM.slug)).read_bytes() == folds
+
+
+def test_adding_a_backbone_runs_only_its_features_stage(reproduced):
+    repo = reproduced[0]
+    params = (repo / "params.yaml").read_text()
+    backbones = {"tf_efficientnet_lite0": {"image_size": 64}, "resnet9000": {"image_size": 64}}
+    set_params(repo, features={"backbones": backbones})
+    again = run(DVC + ["repro", "features"], repo, check=False)
+    (repo / "params.yaml").write_text(params)
+    assert "Running stage 'features@tf_efficientnet_lite0'" not in again.stdout
+    assert "Running stage 'features@resnet9000'" in again.stdout
+    assert "error: params.yaml: features.backbones.resnet9000: timm has no model 'resnet9000'" in again.stderr
+
+
+def test_adding_a_model_runs_only_its_finetune_stages(reproduced):
+    repo = reproduced[0]
+    params = (repo / "params.yaml").read_text()
+    set_params(repo, finetune={"folds": [0], "models": {"small": {"backbone": "tf_efficientnet_lite0",
+                                                                  "image_size": 32, "epochs": 1,
+                                                                  "augment_strength": 0.5}}})
+    again = run(DVC + ["repro", "finetune"], repo)
+    (repo / "params.yaml").write_text(params)
+    assert "Running stage 'finetune@small-0'" in again.stdout
+    assert "Running stage 'finetune@lite0-0'" not in again.stdout and "Running stage 'features" not in again.stdout
+    assert (repo / "data" / "predictions" / STATE_FARM.slug / "finetune-small" / "fold0" / "test.csv").is_file()
+
+
+def test_an_experiment_on_dropout_reruns_what_dropout_reaches_and_reuses_the_rest(reproduced):
+    repo = reproduced[0]
+    experiment = run(DVC + ["exp", "run", "-S", "dropout=0.3", "-n", "drop03"], repo)
     assert "Running stage 'heads@tf_efficientnet_lite0'" in experiment.stdout
     assert "Running stage 'finetune@lite0-0'" in experiment.stdout
     assert "Running stage 'features@" not in experiment.stdout and "Running stage 'folds'" not in experiment.stdout
-    table = json.loads(run(DVC + ["exp", "show", "--json"], repo_copy).stdout)
+    table = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
     experiments = [exp for commit in table for exp in (commit.get("experiments") or [])]
     runs = [run_["data"] for exp in experiments for run_ in exp["revs"]]
     [ours] = [r for r in runs if r["params"]["params.yaml"]["data"]["dropout"] == 0.3]
     assert "cv_log_loss" in ours["metrics"]["metrics/submission/metrics.json"]["data"]
     [baseline] = [commit for commit in table if commit["rev"] != "workspace"]
     assert baseline["data"]["params"]["params.yaml"]["data"]["dropout"] == 0.5
-
-
-def test_changing_a_folds_param_reruns_only_the_folds_stage(repo_copy):
-    run(DVC + ["repro", "folds"], repo_copy)
-    set_params(repo_copy, folds={"n_splits": 2}, finetune={"folds": [0, 1]})
-    again = run(DVC + ["repro", "folds"], repo_copy)
-    assert "Running stage 'folds'" in again.stdout and "Running stage 'download'" not in again.stdout
-    assert pd.read_csv(repo_copy / folds_csv(STATE_FARM.slug)).fold.nunique() == 2
-
-
-def test_a_bad_param_fails_dvc_repro_with_the_one_line_error(repo_copy):
-    set_params(repo_copy, folds={"n_splits": 9})
-    result = run(DVC + ["repro"], repo_copy, check=False)
-    assert result.returncode != 0
-    assert "error: params.yaml: folds.n_splits: 9 folds need at least 9 distinct subject values" in result.stderr
-    assert not (repo_copy / folds_csv(STATE_FARM.slug)).exists()
-
-
-def test_adding_a_backbone_runs_only_its_features_stage(repo_copy):
-    run(DVC + ["repro", "features"], repo_copy)
-    backbones = {"tf_efficientnet_lite0": {"image_size": 64}, "resnet9000": {"image_size": 64}}
-    set_params(repo_copy, features={"backbones": backbones})
-    again = run(DVC + ["repro", "features"], repo_copy, check=False)
-    assert "Running stage 'features@tf_efficientnet_lite0'" not in again.stdout
-    assert "Running stage 'features@resnet9000'" in again.stdout
-    assert "error: params.yaml: features.backbones.resnet9000: timm has no model 'resnet9000'" in again.stderr
-
-
-def test_adding_a_model_runs_only_its_finetune_stages(repo_copy):
-    set_params(repo_copy, finetune={"folds": [0]})  # one fold is enough to see which stages run
-    first = run(DVC + ["repro", "finetune"], repo_copy)
-    assert "Running stage 'finetune@lite0-0'" in first.stdout
-    set_params(repo_copy, finetune={"models": {"small": {"backbone": "tf_efficientnet_lite0", "image_size": 32,
-                                                         "epochs": 1, "augment_strength": 0.5}}})
-    again = run(DVC + ["repro", "finetune"], repo_copy)
-    assert "Running stage 'finetune@small-0'" in again.stdout
-    assert "Running stage 'finetune@lite0-0'" not in again.stdout and "Running stage 'features" not in again.stdout
-    assert (repo_copy / "data" / "predictions" / STATE_FARM.slug / "finetune-small" / "fold0" / "test.csv").is_file()

@@ -12,8 +12,8 @@ from pipeline.competitions import STATE_FARM
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
 from pipeline.feature_cache import load_feature_set
-from pipeline.features import cache_features
-from pipeline.sample import RunImages
+from pipeline.stages.features import cache_features
+from pipeline.raw_data import every_image
 from tests.conftest import REPO, TINY_FEATURES, run, set_params
 
 BACKBONE = "tf_efficientnet_lite0"
@@ -29,7 +29,7 @@ def _cache(tmp_path, tiny_competition, name, **features):
     out = tmp_path / name
     out.mkdir()
     returned = cache_features(BACKBONE, _params(tmp_path, **features), STATE_FARM,
-                              RunImages.every_image(tiny_competition, STATE_FARM), out, torch.device("cpu"))
+                              every_image(tiny_competition, STATE_FARM), out, torch.device("cpu"))
     features = load_feature_set(out)
     assert features.meta == returned  # features.json on disk is what the stage says it made
     return features
@@ -65,7 +65,7 @@ def test_a_flip_view_is_refused_for_state_farm(tmp_path):
 
 
 def test_an_unlisted_backbone_argument_is_refused(repo_copy):
-    result = run([sys.executable, "-m", "pipeline.features", "resnet18"], repo_copy, check=False)
+    result = run([sys.executable, "-m", "pipeline.stages.features", "resnet18"], repo_copy, check=False)
     assert result.returncode == 2
     assert "features.backbones: 'resnet18' is not listed" in result.stderr
 

@@ -9,20 +9,26 @@ import subprocess
 import sys
 import time
 
+import logging
+from types import SimpleNamespace
+
 import pandas as pd
+import pytest
+import torch
 
 from pipeline.competitions import STATE_FARM
 from pipeline.paths import checkpoint_dir, fold_dir
+from pipeline.trainer import Checkpoint
 from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
 MODEL = "finetune-lite0"
-FINETUNE = [sys.executable, "-m", "pipeline.finetune", "lite0", "--fold", "0"]
+FINETUNE = [sys.executable, "-m", "pipeline.stages.finetune", "lite0", "--fold", "0"]
 
 
 def _prepare(repo, tiny_competition, **finetune):
     put_competition(repo, tiny_competition)
     set_params(repo, finetune={"models": {"lite0": finetune}})
-    run([sys.executable, "-m", "pipeline.folds"], repo)
+    run([sys.executable, "-m", "pipeline.stages.folds"], repo)
 
 
 def _fold0(repo) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -30,9 +36,22 @@ def _fold0(repo) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_csv(folder / "oof.csv"), pd.read_csv(folder / "test.csv")
 
 
+def test_a_checkpoint_from_another_process_count_or_batch_size_is_not_resumed_and_the_log_says_why(tmp_path,
+                                                                                                   caplog):
+    config = {"model": "lite0", "world": 1, "recipe": {"batch_size": 32, "lr": 0.002}}
+    torch.save({"config": {**config, "world": 2, "recipe": {"batch_size": 16, "lr": 0.002}}, "epoch": 3, "state": {}},
+               tmp_path / "last.pt")
+    trainer = SimpleNamespace(feed=SimpleNamespace(device=torch.device("cpu")))
+    with caplog.at_level(logging.WARNING):
+        assert Checkpoint(tmp_path, config).resume(trainer) == 0
+    assert "recipe.batch_size: 16 -> 32" in caplog.text and "world: 2 -> 1" in caplog.text
+    assert "lr" not in caplog.text
+
+
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrupted_one(repo_copy, tiny_competition,
                                                                                           tmp_path):
-    settings = dict(epochs=4, image_size=64, patience=10)
+    settings = dict(epochs=4, image_size=64)
     _prepare(repo_copy, tiny_competition, **settings)
     last = repo_copy / checkpoint_dir(STATE_FARM.slug, MODEL, 0) / "last.pt"
     env = {**os.environ, "PATH": f"{sys.executable.rsplit('/', 1)[0]}:{os.environ['PATH']}",
@@ -60,7 +79,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     for resumed_table, fresh_table in zip(_fold0(repo_copy), _fold0(fresh)):
         pd.testing.assert_frame_equal(resumed_table, fresh_table, atol=1e-4)
 
-    # Other test-time views: the finished run predicts again with its best weights, it does not train again.
+    # Other test-time views: the finished run predicts again with its final weights, it does not train again.
     before = _fold0(repo_copy)
     set_params(repo_copy, finetune={"test_views": ["full", "zoom"]})
     repredicted = run(FINETUNE, repo_copy)

@@ -16,6 +16,8 @@ from pipeline.feature_cache import load_feature_set
 from pipeline.paths import features_dir
 from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
+pytestmark = pytest.mark.slow  # end to end: stages as subprocesses
+
 BACKBONE = "tf_efficientnet_lite0"
 
 
@@ -38,7 +40,7 @@ def test_a_killed_features_stage_leaves_no_output_and_reruns_cleanly(repo_copy, 
     target = repo_copy / features_dir(STATE_FARM.slug, BACKBONE)
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
            "PYTHONPATH": str(repo_copy), **GIT_IDENTITY}
-    command = [sys.executable, "-m", "pipeline.features", BACKBONE]
+    command = [sys.executable, "-m", "pipeline.stages.features", BACKBONE]
     process = subprocess.Popen(command, cwd=repo_copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not list(target.parent.glob(f".{BACKBONE}.tmp-*")) and time.time() < deadline:

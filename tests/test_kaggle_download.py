@@ -19,7 +19,7 @@ import responses
 from PIL import Image
 from responses import matchers
 
-from pipeline import download
+from pipeline.stages import download
 from pipeline.competitions import DOGS_VS_CATS, STATE_FARM
 from pipeline.paths import raw_dir
 from tests.conftest import set_params
@@ -152,7 +152,7 @@ def test_missing_credentials_is_one_line_saying_how_to_set_them(repo_copy, tmp_p
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     env["HOME"] = str(tmp_path / "empty-home")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    result = __import__("subprocess").run([sys.executable, "-m", "pipeline.download"], cwd=repo_copy, env=env,
+    result = __import__("subprocess").run([sys.executable, "-m", "pipeline.stages.download"], cwd=repo_copy, env=env,
                                           capture_output=True, text=True)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

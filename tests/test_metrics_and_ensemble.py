@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import EnsembleParams
-from pipeline.ensemble import (Predictions, blend, blend_weights, ensemble, fit_smoothing, fit_temperature, nearest,
+from pipeline.blending import (Predictions, blend, blend_weights, ensemble, fit_recipe, fit_temperature, nearest,
                                neighbour_mean, with_temperature)
 from pipeline.errors import PipelineError
 from pipeline.metrics import multiclass_log_loss
@@ -78,9 +78,8 @@ def test_a_log_space_blend_is_a_renormalised_weighted_geometric_mean_and_is_chos
     settings = EnsembleParams(models=["a", "b"], calibrate=False, clip_grid=[1e-15], neighbours=[],
                               neighbour_features=["x"])
     oof, _, recipe, report = ensemble(Predictions(models, [[m] for m in models], labels, np.zeros(400, int), {}),
-                                      settings, multiclass_log_loss)
-    assert recipe["blend"] == "log" and report["blend_log/cv_log_loss"] < report["blend_probability/cv_log_loss"]
-    assert report["blend/cv_log_loss"] == report["blend_log/cv_log_loss"]
+                                      settings, multiclass_log_loss)  # one fold: the in-sample fit only
+    assert recipe.space == "log" and report["in_sample/cv_log_loss"] < 0.9 * math.log(3)
 
 
 def test_smoothing_picks_the_k_and_weight_that_score_best_out_of_fold():
@@ -92,8 +91,10 @@ def test_smoothing_picks_the_k_and_weight_that_score_best_out_of_fold():
     proba[np.arange(600), labels] = 0.8
     noisy = rng.random(600) < 0.3  # a third of frames confidently wrong, each on its own
     proba[noisy] = np.roll(proba[noisy], 1, axis=1)
-    k, weight = fit_smoothing(proba, labels, nearest(features, np.zeros(600), 9), [1, 9])
-    assert (k, weight) == (9, pytest.approx(0.9, abs=0.25))
+    settings = EnsembleParams(models=["a"], calibrate=False, clip_grid=[1e-15], neighbours=[1, 9],
+                              neighbour_features=["pose"])
+    recipe = fit_recipe([proba], labels, np.ones(600, bool), {"pose": nearest(features, np.zeros(600), 9)}, settings)
+    assert (recipe.neighbours, recipe.neighbour_weight) == (9, pytest.approx(0.9, abs=0.25))
 
 
 def test_the_ensemble_finds_neighbours_in_the_space_that_scores_best_out_of_fold():
@@ -111,8 +112,37 @@ def test_the_ensemble_finds_neighbours_in_the_space_that_scores_best_out_of_fold
                               neighbour_features=["noise", "pose"])
     _, _, recipe, report = ensemble(Predictions([proba], [[proba[:60]]], labels, np.zeros(600, int), spaces),
                                     settings, multiclass_log_loss)
-    assert recipe["neighbour_features"] == "pose" and recipe["neighbour_weight"] > 0.5
-    assert report["neighbours/cv_log_loss"] < 0.7 * report["blend/cv_log_loss"]
+    assert recipe.neighbour_space == "pose" and recipe.neighbour_weight > 0.5
+    assert report["in_sample/cv_log_loss"] < 0.7 * multiclass_log_loss(labels, proba)
+
+
+def _noise_models(seed: int, n: int = 40, models: int = 4):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 3, n), [rng.dirichlet(np.ones(3) * 0.7, n) for _ in range(models)], np.arange(n) % 4
+
+
+NESTED = EnsembleParams(models=["a", "b", "c", "d"], calibrate=True, clip_grid=[1e-15, 0.01, 0.1], neighbours=[],
+                        neighbour_features=["x"])
+
+
+def test_nested_cv_does_not_credit_choices_fit_on_the_scored_rows():
+    # Four models of pure noise: blend weights, temperature and clip fit on the scored rows find "signal" there;
+    # fit on the other folds they cannot, and the score stays at chance (log 3) or above.
+    labels, models, fold_of = _noise_models(5)
+    _, _, _, report = ensemble(Predictions(models, [[m[:8]] * 4 for m in models], labels, fold_of, {}), NESTED,
+                               multiclass_log_loss)
+    assert report["cv_log_loss"] > math.log(3) - 0.01
+    assert report["in_sample/cv_log_loss"] < report["cv_log_loss"] - 0.01
+
+
+def test_a_folds_nested_predictions_never_depend_on_its_own_labels():
+    labels, models, fold_of = _noise_models(6)
+    relabelled = labels.copy()
+    relabelled[fold_of == 0] = (labels[fold_of == 0] + 1) % 3
+    runs = [ensemble(Predictions(models, [[m[:8]] * 4 for m in models], y, fold_of, {}), NESTED, multiclass_log_loss)[0]
+            for y in (labels, relabelled)]
+    np.testing.assert_allclose(runs[0][fold_of == 0], runs[1][fold_of == 0])
+    assert not np.allclose(runs[0][fold_of == 1], runs[1][fold_of == 1])  # fold 0's labels do reach the others
 
 
 def _write_model(folder, folds, test_ids, drop=None):

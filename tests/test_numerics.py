@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from pipeline import features as features_stage
+from pipeline.stages import features as features_stage
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
 from pipeline.augment import view_transform
@@ -29,7 +29,7 @@ def featured_repo(tmp_path_factory, tiny_competition) -> Path:
     repo = make_repo(tmp_path_factory.mktemp("numerics") / "repo")
     put_competition(repo, tiny_competition)
     for stage in (["folds"], ["features", BACKBONE]):
-        run([sys.executable, "-m", f"pipeline.{stage[0]}", *stage[1:]], repo)
+        run([sys.executable, "-m", f"pipeline.stages.{stage[0]}", *stage[1:]], repo)
     return repo
 
 
@@ -68,7 +68,7 @@ def test_the_heads_stage_refuses_non_finite_cached_features_and_writes_no_predic
     views = np.load(repo / features_dir(SLUG, BACKBONE) / "train_views.npy", mmap_mode="r+")
     views[0, 3, 7] = np.nan
     views.flush()
-    result = run([sys.executable, "-m", "pipeline.heads", BACKBONE], repo, check=False)
+    result = run([sys.executable, "-m", "pipeline.stages.heads", BACKBONE], repo, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0] == (f"error: {features_dir(SLUG, BACKBONE)}/train_views.npy: non-finite features; "

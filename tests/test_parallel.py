@@ -3,6 +3,8 @@
 DVC remote."""
 from __future__ import annotations
 
+import pytest
+
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,8 @@ from pipeline.competitions import STATE_FARM
 from pipeline.paths import checkpoint_dir, fold_dir
 from tests.conftest import GIT_IDENTITY, make_repo, put_competition, run, set_params
 
+pytestmark = pytest.mark.slow  # end to end: stages as subprocesses
+
 DVC = [sys.executable, "-m", "dvc"]
 
 
@@ -22,8 +26,8 @@ def test_finetune_devices_spreads_one_fold_over_two_processes_and_writes_the_usu
     """As on a machine with two GPUs: two processes, each augmenting its batches on its device (kornia)."""
     put_competition(repo_copy, tiny_competition)
     set_params(repo_copy, finetune={"devices": 2, "augment_on": "device"})
-    run([sys.executable, "-m", "pipeline.folds"], repo_copy)
-    result = run([sys.executable, "-m", "pipeline.finetune", "lite0", "--fold", "0"], repo_copy)
+    run([sys.executable, "-m", "pipeline.stages.folds"], repo_copy)
+    result = run([sys.executable, "-m", "pipeline.stages.finetune", "lite0", "--fold", "0"], repo_copy)
     assert "2 processes, one per device" in result.stderr
     folder = repo_copy / fold_dir(STATE_FARM.slug, "finetune-lite0", 0)
     oof, test = pd.read_csv(folder / "oof.csv"), pd.read_csv(folder / "test.csv")
@@ -33,7 +37,7 @@ def test_finetune_devices_spreads_one_fold_over_two_processes_and_writes_the_usu
     for table in (oof, test):
         assert list(table.columns) == ["img", *STATE_FARM.classes]
         assert (table[list(STATE_FARM.classes)].sum(axis=1) - 1).abs().max() < 1e-4
-    best = torch.load(repo_copy / checkpoint_dir(STATE_FARM.slug, "finetune-lite0", 0) / "best.pt", weights_only=True)
+    best = torch.load(repo_copy / checkpoint_dir(STATE_FARM.slug, "finetune-lite0", 0) / "final.pt", weights_only=True)
     assert best["config"]["augment_on"] == "device"
 
 

@@ -13,6 +13,8 @@ from pipeline.competitions import STATE_FARM
 from pipeline.paths import fold_dir
 from tests.conftest import make_repo, put_competition, run, set_params
 
+pytestmark = pytest.mark.slow  # end to end: stages as subprocesses
+
 MODEL = "lite0"
 FOLDS = (0, 1)  # two folds are enough to mix up a teacher, and keep the suite fast
 
@@ -25,7 +27,7 @@ def first_round(tmp_path_factory, tiny_competition):
     set_params(repo, folds={"n_splits": len(FOLDS)}, finetune={"folds": list(FOLDS)},
                pseudo={"models": [MODEL], "threshold": 0.0})
     for stage in (["folds"], *(["finetune", MODEL, "--fold", str(k)] for k in FOLDS)):
-        run([sys.executable, "-m", f"pipeline.{stage[0]}", *stage[1:]], repo)
+        run([sys.executable, "-m", f"pipeline.stages.{stage[0]}", *stage[1:]], repo)
     return repo
 
 
@@ -35,7 +37,7 @@ def second_round(first_round, tmp_path_factory):
     repo = tmp_path_factory.mktemp("students") / "repo"
     shutil.copytree(first_round, repo, symlinks=True)
     for fold in FOLDS:
-        run([sys.executable, "-m", "pipeline.pseudo", MODEL, "--fold", str(fold)], repo)
+        run([sys.executable, "-m", "pipeline.stages.pseudo", MODEL, "--fold", str(fold)], repo)
     return repo
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import zipfile
 from pathlib import Path
@@ -114,4 +115,4 @@ def test_a_local_subset_with_its_own_hidden_labels_runs_to_a_scored_submission(r
         (folder / "solution.csv").read_bytes()
     metrics = json.loads((repo_copy / "metrics" / "submission" / "metrics.json").read_text())
     assert metrics["file"] and {"public_log_loss", "private_log_loss"} <= set(metrics)
-    assert 0 < metrics["private_log_loss"] < 5
+    assert 0 < metrics["private_log_loss"] < math.log(10)  # better than chance, 10 classes

@@ -12,7 +12,7 @@ import responses
 from pipeline import submit
 from pipeline.competitions import STATE_FARM
 from pipeline.errors import PipelineError
-from pipeline.submission import score, validate_submission
+from pipeline.submission_format import score, validate_submission
 from tests.conftest import put_competition
 
 API = "https://api.kaggle.com/v1/competitions.CompetitionApiService/"

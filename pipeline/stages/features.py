@@ -9,59 +9,31 @@ describes (per-view float16 arrays for train and test, augmented passes, index
 CSVs, ``features.json``). Arrays are filled batch by batch on disk, so memory
 stays flat however large the competition.
 
-    python -m pipeline.features tf_efficientnet_lite0
+    python -m pipeline.stages.features tf_efficientnet_lite0
 """
 from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.atomic import atomic_dir
-from pipeline.augment import train_transform, view_transform
+from pipeline.augment import train_transform
 from pipeline.backbones import create_backbone, data_config
 from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
-from pipeline.device_decode import EncodedViews
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
+from pipeline.extraction import extract, view_images
 from pipeline.image_data import ArchiveImages, Feed, pick_device
 from pipeline.images import CompetitionImages
 from pipeline.paths import features_dir
-from pipeline.progress import progress
-from pipeline.sample import RunImages
+from pipeline.tables import RunImages
 
 log = logging.getLogger(__name__)
-
-
-def extract(model: torch.nn.Module, dataset: ArchiveImages | EncodedViews, out: np.ndarray, feed: Feed,
-            label: str) -> float:
-    """Fill ``out`` [len(dataset), dim] with pooled features; return images per second."""
-    start = time.perf_counter()
-    with torch.inference_mode(), progress(total=len(dataset), desc=label) as bar:
-        for indices, inputs in feed.inputs(feed.loader(dataset)):
-            with feed.autocast():
-                features = model(inputs)
-            with np.errstate(over="ignore"):  # an overflow becomes inf, caught just below
-                chunk = features.float().cpu().numpy().astype(np.float16)
-            if not np.isfinite(chunk).all():  # float16 overflows past 65504; catch it here, not in a submission
-                bad = dataset.members[int(indices[np.nonzero(~np.isfinite(chunk).all(1))[0][0]])]
-                raise PipelineError(f"{dataset.archive.where(bad)}: {label}: non-finite features")
-            out[indices.numpy()] = chunk
-            bar.update(len(indices))
-    return len(dataset) / (time.perf_counter() - start)
-
-
-def view_images(decode: str, device: torch.device, archive: CompetitionImages, members: list[str], view: str,
-                size: int, interpolation: str) -> ArchiveImages | EncodedViews:
-    """One test-time view of ``members``, decoded where ``features.decode`` says (``auto``: on a GPU if any)."""
-    if decode == "device" or (decode == "auto" and device.type == "cuda"):
-        return EncodedViews(archive, members, view, size, interpolation)
-    return ArchiveImages(archive, members, view_transform(view, size, interpolation), size)
 
 
 def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images: RunImages, out_dir: Path,
@@ -109,7 +81,7 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images:
 def main() -> None:
     params = load_params()
     if len(sys.argv) != 2:
-        raise PipelineError("usage: python -m pipeline.features <backbone listed under features.backbones>")
+        raise PipelineError("usage: python -m pipeline.stages.features <backbone listed under features.backbones>")
     backbone = sys.argv[1]
     if backbone not in params.features.backbones:
         raise PipelineError(f"params.yaml: features.backbones: {backbone!r} is not listed "

@@ -7,7 +7,7 @@ data without a groups CSV) get plain stratified folds. Reads params
 ``competition`` and ``folds`` and the training labels; writes
 ``data/folds/<competition>/folds.csv`` (img, label, group, fold).
 
-    python -m pipeline.folds
+    python -m pipeline.stages.folds
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import FeatureSet, load_feature_set
 from pipeline.paths import features_dir, folds_csv
-from pipeline.sample import RunImages
+from pipeline.tables import RunImages
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,6 @@ def with_near_duplicate_groups(train: pd.DataFrame, cached: FeatureSet, distance
     log.info("near-duplicate groups: %d groups among %d images, the largest %d images", len(np.unique(clusters)),
              len(train), sizes.max())
     return train.assign(group=[f"near{c}" for c in clusters])
-
-
-def load_folds(competition: str) -> pd.DataFrame:
-    """The folds stage's table, ids and labels as text (Dogs vs. Cats test ids are numbers)."""
-    return pd.read_csv(folds_csv(competition), dtype={"img": str, "label": str, "group": str},
-                       keep_default_na=False)
 
 
 @cli

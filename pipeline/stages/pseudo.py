@@ -2,9 +2,10 @@
 
 For fold k of model M the student trains on the training folds other than k and on the test images,
 whose targets are the probabilities of the teacher ``finetune-M`` fold k: the first-round model that
-was trained on the same folds and never saw fold k. The student's out-of-fold predictions for fold k
-therefore stay as honest as the teacher's: no label of fold k, and no model that saw one, reaches it
-(docs/stages.md, "pseudo-labels"). Soft targets (distillation): the teacher's probabilities, sharpened
+was trained on the same folds and never saw fold k. Teachers train a fixed schedule, so no choice of
+theirs (an epoch, a checkpoint) was made on fold k's labels either. The student's out-of-fold
+predictions for fold k therefore stay as honest as the teacher's: no label of fold k, and no model
+or choice that saw one, reaches it (docs/stages.md, "pseudo-labels"). Soft targets (distillation): the teacher's probabilities, sharpened
 or softened by ``pseudo.temperature``; test images whose top probability is below ``pseudo.threshold``
 are left out; each pseudo-labelled image weighs ``pseudo.weight`` in the loss against a labelled
 image's 1. The teacher's temperature is not fit on fold k's labels: that would leak them.
@@ -13,7 +14,7 @@ Reads what the finetune stage reads, params ``pseudo`` and the teacher's fold pr
 model ``pseudo-M``, what the finetune stage writes, plus ``teacher.json`` (which teacher, which images
 it held out) beside the predictions.
 
-    python -m pipeline.pseudo lite0 --fold 0
+    python -m pipeline.stages.pseudo lite0 --fold 0
 """
 from __future__ import annotations
 
@@ -24,11 +25,10 @@ import numpy as np
 from pipeline.competitions import load_spec
 from pipeline.config import Params
 from pipeline.errors import PipelineError, cli
-from pipeline.finetune import PseudoLabels, fold_command, train_fold
-from pipeline.folds import load_folds
+from pipeline.fold_training import PseudoLabels, fold_command, train_fold
 from pipeline.paths import fold_dir
 from pipeline.predictions import read_table
-from pipeline.sample import RunImages
+from pipeline.tables import RunImages, load_folds
 from pipeline.trainer import Distributed, spread_over_devices
 
 
@@ -62,12 +62,13 @@ def teacher_labels(params: Params, model: str, fold: int) -> PseudoLabels:
 
 @cli
 def main() -> None:
-    params, model, fold = fold_command("Train a student on one fold with its teacher's pseudo-labels", "pseudo")
-    if spread_over_devices(params.finetune.devices, "pipeline.pseudo", [model, "--fold", str(fold)]):
+    params, model, fold = fold_command("Train a student on one fold with its teacher's pseudo-labels")
+    if spread_over_devices(params.finetune.devices, "pipeline.stages.pseudo", [model, "--fold", str(fold)]):
         return  # its processes did the work
     pseudo = teacher_labels(params, model, fold)
     with Distributed.from_environment() as distributed:
         train_fold(params, model, fold, distributed, f"pseudo-{model}", pseudo)
+
 
 if __name__ == "__main__":
     main()

@@ -1,16 +1,9 @@
-"""finetune stage: train one model of ``finetune.models`` on one fold, with augmentation; resumable; CPU, GPU or DDP.
+"""One fold of one fine-tuned model, trained and predicted: what the finetune and pseudo stages both run.
 
-Reads params ``finetune`` (``defaults`` overlaid with ``models.<model>``; ``augment_on``: augmentation in the
-workers or on the GPU; ``test_views``), ``augment``, ``dropout``, the folds CSV and the image zip. Writes, for
-fold k of model M: ``models/<competition>/finetune-M/fold<k>/`` (``last.pt``
-every epoch, to resume an interrupted run; ``best.pt``: the best weights and the
-resolved config), ``data/predictions/<competition>/finetune-M/fold<k>/``
-(``oof.csv``, ``test.csv`` as the heads write them, and the pooled embeddings
-``oof_embeddings.npy``, ``test_embeddings.npy`` for the ensemble's neighbours) and
-DVCLive curves in ``metrics/finetune-M-fold<k>/``.
-
-    python -m pipeline.finetune lite0 --fold 0
-    torchrun --nproc_per_node=2 -m pipeline.finetune lite0 --fold 0    # DDP over 2 processes; rank 0 writes
+``train_fold`` builds the model and the fold's images from params, trains the recipe's fixed schedule
+(resuming from ``last.pt``), predicts the held-out fold and the test images in every test-time view with the
+final weights, and writes the predictions, embeddings, checkpoint and DVCLive curves under the given name
+(``finetune-<model>`` or ``pseudo-<model>``).
 """
 from __future__ import annotations
 
@@ -29,16 +22,15 @@ from pipeline.atomic import atomic_dir
 from pipeline.backbones import create_backbone, data_config
 from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
-from pipeline.errors import PipelineError, cli
-from pipeline.folds import load_folds
 from pipeline.device_augment import augmented_images, resolve_augment_on
+from pipeline.errors import PipelineError
 from pipeline.image_data import Feed
 from pipeline.images import CompetitionImages
 from pipeline.metrics import competition_metric
 from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, metrics_dir
 from pipeline.predictions import write_embeddings, write_fold
-from pipeline.sample import RunImages
-from pipeline.trainer import Checkpoint, Distributed, FoldImages, Trainer, spread_over_devices
+from pipeline.tables import RunImages, load_folds
+from pipeline.trainer import Checkpoint, Distributed, FoldImages, Trainer
 from pipeline.training import seed_everything
 
 log = logging.getLogger(__name__)
@@ -55,12 +47,13 @@ class PseudoLabels:
 
 
 def run_config(params: Params, model: str, fold: int, spec: CompetitionSpec, pseudo: PseudoLabels | None,
-               augment_on: str) -> dict:
-    """Everything that decides this fold's training; a checkpoint resumes only under the same config. The test-time
-    views are not in it: other views re-predict with a finished run's best weights instead of training again."""
+               augment_on: str, world: int) -> dict:
+    """Everything that decides this fold's training; a checkpoint resumes only under the same config. The process
+    count is in it (it changes the steps per epoch and the batch each step sees); the test-time views are not:
+    other views re-predict with a finished run's weights instead of training again."""
     return {"model": model, "fold": fold, "recipe": params.finetune.recipe(model).model_dump(),
             "amp": params.finetune.amp, "augment": params.augment.model_dump(), "dropout": params.dropout,
-            "augment_on": augment_on, "competition": spec.slug,
+            "augment_on": augment_on, "world": world, "competition": spec.slug,
             "folds_csv_sha256": hashlib.sha256(folds_csv(spec.slug).read_bytes()).hexdigest(),
             "pseudo": None if pseudo is None else {"weight": pseudo.weight, **pseudo.teacher}}
 
@@ -111,7 +104,7 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
     trainer = new_trainer(params, model_name, spec, len(images.train_set), distributed)
     augment_on = resolve_augment_on(params.finetune.augment_on, distributed.device)
     checkpoint = Checkpoint(checkpoint_dir(spec.slug, name, fold),
-                            run_config(params, model_name, fold, spec, pseudo, augment_on))
+                            run_config(params, model_name, fold, spec, pseudo, augment_on, distributed.world))
     start = checkpoint.resume(trainer)
     live = Live(str(metrics_dir(f"{name}-fold{fold}")), resume=start > 0, dvcyaml=False, save_dvc_exp=False,
                 report=None) if distributed.rank == 0 else None
@@ -120,17 +113,15 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
         for key, value in figures.items():
             live.log_metric(key, value)
         live.next_step()
-        log.info("%s fold %d epoch %d: train loss %.4f, held-out log loss %.4f, %.1f img/s", name, fold, epoch + 1,
-                 *figures.values())
+        log.info("%s fold %d epoch %d: train loss %.4f, %.1f img/s", name, fold, epoch + 1, *figures.values())
 
     trainer.fit(images, checkpoint, start, report)
-    trainer.use_best()
     test, views = RunImages.load(spec.slug).test, list(params.finetune.test_views)
     oof, oof_embeddings = trainer.predict(images.archive, images.held_out, views, f"fold {fold} held-out")
     test_proba, test_embeddings = trainer.predict(images.archive, list(test.member), views, f"fold {fold} test")
     if live is None:
         return
-    checkpoint.save_best(trainer, spec.classes)
+    checkpoint.save_final(trainer, spec.classes)
     with atomic_dir(fold_dir(spec.slug, name, fold)) as out:
         write_fold(out, spec.classes, held_out_ids, oof, test.img, test_proba)
         write_embeddings(out, oof_embeddings, test_embeddings)
@@ -142,29 +133,20 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
              live.summary["fold_log_loss"], len(views), fold_dir(spec.slug, name, fold))
 
 
-def fold_command(description: str, section: str) -> tuple[Params, str, int]:
-    """params and ``<model> --fold k`` from the command line, the model listed under ``<section>.models`` and the
-    fold under ``finetune.folds`` (the finetune and pseudo stages)."""
+def fold_command(description: str) -> tuple[Params, str, int]:
+    """params and ``<model> --fold k`` from the command line (the finetune and pseudo stages): a model of
+    ``finetune.models`` (a student trains its model's recipe too) and a fold of the folds table."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("model")
     parser.add_argument("--fold", type=int, required=True)
     args = parser.parse_args()
     params = load_params()
-    listed = getattr(params, section).models
-    if args.model not in listed:
-        raise PipelineError(f"params.yaml: {section}.models: {args.model!r} is not listed ({', '.join(listed)})")
-    if args.fold not in params.finetune.folds:
-        raise PipelineError(f"params.yaml: finetune.folds: fold {args.fold} is not listed ({params.finetune.folds})")
+    if args.model not in params.finetune.models:
+        raise PipelineError(f"params.yaml: finetune.models: {args.model!r} is not listed "
+                            f"({', '.join(params.finetune.models)})")
+    # Checked against tables the stage reads anyway, not against finetune.folds or pseudo.models: adding a fold
+    # or a student must not make every other fold's stage out of date.
+    folds = sorted(load_folds(load_spec(params.competition).slug).fold.unique())
+    if args.fold not in folds:
+        raise PipelineError(f"{folds_csv(params.competition)}: has no fold {args.fold} (folds {folds})")
     return params, args.model, args.fold
-
-
-@cli
-def main() -> None:
-    params, model, fold = fold_command("Fine-tune one model of finetune.models on one fold", "finetune")
-    if spread_over_devices(params.finetune.devices, "pipeline.finetune", [model, "--fold", str(fold)]):
-        return  # its processes did the work
-    with Distributed.from_environment() as distributed:
-        train_fold(params, model, fold, distributed, f"finetune-{model}")
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,9 @@
 """heads stage: a small classifier per driver fold on one backbone's cached features.
 
 BatchNorm -> Linear -> ReLU -> Dropout -> Linear, trained with AdamW, warm-up +
-cosine, early stopping on the held-out drivers' log loss. Trains on every
+cosine, for a fixed number of epochs: no epoch is chosen on the held-out drivers,
+whose predictions become the out-of-fold ones (their log loss per epoch is only
+drawn as a curve). Trains on every
 cached view and augmented pass of the fold's training images; predicts
 held-out and test images averaged over the test-time views, as the submission
 will be. Reads params ``dropout``, ``heads``, the folds CSV and the backbone's
@@ -9,7 +11,7 @@ features. Writes ``data/predictions/<competition>/heads-<backbone>/fold<k>/``
 (``oof.csv``, ``test.csv``, ``head.pt``) and DVCLive metrics and curves under
 ``metrics/heads-<backbone>/``.
 
-    python -m pipeline.heads tf_efficientnet_lite0
+    python -m pipeline.stages.heads tf_efficientnet_lite0
 """
 from __future__ import annotations
 
@@ -27,13 +29,13 @@ from pipeline.atomic import atomic_dir
 from pipeline.config import HeadsParams, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import FeatureSet, load_feature_set
-from pipeline.folds import load_folds
 from pipeline.metrics import accuracy, competition_metric, multiclass_log_loss
 from pipeline.paths import features_dir, fold_name, metrics_dir, predictions_dir
 from pipeline.predictions import write_fold
 from pipeline.progress import progress
 from pipeline.competitions import load_spec
-from pipeline.training import EarlyStopping, seed_everything, warmup_cosine
+from pipeline.training import seed_everything, warmup_cosine
+from pipeline.tables import load_folds
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class HeadSetup:
 
 def train_head(x: np.ndarray, y: np.ndarray, val_views: np.ndarray, y_val: np.ndarray, setup: HeadSetup, seed: int,
                curve=None) -> nn.Module:
-    """Fit one head on ``x`` [n, dim]; keep the epoch with the best held-out log loss."""
+    """Fit one head on ``x`` [n, dim] for ``heads.epochs``; the held-out views only feed ``curve``."""
     seed_everything(seed)
     settings = setup.settings
     head = make_head(x.shape[1], settings.hidden, setup.n_classes, setup.dropout)
@@ -69,7 +71,6 @@ def train_head(x: np.ndarray, y: np.ndarray, val_views: np.ndarray, y_val: np.nd
     steps_per_epoch = -(-len(x) // settings.batch_size)
     schedule = warmup_cosine(optimizer, settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch)
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
-    stopper = EarlyStopping(settings.patience)
     for epoch in range(settings.epochs):
         head.train()
         order = torch.randperm(len(x))
@@ -87,12 +88,8 @@ def train_head(x: np.ndarray, y: np.ndarray, val_views: np.ndarray, y_val: np.nd
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
-        val_loss = multiclass_log_loss(y_val, predict(head, val_views))
         if curve is not None:
-            curve(epoch, float(np.mean(losses)), val_loss)
-        if stopper.update(epoch, val_loss, head):
-            break
-    head.load_state_dict(stopper.best_state)
+            curve(epoch, float(np.mean(losses)), multiclass_log_loss(y_val, predict(head, val_views)))
     return head
 
 
@@ -178,7 +175,7 @@ def main_for(backbone: str) -> None:
 @cli
 def main() -> None:
     if len(sys.argv) != 2:
-        raise PipelineError("usage: python -m pipeline.heads <backbone listed under features.backbones>")
+        raise PipelineError("usage: python -m pipeline.stages.heads <backbone listed under features.backbones>")
     main_for(sys.argv[1])
 
 

@@ -5,7 +5,7 @@ Reads params ``competition``, ``data``, ``own_data`` and ``standin``. Writes
 pipeline/raw_data.py; ``groups.csv`` from ``data.groups_csv``; the stand-ins add ``solution.csv``), built in a temporary
 folder and renamed only once every check has passed.
 
-    python -m pipeline.download
+    python -m pipeline.stages.download
 """
 from __future__ import annotations
 

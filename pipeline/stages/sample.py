@@ -16,19 +16,18 @@ everything. Reads params ``competition``, ``data.sample``, ``data.sample_seed``,
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipeline.atomic import atomic_dir
-from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.competitions import load_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.paths import raw_dir, sample_dir
-from pipeline.raw_data import load_test_ids, train_table
+from pipeline.raw_data import every_image
+from pipeline.tables import RunImages
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,12 @@ def keep_groups(train: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     if fraction >= 1:
         return np.ones(len(train), bool)
     if (train.group == "").all():
+        stratify = train.label.value_counts().min() > 1
+        if not stratify:
+            log.info("data.sample: class %r has a single image, so the sample is drawn without keeping the class "
+                     "mix", train.label.value_counts().idxmin())
         kept = train_test_split(np.arange(len(train)), train_size=max(1, round(fraction * len(train))),
-                                stratify=train.label if train.label.value_counts().min() > 1 else None,
-                                random_state=seed)[0]
+                                stratify=train.label if stratify else None, random_state=seed)[0]
         return np.isin(np.arange(len(train)), kept)
     counts = pd.crosstab(train.group, train.label)
     order = np.random.default_rng(seed).permutation(len(counts))
@@ -75,39 +77,11 @@ def keep_test(n_test: int, fraction: float, seed: int) -> np.ndarray:
     return np.isin(np.arange(n_test), chosen)
 
 
-def sample_tables(raw: Path, spec: CompetitionSpec, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train: img, label, group, member; test: img, member) of the run."""
-    train = train_table(raw, spec)
-    test_ids = load_test_ids(raw, spec)
-    test = pd.DataFrame({"img": test_ids, "member": [spec.test_member(i) for i in test_ids]})
-    return (train[keep_groups(train, fraction, seed)].reset_index(drop=True),
-            test[keep_test(len(test), fraction, seed)].reset_index(drop=True))
-
-
-@dataclass(frozen=True)
-class RunImages:
-    """The images a run uses: where they are, the training table and the test table."""
-
-    raw: Path  # data/raw/<competition>/: the archives
-    train: pd.DataFrame  # img, label, group, member
-    test: pd.DataFrame  # img, member; sample-submission order
-
-    @classmethod
-    def load(cls, competition: str) -> "RunImages":
-        """What the sample stage chose (ids and labels as text)."""
-        def read(name: str) -> pd.DataFrame:
-            return pd.read_csv(sample_dir(competition) / name, dtype=str, keep_default_na=False)
-
-        return cls(raw_dir(competition), read("train.csv"), read("test.csv"))
-
-    def write(self, folder: Path) -> None:
-        self.train.to_csv(folder / "train.csv", index=False)
-        self.test.to_csv(folder / "test.csv", index=False)
-
-    @classmethod
-    def every_image(cls, raw: Path, spec: CompetitionSpec) -> "RunImages":
-        """Every image of a competition folder, as ``data.sample: 1`` gives (benches, tests)."""
-        return cls(raw, *sample_tables(raw, spec, 1.0, 0))
+def sample_images(every: RunImages, fraction: float, seed: int) -> RunImages:
+    """The run's images: ``fraction`` of ``every``'s training groups and of its test images."""
+    train, test = every.train, every.test
+    return RunImages(every.raw, train[keep_groups(train, fraction, seed)].reset_index(drop=True),
+                     test[keep_test(len(test), fraction, seed)].reset_index(drop=True))
 
 
 @cli
@@ -115,16 +89,18 @@ def main() -> None:
     params = load_params()
     spec = load_spec(params.competition)
     fraction = params.data.sample
-    train, test = sample_tables(raw_dir(spec.slug), spec, fraction, params.data.sample_seed)
+    every = every_image(raw_dir(spec.slug), spec)
+    images = sample_images(every, fraction, params.data.sample_seed)
+    train, test = images.train, images.test
     groups = train.group[train.group != ""].nunique()
     if fraction < 1 and groups and groups < params.folds.n_splits:
-        total = train_table(raw_dir(spec.slug), spec).group.nunique()
+        total = every.train.group.nunique()
         raise PipelineError(f"params.yaml: data.sample: {fraction} keeps {groups} of {total} "
                             f"{spec.group_column or 'group'} groups, fewer than folds.n_splits="
                             f"{params.folds.n_splits}; raise data.sample to at least "
                             f"{params.folds.n_splits / total:.2f} or lower folds.n_splits")
     with atomic_dir(sample_dir(spec.slug)) as out:
-        RunImages(raw_dir(spec.slug), train, test).write(out)
+        images.write(out)
     if fraction < 1:
         log.info("data.sample=%g: %d train images of %d groups, %d test images", fraction, len(train),
                  train.group.replace("", np.nan).nunique() or len(train), len(test))

@@ -1,0 +1,100 @@
+"""ensemble stage: one calibrated prediction from every model's out-of-fold and test probabilities.
+
+Blend, temperature, test-neighbour smoothing and clipping (pipeline/blending.py), each fit on out-of-fold
+predictions only, never on the leaderboard. The reported ``cv_log_loss`` is nested: each fold's rows are
+predicted by choices fit on the other folds, so CV does not flatter the choices made on it;
+``in_sample/cv_log_loss`` shows what choosing on the scored rows would have claimed. Test predictions use the
+choices fit on every row.
+
+Reads params ``ensemble`` and ``competition``, every model in ``ensemble.models`` under
+``data/predictions/<competition>/``, the neighbour spaces (a backbone's cached features, or a fine-tuned model's
+embeddings) and the folds CSV. Writes ``data/ensemble/<competition>/`` (``oof.csv``: the nested out-of-fold
+predictions, ``test.csv``, ``blend.json``) and ``metrics/ensemble/`` (metrics.json, out-of-fold confusion matrix).
+
+    python -m pipeline.stages.ensemble
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+from dvclive import Live
+
+from pipeline.atomic import atomic_dir
+from pipeline.blending import Predictions, ensemble
+from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.config import EnsembleParams, load_params
+from pipeline.errors import cli
+from pipeline.feature_cache import load_feature_set
+from pipeline.metrics import accuracy, competition_metric
+from pipeline.paths import ensemble_dir, features_dir, metrics_dir, predictions_dir
+from pipeline.predictions import load_embeddings, load_model, write_table
+from pipeline.tables import RunImages, load_folds
+
+log = logging.getLogger(__name__)
+FINE_TUNED = ("finetune-", "pseudo-")  # model folders whose fold predictions carry embeddings
+
+
+def neighbour_candidates(settings: EnsembleParams) -> list[str]:
+    """The spaces of ``ensemble.neighbour_features`` to choose from: backbones (params.yaml's checks made every
+    other name a fine-tuned model), and fine-tuned models that this ensemble blends (a model left out of
+    ``ensemble.models`` may not have run)."""
+    return [name for name in settings.neighbour_features if settings.neighbours
+            and (not name.startswith(FINE_TUNED) or name in settings.models)]
+
+
+def neighbour_space(spec: CompetitionSpec, folds: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows in ``folds`` order, test rows) of a space where neighbours may be found: a backbone's cached
+    features averaged over views, or a fine-tuned model's pooled embeddings (what it learned: pose)."""
+    if not source.startswith(FINE_TUNED):
+        cached = load_feature_set(features_dir(spec.slug, source))
+        order = pd.Series(range(len(cached.train_ids)), index=cached.train_ids).loc[folds.img].to_numpy()
+        return (np.asarray(cached.train_views, np.float32).mean(0)[order],
+                np.asarray(cached.test_views, np.float32).mean(0))
+    return load_embeddings(predictions_dir(spec.slug, source), folds)
+
+
+def main_for() -> None:
+    params = load_params()
+    spec = load_spec(params.competition)
+    settings = params.ensemble
+    folds = load_folds(spec.slug)
+    labels = spec.class_indices(folds.label)
+    test_ids = list(RunImages.load(spec.slug).test.img)
+    oofs, tests, report = [], [], {}
+    for model in settings.models:
+        oof, fold_tests = load_model(predictions_dir(spec.slug, model), folds, spec.classes, test_ids)
+        oofs.append(oof.to_numpy())
+        tests.append([test.to_numpy() for test in fold_tests])
+        report[f"{model}/cv_log_loss"] = competition_metric(spec, labels, oofs[-1])
+    spaces = {name: neighbour_space(spec, folds, name) for name in neighbour_candidates(settings)}
+    oof, test, fitted, steps = ensemble(Predictions(oofs, tests, labels, folds.fold.to_numpy(), spaces), settings,
+                                        functools.partial(competition_metric, spec))
+    report.update(steps)
+    report["cv_accuracy"] = accuracy(labels, oof)
+    recipe = fitted.as_dict(settings.models)
+
+    with atomic_dir(ensemble_dir(spec.slug)) as out, \
+            Live(str(metrics_dir("ensemble")), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        write_table(out / "oof.csv", spec.classes, folds.img, oof)
+        write_table(out / "test.csv", spec.classes, test_ids, test)
+        (out / "blend.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        live.summary.update(report)
+        names = np.array(spec.classes)
+        live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[oof.argmax(1)].tolist(),
+                              name="oof_confusion.json")
+    for key, value in report.items():
+        log.info("%-45s %.4f", key, value)
+    log.info("%s blend, weights %s, temperature %.3f, %d neighbours in %s at weight %.2f, clip %g",
+             recipe["blend"], recipe["weights"], recipe["temperature"], recipe["neighbours"],
+             recipe["neighbour_features"], recipe["neighbour_weight"], recipe["clip"])
+
+
+main = cli(main_for)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""submission stage: format, validate and write the submission CSV; score it locally where labels exist.
+
+Reads the ensemble's test probabilities, the sample submission and, for the
+stand-in, ``solution.csv`` (hidden labels with Kaggle's Public/Private split).
+Writes ``submissions/<competition>-<content hash>.csv`` (named by what it holds,
+so every distinct prediction keeps its own file) and a copy at
+``submissions/latest.csv``, only after validation passes; an invalid frame is
+an error, never a file. Logs the local leaderboard (public, private) beside
+the CV log loss in ``metrics/submission/``.
+
+    python -m pipeline.stages.submission
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from dvclive import Live
+
+from pipeline.atomic import atomic_file
+from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.config import load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.predictions import read_table
+from pipeline.submission_format import read_submission, score, to_submission, validate_submission
+from pipeline.paths import SUBMISSIONS, ensemble_dir, metrics_dir, raw_dir
+
+log = logging.getLogger(__name__)
+FLOAT_FORMAT = "%.6f"
+
+
+def content_hash(table: pd.DataFrame) -> str:
+    """The first 8 hex digits of the SHA-256 of the CSV as written: the same predictions, the same name."""
+    return hashlib.sha256(table.to_csv(index=False, float_format=FLOAT_FORMAT).encode()).hexdigest()[:8]
+
+
+def write_submission(table: pd.DataFrame, sample: pd.DataFrame, spec: CompetitionSpec, target: Path) -> None:
+    """Validate, write ``target`` and ``latest.csv``, validate again as Kaggle will read it."""
+    validate_submission(table, sample, spec, str(target))
+    with atomic_file(target) as tmp:
+        table.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
+        validate_submission(read_submission(tmp, spec.submission_id), sample, spec, str(target))
+    with atomic_file(SUBMISSIONS / "latest.csv") as tmp:
+        shutil.copyfile(target, tmp)
+    log.info("wrote %s (%d rows) and %s", target, len(table), SUBMISSIONS / "latest.csv")
+
+
+def main_for() -> None:
+    params = load_params()
+    spec = load_spec(params.competition)
+    raw, sampled = raw_dir(spec.slug), params.data.sample < 1
+    sample = read_submission(raw / spec.sample_submission, spec.submission_id)
+    test = read_table(ensemble_dir(spec.slug) / "test.csv", spec.classes)
+    ids = [i for i in sample[spec.submission_id] if i in test.index] if sampled else list(sample[spec.submission_id])
+    missing = sorted(set(ids) - set(test.index))
+    if missing:
+        raise PipelineError(f"{ensemble_dir(spec.slug) / 'test.csv'}: no prediction for test image {missing[0]!r}")
+    table = to_submission(ids, test.loc[ids].to_numpy(), spec)
+    target = SUBMISSIONS / f"{spec.slug}-{content_hash(table)}.csv"
+    cv = json.loads((metrics_dir("ensemble") / "metrics.json").read_text())["cv_log_loss"]
+    with Live(str(metrics_dir("submission")), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        live.summary.update(cv_log_loss=cv, experiment=os.environ.get("DVC_EXP_NAME", ""), file="")
+        if sampled:  # the fast.ai way: a sample proves the pipeline and the idea, the full run gets submitted
+            log.info("data.sample=%g: a sample run (%d of %d test images); CV log loss %.4f; no submission written",
+                     params.data.sample, len(ids), len(sample), cv)
+        elif not len(table):  # own data without a test folder: the CV metrics are the result
+            log.info("no test images: CV log loss %.4f; no submission written", cv)
+        else:
+            write_submission(table, sample, spec, target)
+            live.summary["file"] = target.name
+        solution_path = raw / spec.solution_csv
+        if solution_path.is_file() and len(table):  # hidden labels: a stand-in's, or the user's own hold-out
+            scores = score(table, read_submission(solution_path, spec.submission_id), spec)
+            live.summary.update(scores)
+            if "private_log_loss" in scores:
+                live.summary["cv_over_private"] = cv / scores["private_log_loss"]
+            log.info("CV log loss %.4f; local leaderboard%s: %s", cv, " on the sample's test images" if sampled else "",
+                     ", ".join(f"{k.split('_')[0]} {v:.4f}" for k, v in scores.items()))
+
+
+main = cli(main_for)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The competition's submission format: probabilities to and from its columns, what Kaggle would refuse, and
+the local leaderboard's score against hidden labels. The submission stage writes with it; ``python -m
+pipeline.submit`` checks a file with it before uploading.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.competitions import CompetitionSpec
+from pipeline.errors import PipelineError
+from pipeline.metrics import competition_metric
+
+
+def read_submission(path, id_column: str) -> pd.DataFrame:
+    """A submission-shaped CSV (ours, the sample submission, solution.csv), the ids as text (Dogs vs. Cats ids are
+    numbers, and must not become floats)."""
+    return pd.read_csv(path, dtype={id_column: str})
+
+
+def to_submission(ids, proba: np.ndarray, spec: CompetitionSpec) -> pd.DataFrame:
+    """Per-class probabilities -> the competition's columns (binary: the positive class's probability)."""
+    table = pd.DataFrame({spec.submission_id: list(ids)})
+    if spec.positive_class:
+        table["label"] = proba[:, spec.classes.index(spec.positive_class)]
+    else:
+        table[list(spec.classes)] = proba
+    return table
+
+
+def from_submission(table: pd.DataFrame, spec: CompetitionSpec) -> np.ndarray:
+    """The competition's columns -> per-class probabilities [n, classes]."""
+    if spec.positive_class:
+        positive = table["label"].to_numpy(dtype=float)
+        both = np.stack([1 - positive, positive], 1)
+        return both if spec.classes.index(spec.positive_class) == 1 else both[:, ::-1]
+    return table[list(spec.classes)].to_numpy(dtype=float)
+
+
+def validate_submission(table: pd.DataFrame, sample: pd.DataFrame, spec: CompetitionSpec, where: str) -> None:
+    """What Kaggle would refuse, or score badly by accident, refused here with one line."""
+    if list(table.columns) != list(spec.submission_columns):
+        raise PipelineError(f"{where}: columns {list(table.columns)}; expected {list(spec.submission_columns)}")
+    ids = table[spec.submission_id].astype(str)
+    if ids.duplicated().any():
+        raise PipelineError(f"{where}: image {ids[ids.duplicated()].iloc[0]!r} appears more than once")
+    expected = set(sample[spec.submission_id].astype(str))
+    missing = sorted(expected - set(ids))
+    if missing:
+        raise PipelineError(f"{where}: {len(missing)} test image(s) missing, e.g. {missing[0]!r}")
+    extra = sorted(set(ids) - expected)
+    if extra:
+        raise PipelineError(f"{where}: {len(extra)} image(s) not in the sample submission, e.g. {extra[0]!r}")
+    values = table[list(spec.submission_columns[1:])].to_numpy(dtype=float)
+    if not np.isfinite(values).all():
+        raise PipelineError(f"{where}: non-finite probabilities in row {int(np.nonzero(~np.isfinite(values))[0][0])}")
+    if (values < 0).any() or (values > 1).any():
+        raise PipelineError(f"{where}: probabilities outside [0, 1]")
+    sums = values.sum(1)
+    if not spec.positive_class and not np.allclose(sums, 1.0, atol=1e-4):
+        raise PipelineError(f"{where}: row {int(np.argmax(np.abs(sums - 1)))} sums to {sums.max():.4f}, not 1")
+
+
+def score(table: pd.DataFrame, solution: pd.DataFrame, spec: CompetitionSpec) -> dict[str, float]:
+    """The competition's metric on Kaggle's public and private parts of the test set, as the leaderboard shows it."""
+    truth = solution[[spec.submission_id, spec.label_column, "Usage"]].rename(columns={spec.label_column: "truth"})
+    merged = truth.astype({spec.submission_id: str}).merge(table.astype({spec.submission_id: str}),
+                                                           on=spec.submission_id, validate="one_to_one")
+    labels, proba = spec.class_indices(merged.truth), from_submission(merged, spec)
+    scores = {"leaderboard_log_loss": competition_metric(spec, labels, proba)}
+    for usage in ("Public", "Private"):
+        part = (merged.Usage == usage).to_numpy()
+        if part.any():  # a sample run's few test images may all fall on one side
+            scores[f"{usage.lower()}_log_loss"] = competition_metric(spec, labels[part], proba[part])
+    return scores
