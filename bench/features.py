@@ -1,14 +1,14 @@
-"""Is feature caching bound by the model, or by JPEG decoding? Ratio of the two, measured in one run.
+"""Is feature caching bound by the model, or by its input path? Ratio of the two, measured in one run.
 
 Prints, for one backbone at one batch size on this machine:
 (a) model-only forward throughput on random tensors already on the device,
-(b) end-to-end throughput of the features stage's own code path, once per decode
-    path (``features.decode``): cpu (zip -> draft JPEG decode -> resize in workers
-    -> DataLoader -> device) and, on a GPU, device (zip bytes in workers -> nvJPEG
-    batch decode, crop and resize on the GPU), each -> float16 memmap,
+(b) end-to-end throughput of the features stage's own code path, once per place views are made
+    (``features.views_on``): cpu (cached frames -> crop and resize with albumentations -> DataLoader
+    -> device) and, on a GPU, device (cached frames copied by the workers, cropped and resized on the
+    GPU), each -> float16 memmap,
 their ratios b/a (target >= 0.8), and peak RSS of this process and its workers.
-Reads the run's images of the stand-in (or real) competition (`dvc repro sample`);
-``--images`` cycles its train images to make a run long enough for a GPU.
+Reads the run's frame cache (`dvc repro frames`); ``--images`` cycles its train frames to make a run
+long enough for a GPU.
 
     python bench/features.py                                   # CPU, params.yaml's batch size and workers
     python bench/features.py --batch-size 256 --images 100000   # a GPU machine (16 cores: 15 workers)
@@ -27,10 +27,10 @@ import torch
 from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
 from pipeline.extraction import extract, view_images
+from pipeline.frames import load_frames
 from pipeline.image_data import Feed, autocast, pick_device, resolve_workers
-from pipeline.images import CompetitionImages
 from pipeline.competitions import load_spec
-from pipeline.tables import RunImages
+from pipeline.paths import frames_dir
 from input_path import breakdown, report  # bench/input_path.py, beside this script
 
 
@@ -59,17 +59,18 @@ def main() -> None:
     parser.add_argument("--workers", default=params.features.workers, type=lambda v: v if v == "auto" else int(v))
     parser.add_argument("--images", type=int, default=0, help="images for (b), cycling the train set (0: all once)")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of (a)")
-    parser.add_argument("--decode", nargs="+", choices=["cpu", "device"], help="decode paths for (b) "
+    parser.add_argument("--views-on", nargs="+", choices=["cpu", "device"], help="where (b) makes its views "
                         "(default: cpu, and device on a GPU)")
     args = parser.parse_args()
 
     spec = load_spec(params.competition)
-    images = RunImages.load(spec.slug)
-    members = list(images.train.member)
-    members = [members[i % len(members)] for i in range(args.images or len(members))]
+    frames = load_frames(frames_dir(spec.slug))
+    count = len(frames.arrays["train"])
+    rows = np.arange(args.images or count) % count
+    names = [f"train frame {row}" for row in rows]
     size = params.features.backbones.get(args.backbone, next(iter(params.features.backbones.values()))).image_size
     device = pick_device()
-    decodes = args.decode or (["cpu", "device"] if device.type == "cuda" else ["cpu"])
+    places = args.views_on or (["cpu", "device"] if device.type == "cuda" else ["cpu"])
     args.workers = resolve_workers(args.workers, device)
     model = create_backbone(args.backbone).eval().to(device, memory_format=torch.channels_last)
     config = data_config(model)
@@ -79,17 +80,16 @@ def main() -> None:
 
     forward = model_only(model, args.batch_size, size, device, params.features.amp, args.seconds)
     print(f"(a) model-only forward:        {forward:9.1f} img/s")
-    archive = CompetitionImages(images.raw, spec)
     feed = Feed(device, args.batch_size, args.workers, config["mean"], config["std"], params.features.amp)
-    for decode in decodes:
-        dataset = view_images(decode, device, archive, members, "full", size, config["interpolation"])
+    for place in places:
+        dataset = view_images(place, device, frames.both, rows, "full", size, config["interpolation"])
         with tempfile.TemporaryDirectory() as tmp:
             out = np.lib.format.open_memmap(Path(tmp) / "bench.npy", mode="w+", dtype=np.float16,
-                                            shape=(len(members), model.num_features))
-            end_to_end = extract(model, dataset, out, feed, f"end-to-end, decode={decode}")
-        print(f"(b) end-to-end, decode={decode:6s} {end_to_end:9.1f} img/s  ({len(members)} images)")
-        print(f"    ratio b/a:                 {end_to_end / forward:9.2f}  (target >= 0.8)")
-    report(*breakdown(size, min(len(members), 300), augmented=False), model_ms=1e3 / forward)
+                                            shape=(len(rows), model.num_features))
+            end_to_end = extract(model, dataset, out, feed, f"end-to-end, views on {place}", names)
+        print(f"(b) end-to-end, views on {place:6s} {end_to_end:9.1f} img/s  ({len(rows)} images)")
+        print(f"    ratio b/a:                   {end_to_end / forward:9.2f}  (target >= 0.8)")
+    report(*breakdown(size, min(len(rows), 300), augmented=False), model_ms=1e3 / forward)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"peak RSS: {own:.0f} MiB main process, {workers:.0f} MiB largest worker")

@@ -3,10 +3,9 @@
 Prints, at one batch size and image size on this machine: (a) model-only
 training throughput (forward + backward + AdamW step on random tensors already
 on the device, same AMP and channels_last), (b) the finetune stage's
-``train_epoch`` on the competition's train images (zip -> reduced JPEG
-decode -> albumentations augmentation in the workers, or kornia on the device with ``--augment-on device`` ->
-DataLoader -> device), and b/a
-(target >= 0.7 on a GPU). Needs `dvc repro sample` first; ``--images``
+``train_epoch`` on the competition's train images (cached frames -> albumentations
+augmentation, or kornia on the device with ``--augment-on device`` -> DataLoader -> device), and b/a
+(target >= 0.8 on a GPU). Needs `dvc repro frames` first; ``--images``
 cycles the train set so a GPU run lasts long enough.
 
     python bench/finetune.py                                          # CPU, params.yaml's finetune preset
@@ -23,9 +22,9 @@ import torch
 from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
 from pipeline.device_augment import augmented_images, resolve_augment_on
+from pipeline.frames import load_frames
 from pipeline.image_data import Feed, pick_device, resolve_workers
-from pipeline.images import ImageArchive
-from pipeline.paths import raw_dir
+from pipeline.paths import frames_dir
 from pipeline.competitions import load_spec
 from pipeline.tables import RunImages
 from input_path import breakdown, report  # bench/input_path.py, beside this script
@@ -75,10 +74,10 @@ def main() -> None:
                                                                     "image_size": args.image_size})
 
     spec = load_spec(params.competition)
-    raw = raw_dir(spec.slug)
     labels = RunImages.load(spec.slug).train
-    members = list(labels.member)
-    rows = [i % len(members) for i in range(args.images or len(members))]
+    frames = load_frames(frames_dir(spec.slug))
+    cycled = np.arange(args.images or len(labels)) % len(labels)
+    rows = frames.rows("train", labels.img)[cycled]
     device = pick_device()
     workers = resolve_workers(args.workers, device)
     model = create_backbone(recipe.backbone, num_classes=len(spec.classes))
@@ -90,12 +89,11 @@ def main() -> None:
     forward_backward = model_only(Trainer(model, recipe, feed, steps_per_epoch=10**6), args.image_size, args.seconds)
     print(f"(a) model-only train step:     {forward_backward:9.1f} img/s")
 
-    targets = torch.as_tensor(spec.class_indices(labels.label)[rows])
+    targets = torch.as_tensor(spec.class_indices(labels.label)[cycled])
     trainer = Trainer(model, recipe, feed, steps_per_epoch=-(-len(rows) // args.batch_size))
-    archive = ImageArchive(raw / spec.train_archive)
     for augment_on in args.augment_on:
-        dataset = augmented_images(archive, [members[i] for i in rows], params.augment, recipe.augment_strength,
-                                   args.image_size, recipe.seed, augment_on, device)
+        dataset = augmented_images(frames.both, rows, params.augment, recipe.augment_strength, args.image_size,
+                                   recipe.seed, augment_on, device)
         dataset.seeds = np.arange(len(rows))
         for threads in args.main_threads:
             data = feed.loader(dataset, torch.utils.data.RandomSampler(dataset,

@@ -9,6 +9,12 @@ not on the 320x240 decoded frame), and the same augmentation on whole batches on
 (``finetune.augment_on: device``).
 
     python bench/input_path.py [--image-size 224] [--images 300]       # on its own
+
+On its own it also prints, per CPU core, images per second from the JPEG path (zip -> reduced-size decode ->
+view or augmentation) and from the frame cache (pipeline/frames.py: gather the decoded frames; the view or the
+augmentation then runs on the GPU, or on the CPU when asked), and how many cores each needs to feed the H100's
+model: 19,000 img/s for features, 4,300 for fine-tuning (docs/gpu.md). It reads ``data/frames/<competition>/``:
+run ``dvc repro frames`` first.
 """
 from __future__ import annotations
 
@@ -27,9 +33,14 @@ from pipeline.competitions import load_spec
 from pipeline.config import load_params
 from pipeline.decoding import decode_rgb
 from pipeline.device_augment import DeviceAugment
+from pipeline.frames import gather, load_frames
 from pipeline.image_data import pick_device
 from pipeline.images import CompetitionImages
-from pipeline.sample import RunImages
+from pipeline.paths import frames_dir
+from pipeline.tables import RunImages
+
+# The H100's model alone (docs/gpu.md): what the input path has to keep up with.
+MODEL_IMAGES_PER_S = {"features": 19_000, "fine-tuning": 4_300}
 
 
 def _median_ms(function: Callable[[object], object], items: list) -> tuple[float, list]:
@@ -113,6 +124,49 @@ def report(steps: dict[str, float], alternatives: dict[str, float], model_ms: fl
     print(f"  CPU cores the input path needs to keep up with the model: {total / model_ms:.1f}")
 
 
+def jpeg_and_cache_paths(image_size: int, n_images: int) -> dict[str, dict[str, float]]:
+    """Milliseconds per image on one core for each way to a model's batch: {work: {path: ms}}."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    params = load_params()
+    spec = load_spec(params.competition)
+    images = RunImages.load(spec.slug)
+    archive = CompetitionImages(images.raw, spec)
+    frames = load_frames(frames_dir(spec.slug))
+    ids = list(images.train.img[:n_images])
+    members = list(images.train.member[:n_images])
+    rows = frames.rows("train", ids)
+    view, augment = view_transform("full", image_size), train_transform(params.augment, image_size, 0)
+    batch = 64
+
+    def per_image(function, items) -> float:
+        return _median_ms(function, items)[0]
+
+    def gather_batch(start: int) -> torch.Tensor:  # what a worker does for the device paths: copy frames out
+        return torch.from_numpy(gather(frames.both, np.sort(rows[start:start + batch])))
+
+    starts = list(range(0, max(len(rows) - batch, 0) + 1, batch))
+    gather_ms = per_image(gather_batch, starts) / batch
+    decode_ms = per_image(lambda m: decode_rgb(archive.read_bytes(m), "bench", (image_size, image_size)), members)
+    frame_list = [frames.both[0][r] for r in rows]
+    view_ms, augment_ms = per_image(lambda f: view(image=f), frame_list), per_image(lambda f: augment(image=f),
+                                                                                   frame_list)
+    return {"features (a test-time view)": {"JPEG path (decode + view on the CPU)": decode_ms + view_ms,
+                                            "cache path, view on the CPU": gather_ms + view_ms,
+                                            "cache path, view on the GPU (features.views_on)": gather_ms},
+            "fine-tuning (augmented)": {"JPEG path (decode + albumentations)": decode_ms + augment_ms,
+                                        "cache path, albumentations on the CPU": gather_ms + augment_ms,
+                                        "cache path, kornia on the GPU (finetune.augment_on)": gather_ms}}
+
+
+def report_paths(paths: dict[str, dict[str, float]], image_size: int) -> None:
+    print(f"Images per second per CPU core at {image_size} px, and the cores that feed the H100's model:")
+    for (work, ways), model in zip(paths.items(), MODEL_IMAGES_PER_S.values()):
+        print(f"  {work}: the model takes {model:,} img/s")
+        for name, ms in ways.items():
+            print(f"    {name:52s} {1e3 / ms:8.0f} img/s per core   {model * ms / 1e3:6.1f} cores")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
@@ -121,6 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     steps, alternatives = breakdown(args.image_size, args.images, augmented=not args.view)
     report(steps, alternatives, model_ms=float("nan"))
+    report_paths(jpeg_and_cache_paths(args.image_size, args.images), args.image_size)
 
 
 if __name__ == "__main__":

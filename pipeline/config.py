@@ -120,6 +120,15 @@ class BackboneParams(Section):
 View = Literal["full", "zoom", "left", "right", "up", "down", "hflip"]  # pipeline/augment.py's CROPS
 
 
+class FramesParams(Section):
+    """The frame cache (pipeline/stages/frames.py): every image decoded once, at reduced size."""
+
+    # The largest image_size any backbone or model may ask for: frames are decoded at the largest libjpeg
+    # reduction that keeps both sides at least this (State Farm's 640x480 at 224: 320x240).
+    size: int = Field(ge=32, le=4096)
+    workers: Literal["auto"] | Annotated[int, Field(ge=1, le=256)]  # decoding processes; auto: every core
+
+
 class FeaturesParams(Section):
     """Cached pooled features of pretrained backbones (pipeline/features.py)."""
 
@@ -131,9 +140,9 @@ class FeaturesParams(Section):
     # DataLoader processes decoding JPEGs; auto: none on CPU (they would steal the model's cores), all but one on CUDA
     workers: Literal["auto"] | Annotated[int, Field(ge=0)]
     amp: bool  # bf16/fp16 autocast on CUDA; CPU always runs float32
-    # Where test-time views are decoded: cpu (workers, albumentations), device (nvJPEG on the model's GPU,
-    # pipeline/device_decode.py), auto (device on CUDA, else cpu)
-    decode: Literal["auto", "cpu", "device"]
+    # Where test-time views are cropped and resized from the cached frames: cpu (albumentations), device (the
+    # model's GPU, pipeline/device_views.py), auto (device on CUDA, else cpu)
+    views_on: Literal["auto", "cpu", "device"]
 
 
 class HeadsParams(Section):
@@ -228,6 +237,7 @@ class Params(Section):
     data: DataParams
     own_data: OwnDataParams
     standin: StandinParams
+    frames: FramesParams
     folds: FoldsParams
     augment: AugmentParams
     features: FeaturesParams
@@ -299,6 +309,15 @@ def _check_competition(params: Params, spec: CompetitionSpec, source: Path) -> N
 
 
 def _check_models(params: Params, source: Path) -> None:
+    sizes = {f"features.backbones.{name}.image_size": entry.image_size
+             for name, entry in params.features.backbones.items()}
+    sizes.update({f"finetune.models.{name}.image_size": params.finetune.recipe(name).image_size
+                  for name in params.finetune.models})
+    too_large = [(key, size) for key, size in sizes.items() if size > params.frames.size]
+    if too_large:
+        key, size = too_large[0]
+        raise PipelineError(f"{source}: {key}: {size} is larger than frames.size ({params.frames.size}), the size the "
+                            f"frame cache is decoded for; raise frames.size to at least {size}")
     folds = params.finetune.folds
     if any(f >= params.folds.n_splits for f in folds) or len(set(folds)) != len(folds):
         raise PipelineError(f"{source}: finetune.folds: {folds} must be distinct folds below "

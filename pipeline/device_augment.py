@@ -1,10 +1,11 @@
-"""Fine-tuning augmentation on the model's device: workers only decode, kornia warps and jitters whole batches.
+"""Fine-tuning augmentation on the model's device: batches of cached frames, kornia warps and jitters them.
 
-On an H100, fine-tuning waits for its CPU workers: one image's albumentations
+On an H100, fine-tuning waited for its CPU workers: one image's albumentations
 augmentation costs a core ~1.4 ms beside its ~1.5 ms decode (docs/gpu.md), so 15
-workers feed ~2,300 img/s to a model that trains 4,300. With
+workers fed ~2,300 img/s to a model that trains 4,300. With
 ``finetune.augment_on: device`` (``auto`` picks it when the model is on CUDA) a
-worker decodes the frame at reduced size and hands it over unaugmented; the main
+batch is its frames gathered from the frame cache (pipeline/frames.py: decoded once,
+at reduced size), unaugmented; the main
 process applies the same augmentation as pipeline/augment.py's ``train_transform``
 to the whole batch on the device with kornia, each image drawing its own
 parameters from the same ``AugmentRanges``: affine (rotation, translation, x and
@@ -12,23 +13,20 @@ y scale, reflected borders), random resized crop, colour jitter, coarse dropout,
 the optional flip. Kornia's rotation angle is albumentations' negated (the
 ranges are symmetric, so the distributions are equal);
 tests/test_device_augment.py checks that both give the same geometry for the
-same sampled parameters. Frames of another size than the first image's are
-resized to it in the worker (State Farm's are all 640x480), so a batch is one tensor.
+same sampled parameters. The frame cache holds one frame shape per split, so a batch is one tensor.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
 import kornia.augmentation as K
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from pipeline.augment import AugmentRanges, train_transform
 from pipeline.config import AugmentParams
-from pipeline.errors import PipelineError
-from pipeline.image_data import ArchiveImages
-from pipeline.images import CompetitionImages, ImageArchive
+from pipeline.frames import FrameImages, RawFrames
 
 
 def resolve_augment_on(setting: str, device: torch.device) -> str:
@@ -76,38 +74,18 @@ class DeviceAugment(torch.nn.Module):
         return (inside & used.to(images.device)[..., None, None]).any(1, keepdim=True)
 
 
-class DeviceAugmentedImages(Dataset):
-    """``members[i]`` of ``archive`` decoded at reduced size in the workers, unaugmented; ``to_images``
-    augments the batch on the device (``DeviceAugment``) to ``size x size`` uint8 NHWC.
+class DeviceAugmentedImages(RawFrames):
+    """Rows of the frame arrays, unaugmented; ``to_images`` augments the batch on the device (``DeviceAugment``)
+    to ``size x size`` uint8 NHWC.
 
     ``seeds`` (one per item, set per epoch by the trainer) seed each batch's draw from its first item's seed, in a
     forked RNG, so the draws neither depend on worker count nor disturb the global RNG that dropout uses.
     """
 
-    def __init__(self, archive: ImageArchive | CompetitionImages, members: Sequence[str], ranges: AugmentRanges,
-                 size: int, seeds: Sequence[int] | None = None):
-        self.archive, self.members, self.size, self.seeds = archive, members, size, seeds
+    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], ranges: AugmentRanges, size: int,
+                 seeds: Sequence[int] | None = None):
+        super().__init__(arrays, rows, size, seeds)
         self.augment = DeviceAugment(ranges, size)
-        self.frame_shape = archive.load_rgb(members[0], draft_size=(size, size)).shape[:2] if members else (size, size)
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def __getitems__(self, indices: Sequence[int]) -> dict:
-        height, width = self.frame_shape
-        frames = torch.zeros(len(indices), height, width, 3, dtype=torch.uint8)
-        errors = []
-        for row, index in enumerate(indices):
-            try:
-                frame = self.archive.load_rgb(self.members[index], draft_size=(self.size, self.size))
-            except PipelineError as error:
-                errors.append(str(error))
-                continue
-            if frame.shape[:2] != (height, width):
-                frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-            frames[row] = torch.from_numpy(frame)
-            errors.append("")
-        return {"index": torch.as_tensor(indices), "image": {"frames": frames}, "error": errors}
 
     def to_images(self, batch: dict, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
         frames = batch["frames"].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
@@ -118,10 +96,10 @@ class DeviceAugmentedImages(Dataset):
         return images.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def augmented_images(archive: ImageArchive | CompetitionImages, members: Sequence[str], augment: AugmentParams,
-                     strength: float, size: int, seed: int, on: str, device: torch.device) -> Dataset:
-    """A fine-tuning run's training images, augmented where ``on`` (``finetune.augment_on``) says: albumentations in
-    the workers, or kornia on ``device``."""
+def augmented_images(arrays: Sequence[np.ndarray], rows: Sequence[int], augment: AugmentParams, strength: float,
+                     size: int, seed: int, on: str, device: torch.device) -> Dataset:
+    """A fine-tuning run's training images (``rows`` of the frame arrays), augmented where ``on``
+    (``finetune.augment_on``) says: albumentations on the CPU, or kornia on ``device``."""
     if resolve_augment_on(on, device) == "device":
-        return DeviceAugmentedImages(archive, members, AugmentRanges.of(augment, strength), size)
-    return ArchiveImages(archive, members, train_transform(augment, size, seed, strength), size)
+        return DeviceAugmentedImages(arrays, rows, AugmentRanges.of(augment, strength), size)
+    return FrameImages(arrays, rows, train_transform(augment, size, seed, strength), size)

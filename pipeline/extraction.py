@@ -8,15 +8,15 @@ import numpy as np
 import torch
 
 from pipeline.augment import view_transform
-from pipeline.device_decode import EncodedViews
+from pipeline.device_views import DeviceViews
 from pipeline.errors import PipelineError
-from pipeline.image_data import ArchiveImages, Feed
-from pipeline.images import CompetitionImages
+from pipeline.frames import FrameImages
+from pipeline.image_data import Feed
 from pipeline.progress import progress
 
 
-def extract(model: torch.nn.Module, dataset: ArchiveImages | EncodedViews, out: np.ndarray, feed: Feed,
-            label: str) -> float:
+def extract(model: torch.nn.Module, dataset: FrameImages | DeviceViews, out: np.ndarray, feed: Feed,
+            label: str, names: list[str]) -> float:
     """Fill ``out`` [len(dataset), dim] with pooled features; return images per second."""
     start = time.perf_counter()
     with torch.inference_mode(), progress(total=len(dataset), desc=label) as bar:
@@ -26,16 +26,17 @@ def extract(model: torch.nn.Module, dataset: ArchiveImages | EncodedViews, out: 
             with np.errstate(over="ignore"):  # an overflow becomes inf, caught just below
                 chunk = features.float().cpu().numpy().astype(np.float16)
             if not np.isfinite(chunk).all():  # float16 overflows past 65504; catch it here, not in a submission
-                bad = dataset.members[int(indices[np.nonzero(~np.isfinite(chunk).all(1))[0][0]])]
-                raise PipelineError(f"{dataset.archive.where(bad)}: {label}: non-finite features")
+                bad = names[int(indices[np.nonzero(~np.isfinite(chunk).all(1))[0][0]])]
+                raise PipelineError(f"{bad}: {label}: non-finite features")
             out[indices.numpy()] = chunk
             bar.update(len(indices))
     return len(dataset) / (time.perf_counter() - start)
 
 
-def view_images(decode: str, device: torch.device, archive: CompetitionImages, members: list[str], view: str,
-                size: int, interpolation: str) -> ArchiveImages | EncodedViews:
-    """One test-time view of ``members``, decoded where ``features.decode`` says (``auto``: on a GPU if any)."""
-    if decode == "device" or (decode == "auto" and device.type == "cuda"):
-        return EncodedViews(archive, members, view, size, interpolation)
-    return ArchiveImages(archive, members, view_transform(view, size, interpolation), size)
+def view_images(views_on: str, device: torch.device, arrays: list[np.ndarray], rows: np.ndarray, view: str,
+                size: int, interpolation: str) -> FrameImages | DeviceViews:
+    """One test-time view of ``rows`` of the frame arrays, made where ``features.views_on`` says (``auto``: on a
+    GPU if any)."""
+    if views_on == "device" or (views_on == "auto" and device.type == "cuda"):
+        return DeviceViews(arrays, rows, view, size, interpolation)
+    return FrameImages(arrays, rows, view_transform(view, size, interpolation), size)

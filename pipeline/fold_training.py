@@ -24,10 +24,10 @@ from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
 from pipeline.device_augment import augmented_images, resolve_augment_on
 from pipeline.errors import PipelineError
+from pipeline.frames import Frames, load_frames
 from pipeline.image_data import Feed
-from pipeline.images import CompetitionImages
 from pipeline.metrics import competition_metric
-from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, metrics_dir
+from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, frames_dir, metrics_dir
 from pipeline.predictions import write_embeddings, write_fold
 from pipeline.tables import RunImages, load_folds
 from pipeline.trainer import Checkpoint, Distributed, FoldImages, Trainer
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class PseudoLabels:
     """Test images with a teacher's probabilities, trained on beside the labelled images (pipeline/pseudo.py)."""
 
-    members: list[str]
+    ids: list[str]  # test images
     probabilities: np.ndarray  # [n, classes]: soft targets
     weight: float  # of a pseudo-labelled image in the loss, a labelled one's being 1
     teacher: dict  # which teacher and what it was, recorded in the run's config
@@ -71,24 +71,21 @@ def new_trainer(params: Params, model_name: str, spec: CompetitionSpec, n_train:
     return Trainer(model, recipe, feed, -(-n_train // (recipe.batch_size * distributed.world)), distributed)
 
 
-def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpec, pseudo: PseudoLabels | None,
-                device: torch.device) -> tuple[FoldImages, pd.Series]:
+def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpec, frames: Frames,
+                pseudo: PseudoLabels | None, device: torch.device) -> tuple[FoldImages, pd.Series]:
     """The fold's training images (and pseudo-labelled test images) with targets, and its held-out images
     (with their ids)."""
-    recipe, folds, images = params.finetune.recipe(model_name), load_folds(spec.slug), RunImages.load(spec.slug)
+    recipe, folds = params.finetune.recipe(model_name), load_folds(spec.slug)
     train_rows, held_out = folds[folds.fold != fold], folds[folds.fold == fold]
-    member_of = images.train.set_index("img").member
-    members, targets, weights = list(member_of.loc[train_rows.img]), spec.class_indices(train_rows.label), None
+    rows, targets, weights = frames.rows("train", train_rows.img), spec.class_indices(train_rows.label), None
     if pseudo is not None:  # soft targets for all: the labelled images' are one-hot
-        members += pseudo.members
+        rows = np.r_[rows, frames.rows("test", pseudo.ids)]
         targets = np.concatenate([np.eye(len(spec.classes), dtype=np.float32)[targets], pseudo.probabilities])
-        weights = torch.as_tensor(np.r_[np.ones(len(train_rows)), np.full(len(pseudo.members), pseudo.weight)],
+        weights = torch.as_tensor(np.r_[np.ones(len(train_rows)), np.full(len(pseudo.ids), pseudo.weight)],
                                   dtype=torch.float32)
-    archive = CompetitionImages(images.raw, spec)
-    train_set = augmented_images(archive, members, params.augment, recipe.augment_strength, recipe.image_size,
+    train_set = augmented_images(frames.both, rows, params.augment, recipe.augment_strength, recipe.image_size,
                                  recipe.seed, params.finetune.augment_on, device)
-    return FoldImages(fold, train_set, torch.as_tensor(targets),
-                      archive, list(member_of.loc[held_out.img]),
+    return FoldImages(fold, train_set, torch.as_tensor(targets), frames.both, frames.rows("train", held_out.img),
                       functools.partial(competition_metric, spec, spec.class_indices(held_out.label)),
                       weights), held_out.img
 
@@ -100,7 +97,8 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
 
     spec = load_spec(params.competition)
     seed_everything(params.finetune.recipe(model_name).seed + fold)
-    images, held_out_ids = fold_images(params, model_name, fold, spec, pseudo, distributed.device)
+    frames = load_frames(frames_dir(spec.slug))
+    images, held_out_ids = fold_images(params, model_name, fold, spec, frames, pseudo, distributed.device)
     trainer = new_trainer(params, model_name, spec, len(images.train_set), distributed)
     augment_on = resolve_augment_on(params.finetune.augment_on, distributed.device)
     checkpoint = Checkpoint(checkpoint_dir(spec.slug, name, fold),
@@ -117,8 +115,9 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
 
     trainer.fit(images, checkpoint, start, report)
     test, views = RunImages.load(spec.slug).test, list(params.finetune.test_views)
-    oof, oof_embeddings = trainer.predict(images.archive, images.held_out, views, f"fold {fold} held-out")
-    test_proba, test_embeddings = trainer.predict(images.archive, list(test.member), views, f"fold {fold} test")
+    oof, oof_embeddings = trainer.predict(frames.both, images.held_out, views, f"fold {fold} held-out")
+    test_proba, test_embeddings = trainer.predict(frames.both, frames.rows("test", test.img), views,
+                                                  f"fold {fold} test")
     if live is None:
         return
     checkpoint.save_final(trainer, spec.classes)

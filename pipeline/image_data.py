@@ -1,11 +1,10 @@
-"""Images from the competition archive to model-ready batches, without the model ever waiting on JPEG decoding.
+"""Batches to the model: DataLoaders over the datasets of pipeline/frames.py, normalisation on the device.
 
-Workers decode at reduced size (libjpeg scales 640x480 to 320x240 while
-decoding, pipeline/images.py), transform with albumentations and hand over uint8 HWC arrays;
-float conversion and normalisation happen on the model's device, where they
-are nearly free. A bad image does not raise inside a worker (the DataLoader
-would wrap the message in a traceback); it travels as an ``error`` string and
-``batches`` raises it as one line.
+Datasets hand over uint8 HWC batches (a view or an augmentation of cached frames, made on the CPU) or the frames
+themselves with a ``to_images`` that makes them on the device; float conversion and normalisation happen on the
+model's device, where they are nearly free. An item that cannot be made does not raise inside a worker (the
+DataLoader would wrap the message in a traceback); it travels as an ``error`` string and ``batches`` raises it
+as one line.
 """
 from __future__ import annotations
 
@@ -14,52 +13,11 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import albumentations as A
 import cv2
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.errors import PipelineError
-from pipeline.images import CompetitionImages, ImageArchive
-
-
-class ArchiveImages(Dataset):
-    """``members[i]`` of ``archive``, transformed to ``size x size`` uint8 HWC.
-
-    ``seeds`` (one per item) reseeds a random transform per sample, so the
-    augmentation an image gets does not depend on worker count or order.
-    """
-
-    def __init__(self, archive: ImageArchive | CompetitionImages, members: Sequence[str], transform: A.Compose,
-                 size: int, seeds: Sequence[int] | None = None):
-        self.archive, self.members, self.transform, self.size, self.seeds = archive, members, transform, size, seeds
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def _load(self, index: int) -> tuple[np.ndarray | None, str]:
-        try:
-            image = self.archive.load_rgb(self.members[index], draft_size=(self.size, self.size))
-        except PipelineError as error:
-            return None, str(error)
-        if self.seeds is not None:
-            self.transform.set_random_seed(int(self.seeds[index]))
-        return self.transform(image=image)["image"], ""
-
-    def __getitem__(self, index: int) -> dict:
-        return self.__getitems__([index])
-
-    def __getitems__(self, indices: Sequence[int]) -> dict:
-        """A whole batch, each image written straight into one uint8 tensor (no per-sample tensors to stack)."""
-        images = torch.zeros(len(indices), self.size, self.size, 3, dtype=torch.uint8)
-        errors = []
-        for row, index in enumerate(indices):
-            image, error = self._load(index)
-            errors.append(error)
-            if image is not None:
-                images[row] = torch.from_numpy(image)
-        return {"index": torch.as_tensor(indices), "image": images, "error": errors}
 
 
 MAIN_THREADS_BESIDE_WORKERS = 2
@@ -145,7 +103,7 @@ class Feed:
     def inputs(self, data: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(indices, normalised model input on the device) per batch."""
         for indices, images in batches(data):
-            if not torch.is_tensor(images):  # bytes to decode on the device (pipeline/device_decode.py)
+            if not torch.is_tensor(images):  # frames to make into images on the device (device_views, device_augment)
                 images = data.dataset.to_images(images, indices, self.device)
             yield indices, to_model_input(images, self.mean, self.std, self.device)
 

@@ -28,6 +28,11 @@ def folds_csv(competition: str) -> Path:
     return DATA / "folds" / competition / "folds.csv"
 
 
+def frames_dir(competition: str) -> Path:
+    """Every image of the run decoded once, one uint8 array per split (file names: pipeline/frames.py)."""
+    return DATA / "frames" / competition
+
+
 def features_dir(competition: str, backbone: str) -> Path:
     """One backbone's cached pooled features (file names: pipeline/feature_cache.py)."""
     return DATA / "features" / competition / backbone

@@ -38,8 +38,8 @@ from pipeline.augment import view_transform
 from pipeline.backbones import data_config
 from pipeline.config import Recipe
 from pipeline.errors import PipelineError
-from pipeline.image_data import ArchiveImages, Feed, pick_device
-from pipeline.images import CompetitionImages
+from pipeline.frames import FrameImages
+from pipeline.image_data import Feed, pick_device
 from pipeline.progress import progress
 from pipeline.training import warmup_cosine_factor
 
@@ -124,10 +124,10 @@ class FoldImages:
     images, predicted and scored (``score``: probabilities -> loss) once training has ended."""
 
     fold: int
-    train_set: Dataset  # ArchiveImages or DeviceAugmentedImages: items reseeded through its ``seeds``
+    train_set: Dataset  # FrameImages or DeviceAugmentedImages: items reseeded through its ``seeds``
     targets: torch.Tensor  # a class index per training image, or class probabilities (soft targets)
-    archive: CompetitionImages  # where the held-out images are
-    held_out: list[str]
+    frames: list[np.ndarray]  # the frame arrays (train, test) that rows index
+    held_out: np.ndarray  # rows of the held-out images
     score: Callable[[np.ndarray], float]
     weights: torch.Tensor | None = None  # each training image's weight in the loss (pseudo-labels weigh less)
 
@@ -231,20 +231,20 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
 
-    def predict(self, archive: CompetitionImages, members: Sequence[str], views: Sequence[str],
+    def predict(self, frames: Sequence[np.ndarray], rows: Sequence[int], views: Sequence[str],
                 label: str = "predict") -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         """(softmax probabilities, pooled pre-logit embeddings), each averaged over ``views``; the whole arrays on
         rank 0, (None, None) on the other ranks, which each predict every world-th image."""
         model, size = self.scored.eval(), self.recipe.image_size
         rank, world = self.distributed.rank, self.distributed.world
-        mine = np.arange(rank, len(members), world)
+        rows = np.asarray(rows)
+        mine = np.arange(rank, len(rows), world)
         proba = np.zeros((len(mine), model.num_classes), np.float32)
         embeddings = np.zeros((len(mine), model.num_features), np.float32)
         interpolation = data_config(model)["interpolation"]
         with torch.inference_mode(), progress(total=len(mine) * len(views), desc=label) as bar:
             for view in views:
-                dataset = ArchiveImages(archive, [members[i] for i in mine], view_transform(view, size, interpolation),
-                                        size)
+                dataset = FrameImages(frames, rows[mine], view_transform(view, size, interpolation), size)
                 for indices, inputs in self.feed.inputs(self.feed.loader(dataset, batch_size=2 * self.feed.batch_size)):
                     with self.feed.autocast():
                         pooled = model.forward_head(model.forward_features(inputs), pre_logits=True)
@@ -253,8 +253,8 @@ class Trainer:
                     embeddings[indices.numpy()] += pooled.float().cpu().numpy()
                     bar.update(len(indices))
         proba, embeddings = proba / len(views), embeddings / len(views)
-        merged = (self.distributed.gather_rows(mine, proba, len(members)),
-                  self.distributed.gather_rows(mine, embeddings, len(members)))
+        merged = (self.distributed.gather_rows(mine, proba, len(rows)),
+                  self.distributed.gather_rows(mine, embeddings, len(rows)))
         return merged
 
     def state_dict(self) -> dict:

@@ -21,8 +21,11 @@ import yaml
 
 from pipeline.competitions import DOGS_VS_CATS, STATE_FARM, load_spec
 from pipeline.config import StandinParams
-from pipeline.paths import raw_dir, sample_dir
+from pipeline.frames import write_meta
+from pipeline.paths import frames_dir, raw_dir, sample_dir
 from pipeline.raw_data import every_image
+from pipeline.tables import RunImages
+from pipeline.stages.frames import decode_frames
 from pipeline.standin import write_standin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,14 +138,25 @@ def make_repo(repo: Path) -> Path:
     return repo
 
 
-def put_competition(repo: Path, source: Path, slug: str = STATE_FARM.slug) -> Path:
-    """Copy a competition folder to where the download stage would have put it in ``repo``, and list all its
-    images as the sample stage does with ``data.sample: 1``."""
+def put_competition(repo: Path, source: Path, slug: str = STATE_FARM.slug, frames: bool = True) -> Path:
+    """Copy a competition folder to where the download stage would have put it in ``repo``, list all its
+    images as the sample stage does with ``data.sample: 1``, and (``frames``) decode them as the frames stage
+    does."""
     target = repo / raw_dir(slug)
     shutil.copytree(source, target)
     (repo / sample_dir(slug)).mkdir(parents=True)
-    every_image(target, load_spec(slug, target)).write(repo / sample_dir(slug))
+    images = every_image(target, load_spec(slug, target))
+    images.write(repo / sample_dir(slug))
+    if frames:
+        write_frames(images, slug, repo / frames_dir(slug))
     return target
+
+
+def write_frames(images: RunImages, slug: str, folder: Path) -> Path:
+    """What the frames stage writes for ``images``, decoded in this process (frames.size 224)."""
+    folder.mkdir(parents=True)
+    write_meta(folder, decode_frames(images, load_spec(slug, images.raw), 224, 1, folder))
+    return folder
 
 
 def replace_member(archive: Path, member: str, data: bytes) -> None:

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from pipeline.competitions import STATE_FARM
-from pipeline.paths import features_dir, raw_dir
+from pipeline.paths import frames_dir, raw_dir
 from tests.conftest import put_competition, replace_member, run, set_params
 
 BACKBONE = "tf_efficientnet_lite0"
@@ -128,17 +128,17 @@ def _gif() -> bytes:
     ("zero bytes", "not an image file (unknown or broken header)"),
     ("GIF named .jpg", "is GIF; the pipeline reads JPEG, PNG, WebP, BMP and TIFF"),
 ])
-def test_an_image_that_does_not_decode_stops_the_features_stage_naming_it(repo_copy, tiny_competition, run_stage,
-                                                                          damage, message):
-    raw = put_competition(repo_copy, tiny_competition)
+def test_an_image_that_does_not_decode_stops_the_frames_stage_naming_it(repo_copy, tiny_competition, run_stage,
+                                                                        damage, message):
+    raw = put_competition(repo_copy, tiny_competition, frames=False)
     member = _first_train_member(raw)
     with zipfile.ZipFile(raw / "imgs.zip") as archive:
         good = archive.read(member)
     broken = {"truncated": good[: len(good) // 2], "corrupt": b"\xff\xd8\xff" + bytes(200), "zero bytes": b"",
               "GIF named .jpg": _gif()}[damage]
     replace_member(raw / "imgs.zip", member, broken)
-    status, lines = run_stage(repo_copy, "features", BACKBONE)
+    status, lines = run_stage(repo_copy, "frames")
     assert status == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"error: data/raw/{STATE_FARM.slug}/imgs.zip:{member}: ") and message in lines[0]
-    folder = repo_copy / features_dir(STATE_FARM.slug, BACKBONE)
+    folder = repo_copy / frames_dir(STATE_FARM.slug)
     assert not folder.exists() and list(folder.parent.iterdir()) == []

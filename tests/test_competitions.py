@@ -214,7 +214,7 @@ def test_own_data_without_a_test_folder_reports_cv_and_writes_no_submission(repo
     set_params(repo_copy, competition=OWN_DATA.slug, **_user_folders(tmp_path / "mine", with_test=False),
                folds={"n_splits": 3},
                ensemble={"models": ["heads-tf_efficientnet_lite0"]})
-    for stage in (["download"], ["sample"], ["features", "tf_efficientnet_lite0"], ["folds"],
+    for stage in (["download"], ["sample"], ["frames"], ["features", "tf_efficientnet_lite0"], ["folds"],
                   ["heads", "tf_efficientnet_lite0"], ["ensemble"], ["submission"]):
         assert run_stage(repo_copy, *stage)[0] == 0, stage
     metrics = json.loads((repo_copy / "metrics" / "submission" / "metrics.json").read_text())

@@ -12,7 +12,6 @@ from pipeline.augment import AugmentRanges
 from pipeline.config import load_params
 from pipeline.device_augment import DeviceAugment, DeviceAugmentedImages
 from pipeline.image_data import Feed
-from pipeline.images import ImageArchive
 
 SIZE = 64
 RANGES = AugmentRanges.of(load_params().augment, strength=1.6)
@@ -105,15 +104,11 @@ def test_coarse_dropout_blanks_half_the_images_with_at_most_the_holes_and_sizes_
     assert mask[blanked].float().mean() < RANGES.dropout_holes * RANGES.dropout_size[1] ** 2
 
 
-def test_device_batches_depend_on_the_seeds_not_on_the_workers(tmp_path):
-    for i in range(6):
-        (tmp_path / "train").mkdir(exist_ok=True)
-        cv2.imwrite(str(tmp_path / f"train/img_{i}.jpg"), cv2.cvtColor(np.roll(_frame(), 9 * i, 1), cv2.COLOR_RGB2BGR))
-    archive = ImageArchive(tmp_path)
-    members = [f"train/img_{i}.jpg" for i in range(6)]
+def test_device_batches_depend_on_the_seeds_not_on_the_workers():
+    frames = np.stack([np.roll(_frame(), 9 * i, 1) for i in range(6)])  # a frame cache of six images
 
     def epoch(seeds, workers):
-        dataset = DeviceAugmentedImages(archive, members, RANGES, SIZE, seeds=seeds)
+        dataset = DeviceAugmentedImages([frames], np.arange(6), RANGES, SIZE, seeds=seeds)
         feed = Feed(torch.device("cpu"), 3, workers, (0.0,) * 3, (1.0,) * 3, amp=False)
         return torch.cat([inputs for _, inputs in feed.inputs(feed.loader(dataset))])
 

@@ -130,6 +130,8 @@ def _md5(path) -> str:
 def _param(params: dict, dotted: str):
     value = params
     for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "(no longer in params.yaml)"
         value = value[part]
     return value
 

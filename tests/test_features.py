@@ -12,9 +12,10 @@ from pipeline.competitions import STATE_FARM
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
 from pipeline.feature_cache import load_feature_set
+from pipeline.frames import load_frames
 from pipeline.stages.features import cache_features
 from pipeline.raw_data import every_image
-from tests.conftest import REPO, TINY_FEATURES, run, set_params
+from tests.conftest import write_frames, REPO, TINY_FEATURES, run, set_params
 
 BACKBONE = "tf_efficientnet_lite0"
 
@@ -25,18 +26,24 @@ def _params(tmp_path, **features):
     return load_params(tmp_path / "params.yaml")
 
 
-def _cache(tmp_path, tiny_competition, name, **features):
+@pytest.fixture(scope="module")
+def tiny_frames(tmp_path_factory, tiny_competition):
+    return load_frames(write_frames(every_image(tiny_competition, STATE_FARM), STATE_FARM.slug,
+                                    tmp_path_factory.mktemp("frames") / "frames"))
+
+
+def _cache(tmp_path, tiny_competition, tiny_frames, name, **features):
     out = tmp_path / name
     out.mkdir()
     returned = cache_features(BACKBONE, _params(tmp_path, **features), STATE_FARM,
-                              every_image(tiny_competition, STATE_FARM), out, torch.device("cpu"))
+                              every_image(tiny_competition, STATE_FARM), tiny_frames, out, torch.device("cpu"))
     features = load_feature_set(out)
     assert features.meta == returned  # features.json on disk is what the stage says it made
     return features
 
 
-def test_features_are_float16_memmaps_in_label_and_sample_submission_order(tmp_path, tiny_competition):
-    features = _cache(tmp_path, tiny_competition, "out", test_views=["full", "zoom"], train_passes=1)
+def test_features_are_float16_memmaps_in_label_and_sample_submission_order(tmp_path, tiny_competition, tiny_frames):
+    features = _cache(tmp_path, tiny_competition, tiny_frames, "out", test_views=["full", "zoom"], train_passes=1)
     labels = pd.read_csv(tiny_competition / "driver_imgs_list.csv", dtype=str)
     sample = pd.read_csv(tiny_competition / "sample_submission.csv")
     assert features.train_ids == sorted(labels.img) and features.test_ids == list(sample.img)
@@ -51,10 +58,10 @@ def test_features_are_float16_memmaps_in_label_and_sample_submission_order(tmp_p
     assert features.meta["test_views"] == ["full", "zoom"] and features.meta["mean"] == [0.5, 0.5, 0.5]
 
 
-def test_worker_count_changes_nothing_even_for_augmented_passes(tmp_path, tiny_competition):
+def test_worker_count_changes_nothing_even_for_augmented_passes(tmp_path, tiny_competition, tiny_frames):
     # Two workers forked from a process that already opened the zip: each must read with its own handle.
-    one = _cache(tmp_path, tiny_competition, "one", workers=0, train_passes=1, batch_size=16)
-    two = _cache(tmp_path, tiny_competition, "two", workers=2, train_passes=1, batch_size=16)
+    one = _cache(tmp_path, tiny_competition, tiny_frames, "one", workers=0, train_passes=1, batch_size=16)
+    two = _cache(tmp_path, tiny_competition, tiny_frames, "two", workers=2, train_passes=1, batch_size=16)
     np.testing.assert_array_equal(one.train_aug, two.train_aug)
     np.testing.assert_allclose(one.test_views.astype(np.float32), two.test_views.astype(np.float32), atol=1e-3)
 
@@ -70,18 +77,19 @@ def test_an_unlisted_backbone_argument_is_refused(repo_copy):
     assert "features.backbones: 'resnet18' is not listed" in result.stderr
 
 
-def test_features_json_records_how_they_were_made(tmp_path, tiny_competition):
-    meta = _cache(tmp_path, tiny_competition, "out", test_views=["full", "left"], train_passes=0).meta
+def test_features_json_records_how_they_were_made(tmp_path, tiny_competition, tiny_frames):
+    meta = _cache(tmp_path, tiny_competition, tiny_frames, "out", test_views=["full", "left"], train_passes=0).meta
     labels = pd.read_csv(tiny_competition / "driver_imgs_list.csv")
     assert meta == {"backbone": BACKBONE, "image_size": 64, "dim": 1280, "test_views": ["full", "left"],
                     "train_passes": 0, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
                     "n_train": len(labels), "n_test": len(pd.read_csv(tiny_competition / "sample_submission.csv"))}
 
 
-def test_views_decoded_on_the_device_give_the_features_of_the_cpu_path(tmp_path, tiny_competition):
-    # features.decode: device on a CPU runs torchvision's decoder where a GPU would run nvJPEG (the same code).
-    cpu = _cache(tmp_path, tiny_competition, "cpu", decode="cpu", test_views=["left"])
-    device = _cache(tmp_path, tiny_competition, "device", decode="device", test_views=["left"], workers=1)
+def test_views_made_on_the_device_give_the_features_of_the_cpu_path(tmp_path, tiny_competition, tiny_frames):
+    # features.views_on: device on a CPU runs the same torch code a GPU would.
+    cpu = _cache(tmp_path, tiny_competition, tiny_frames, "cpu", views_on="cpu", test_views=["left"])
+    device = _cache(tmp_path, tiny_competition, tiny_frames, "device", views_on="device", test_views=["left"],
+                    workers=1)
     for a, b in ((cpu.train_views, device.train_views), (cpu.test_views, device.test_views)):
         a, b = a.astype(np.float32), b.astype(np.float32)
         cosine = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)

@@ -132,7 +132,7 @@ def _mixed_folders(root: Path) -> dict:
 
 def test_own_data_in_every_format_runs_to_a_submission(repo_copy, tmp_path, run_stage):
     set_params(repo_copy, **_mixed_folders(tmp_path / "leaves"))
-    for stage in (["download"], ["sample"], ["features", "tf_efficientnet_lite0"], ["folds"],
+    for stage in (["download"], ["sample"], ["frames"], ["features", "tf_efficientnet_lite0"], ["folds"],
                   ["heads", "tf_efficientnet_lite0"], ["ensemble"], ["submission"]):
         status, lines = run_stage(repo_copy, *stage)
         assert status == 0, (stage, lines)

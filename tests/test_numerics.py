@@ -13,10 +13,10 @@ from pipeline.stages import features as features_stage
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
 from pipeline.augment import view_transform
-from pipeline.image_data import ArchiveImages, Feed
-from pipeline.images import ImageArchive
+from pipeline.frames import FrameImages, load_frames
+from pipeline.image_data import Feed
 from pipeline.trainer import Trainer
-from pipeline.paths import features_dir, predictions_dir
+from pipeline.paths import features_dir, frames_dir, predictions_dir
 from pipeline.predictions import write_fold
 from tests.conftest import make_repo, put_competition, run
 
@@ -78,8 +78,8 @@ def test_the_heads_stage_refuses_non_finite_cached_features_and_writes_no_predic
 
 def test_a_diverging_fine_tune_stops_at_the_first_non_finite_loss(featured_repo):
     params = load_params(featured_repo / "params.yaml")
-    archive = ImageArchive(featured_repo / "data" / "raw" / SLUG / "imgs.zip")
-    dataset = ArchiveImages(archive, archive.names("train/")[:8], view_transform("full", 32), 32)
+    frames = load_frames(featured_repo / frames_dir(SLUG))
+    dataset = FrameImages(frames.both, np.arange(8), view_transform("full", 32), 32)
     model = timm.create_model("test_efficientnet", pretrained=False, num_classes=10)
     with torch.no_grad():
         model.get_classifier().bias[0] = float("nan")  # what an exploding learning rate leaves behind

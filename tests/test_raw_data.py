@@ -107,7 +107,7 @@ def test_a_local_subset_with_its_own_hidden_labels_runs_to_a_scored_submission(r
     shutil.copytree(tiny_competition, folder)  # what a competitor who kept drivers aside would have: solution.csv too
     set_params(repo_copy, data={"source": "local", "local_path": str(folder)},
                ensemble={"models": ["heads-tf_efficientnet_lite0"]})
-    for stage in (["download"], ["sample"], ["features", "tf_efficientnet_lite0"], ["folds"],
+    for stage in (["download"], ["sample"], ["frames"], ["features", "tf_efficientnet_lite0"], ["folds"],
                   ["heads", "tf_efficientnet_lite0"], ["ensemble"], ["submission"]):
         status, lines = run_stage(repo_copy, *stage)
         assert status == 0, (stage, lines)

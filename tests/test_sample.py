@@ -46,8 +46,8 @@ def test_a_sample_run_reports_cv_on_the_sample_and_writes_no_submission(repo_cop
     put_competition(repo_copy, tiny_competition)
     set_params(repo_copy, data={"sample": 0.6}, ensemble={"models": ["heads-tf_efficientnet_lite0"]})
     logs = {}
-    for stage in (["sample"], ["features", "tf_efficientnet_lite0"], ["folds"], ["heads", "tf_efficientnet_lite0"],
-                  ["ensemble"], ["submission"]):
+    for stage in (["sample"], ["frames"], ["features", "tf_efficientnet_lite0"], ["folds"],
+                  ["heads", "tf_efficientnet_lite0"], ["ensemble"], ["submission"]):
         status, logs[stage[0]] = run_stage(repo_copy, *stage)
         assert status == 0, (stage, logs[stage[0]])
     train = pd.read_csv(repo_copy / sample_dir(STATE_FARM.slug) / "train.csv")

@@ -3,7 +3,7 @@
 The convolutional body is the slow part and does not change between head
 experiments, so it runs once per backbone; heads then train in seconds.
 Reads params ``competition``, ``features`` (this backbone's entry) and
-``augment``; the run's images (pipeline/sample.py) from the raw archives. Writes
+``augment``; the run's images (pipeline/tables.py) from the frame cache (pipeline/frames.py). Writes
 ``data/features/<competition>/<backbone>/`` in the format ``pipeline/feature_cache.py``
 describes (per-view float16 arrays for train and test, augmented passes, index
 CSVs, ``features.json``). Arrays are filled batch by batch on disk, so memory
@@ -28,48 +28,52 @@ from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
 from pipeline.extraction import extract, view_images
-from pipeline.image_data import ArchiveImages, Feed, pick_device
-from pipeline.images import CompetitionImages
-from pipeline.paths import features_dir
+from pipeline.frames import FrameImages, Frames, load_frames
+from pipeline.image_data import Feed, pick_device
+from pipeline.paths import features_dir, frames_dir
 from pipeline.tables import RunImages
 
 log = logging.getLogger(__name__)
 
 
-def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images: RunImages, out_dir: Path,
-                   device: torch.device) -> dict:
+def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images: RunImages, frames: Frames,
+                   out_dir: Path, device: torch.device) -> dict:
     """Write one backbone's feature set into ``out_dir`` (empty); return its features.json content."""
     settings, size = params.features, params.features.backbones[backbone].image_size
     model = create_backbone(backbone, num_classes=0, param_key=f"features.backbones.{backbone}")
     model = model.eval().to(device, memory_format=torch.channels_last)
     config = data_config(model)
     feed = Feed(device, settings.batch_size, settings.workers, config["mean"], config["std"], settings.amp)
-    archive = CompetitionImages(images.raw, spec)
-    members = {"train": list(images.train.member), "test": list(images.test.member)}
+    ids = {"train": list(images.train.img), "test": list(images.test.img)}
+    rows = {split: frames.rows(split, ids[split]) for split in ids}
+    archives = {"train": images.raw / spec.train_archive, "test": images.raw / spec.test_archive}
+    names = {split: [f"{archives[split]}:{member}" for member in getattr(images, split).member] for split in ids}
     write_index(out_dir, "train", images.train.img)
     write_index(out_dir, "test", images.test.img)
 
     speeds = []
     for split in ("train", "test"):
-        shape = (len(settings.test_views), len(members[split]), model.num_features)
+        shape = (len(settings.test_views), len(ids[split]), model.num_features)
         views = new_array(out_dir, views_file(split), shape)
         for v, view in enumerate(settings.test_views):
-            dataset = view_images(settings.decode, device, archive, members[split], view, size, config["interpolation"])
-            speeds.append(extract(model, dataset, views[v], feed, f"{backbone} {split} {view}"))
+            dataset = view_images(settings.views_on, device, frames.both, rows[split], view, size,
+                                  config["interpolation"])
+            speeds.append(extract(model, dataset, views[v], feed, f"{backbone} {split} {view}", names[split]))
         views.flush()
     if settings.train_passes:
-        augmented = new_array(out_dir, AUGMENTED, (settings.train_passes, len(members["train"]), model.num_features))
+        augmented = new_array(out_dir, AUGMENTED, (settings.train_passes, len(ids["train"]), model.num_features))
         for p in range(settings.train_passes):
             # One seed per (pass, image): the same augmentation whatever the worker count.
-            seeds = np.random.SeedSequence([settings.seed, p]).generate_state(len(members["train"]))
-            dataset = ArchiveImages(archive, members["train"],
-                                    train_transform(params.augment, size, settings.seed), size, seeds=seeds)
-            speeds.append(extract(model, dataset, augmented[p], feed, f"{backbone} train pass {p + 1}"))
+            seeds = np.random.SeedSequence([settings.seed, p]).generate_state(len(ids["train"]))
+            dataset = FrameImages(frames.both, rows["train"], train_transform(params.augment, size, settings.seed),
+                                  size, seeds=seeds)
+            speeds.append(extract(model, dataset, augmented[p], feed, f"{backbone} train pass {p + 1}",
+                                  names["train"]))
         augmented.flush()
     meta = {"backbone": backbone, "image_size": size, "dim": model.num_features,
             "test_views": list(settings.test_views),
             "train_passes": settings.train_passes, "mean": list(config["mean"]), "std": list(config["std"]),
-            "interpolation": config["interpolation"], "n_train": len(members["train"]), "n_test": len(members["test"])}
+            "interpolation": config["interpolation"], "n_train": len(ids["train"]), "n_test": len(ids["test"])}
     write_meta(out_dir, meta)
     log.info("%s: %d train and %d test images, %d views, %d augmented passes, %.1f img/s on %s", backbone,
              meta["n_train"], meta["n_test"], len(settings.test_views), settings.train_passes,
@@ -89,7 +93,8 @@ def main() -> None:
     spec = load_spec(params.competition)
     target = features_dir(spec.slug, backbone)
     with atomic_dir(target) as tmp:
-        cache_features(backbone, params, spec, RunImages.load(spec.slug), tmp, pick_device())
+        cache_features(backbone, params, spec, RunImages.load(spec.slug), load_frames(frames_dir(spec.slug)), tmp,
+                       pick_device())
     log.info("wrote %s", target)
 
 

@@ -29,6 +29,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.config import HeadsParams, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import FeatureSet, load_feature_set
+from pipeline.image_data import pick_device
 from pipeline.metrics import accuracy, competition_metric, multiclass_log_loss
 from pipeline.paths import features_dir, fold_name, metrics_dir, predictions_dir
 from pipeline.predictions import write_fold
@@ -46,10 +47,12 @@ def make_head(dim: int, hidden: int, n_classes: int, dropout: float) -> nn.Seque
 
 
 def predict(head: nn.Module, views: np.ndarray) -> np.ndarray:
-    """Softmax probabilities averaged over views ([views, n, dim] -> [n, classes])."""
+    """Softmax probabilities averaged over views ([views, n, dim] -> [n, classes]), on the head's device."""
     head.eval()
+    device = next(head.parameters()).device
     with torch.inference_mode():
-        return np.mean([head(torch.from_numpy(np.asarray(v, np.float32))).softmax(-1).numpy() for v in views], 0)
+        return np.mean([head(torch.from_numpy(np.asarray(v, np.float32)).to(device)).softmax(-1).cpu().numpy()
+                        for v in views], 0)
 
 
 @dataclass(frozen=True)
@@ -63,34 +66,38 @@ class HeadSetup:
 
 def train_head(x: np.ndarray, y: np.ndarray, val_views: np.ndarray, y_val: np.ndarray, setup: HeadSetup, seed: int,
                curve=None) -> nn.Module:
-    """Fit one head on ``x`` [n, dim] for ``heads.epochs``; the held-out views only feed ``curve``."""
+    """Fit one head on ``x`` [n, dim] for ``heads.epochs``; the held-out views only feed ``curve``.
+
+    The whole feature matrix sits on the device (a GPU when there is one): a step is an index into it, and the
+    loss is read back once per epoch, so the device never waits for Python between steps."""
     seed_everything(seed)
-    settings = setup.settings
-    head = make_head(x.shape[1], settings.hidden, setup.n_classes, setup.dropout)
+    settings, device = setup.settings, pick_device()
+    head = make_head(x.shape[1], settings.hidden, setup.n_classes, setup.dropout).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = -(-len(x) // settings.batch_size)
     schedule = warmup_cosine(optimizer, settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch)
-    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+    inputs, targets = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     for epoch in range(settings.epochs):
         head.train()
-        order = torch.randperm(len(x))
+        order = torch.randperm(len(x)).to(device)  # drawn on the CPU: the same order on any device
         losses = []
         for start in range(0, len(x), settings.batch_size):
             batch = order[start:start + settings.batch_size]
             if len(batch) < 2:  # BatchNorm needs two samples
                 continue
             loss = nn.functional.cross_entropy(head(inputs[batch]), targets[batch])
-            if not torch.isfinite(loss):
-                raise PipelineError(f"heads: the training loss became {loss.item()} in epoch {epoch + 1}; "
-                                    f"lower heads.lr (or check the cached features)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())
+        mean_loss = torch.stack(losses).mean().item()
+        if not np.isfinite(mean_loss):
+            raise PipelineError(f"heads: the training loss became {mean_loss} in epoch {epoch + 1}; "
+                                f"lower heads.lr (or check the cached features)")
         if curve is not None:
-            curve(epoch, float(np.mean(losses)), multiclass_log_loss(y_val, predict(head, val_views)))
-    return head
+            curve(epoch, mean_loss, multiclass_log_loss(y_val, predict(head, val_views)))
+    return head.cpu()
 
 
 def training_rows(features: FeatureSet, rows: np.ndarray) -> np.ndarray:

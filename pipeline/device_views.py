@@ -1,0 +1,57 @@
+"""Test-time views made on the model's device from cached frames: the workers only copy frames, the GPU crops and
+resizes whole batches.
+
+On a GPU the features stage used to be bound by JPEG decoding in CPU workers (docs/gpu.md: 0.27 of the model's
+speed with nvJPEG, 0.21 with CPU decoding). The frames stage now decodes every image once; with
+``features.views_on: device`` (``auto`` picks it when the model is on CUDA) a batch is its frames gathered from
+the memory-mapped cache and copied to the device, where the view is cropped (pipeline/augment.py's CROPS) and
+resized with antialiased interpolation. A CPU core then only copies ~230 KB per image, so a couple of cores feed
+the model (bench/input_path.py). The CPU path (albumentations) stays the default on a CPU: the two agree to a few
+grey levels, not bit for bit (tests/test_device_views.py). nvJPEG is no longer used: nothing decodes a JPEG after
+the frames stage, which also retires its stream hazard (pytorch/vision PR #9606).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.augment import CROPS, INTERPOLATIONS
+from pipeline.errors import PipelineError
+from pipeline.frames import RawFrames
+
+MODES = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
+
+
+class DeviceViews(RawFrames):
+    """Rows of the frame arrays; ``to_images`` makes the batch's ``view`` at ``size x size`` uint8 NHWC on the
+    device, as ``view_transform`` does on the CPU."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], view: str, size: int,
+                 interpolation: str = "bicubic"):
+        super().__init__(arrays, rows, size)
+        if view != "hflip" and view not in CROPS:
+            raise PipelineError(f"test view {view!r}: unknown; views are {', '.join([*CROPS, 'hflip'])}")
+        if interpolation not in INTERPOLATIONS:
+            raise PipelineError(f"interpolation {interpolation!r} (the backbone's data config): unknown; "
+                                f"known: {', '.join(INTERPOLATIONS)}")
+        self.view, self.mode = view, MODES[interpolation]
+
+    def to_images(self, batch: dict, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        frames = batch["frames"].to(device, non_blocking=True).permute(0, 3, 1, 2)
+        return self._view(frames)
+
+    def _view(self, frames: torch.Tensor) -> torch.Tensor:
+        """NCHW uint8 frames of one size -> this view's crop, resized: NHWC uint8."""
+        height, width = frames.shape[-2:]
+        top, right, bottom, left = CROPS.get(self.view, CROPS["full"])  # hflip: the full frame, mirrored
+        frames = frames[..., round(top * height):height - round(bottom * height),
+                        round(left * width):width - round(right * width)]
+        if self.view == "hflip":
+            frames = frames.flip(-1)
+        resized = F.interpolate(frames.float(), size=(self.size, self.size), mode=self.mode,
+                                antialias=self.mode != "nearest", **({} if self.mode == "nearest" else
+                                                                     {"align_corners": False}))
+        return resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)

@@ -1,0 +1,152 @@
+"""The decoded-frame cache: every image of a run decoded once, at reduced size, into one uint8 array per split.
+
+Decoding a JPEG costs a core 1.3-2.1 ms (docs/gpu.md); every view, epoch, fold and backbone used to pay it again.
+The frames stage pays it once. ``data/frames/<competition>/`` holds ``train.npy`` and ``test.npy`` (uint8
+[n, height, width, 3], NumPy's format, memory-mapped when read), ``train_index.csv`` / ``test_index.csv`` (img,
+member: array row order) and ``frames.json`` (the frame shape and the size it serves). This module is the only
+place those names are spelled; ``FrameImages`` turns rows of a split into transformed ``size x size`` batches,
+as ``pipeline/image_data.py``'s ``ArchiveImages`` does from the archive.
+
+A frame is the image decoded at the largest libjpeg reduction (1/2, 1/4, 1/8) that keeps both sides at least
+``frames.size`` (State Farm's 640x480 at 224: 320x240), which is what decoding for a ``size`` image gave before
+the cache: views and augmentations of the cached frame are pixel for pixel what they were from the archive. A
+competition whose images differ in size (Dogs vs. Cats) has every frame resized to the first image's frame shape
+(INTER_AREA), so that a split is one array; every view ends squashed to ``size x size`` anyway.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.errors import PipelineError
+
+META = "frames.json"
+SPLITS = ("train", "test")
+
+
+def array_file(split: str) -> str:
+    return f"{split}.npy"
+
+
+def index_file(split: str) -> str:
+    return f"{split}_index.csv"
+
+
+def fit_frame(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``image`` as a frame of ``shape`` (height, width): as it is when it fits, else resized (INTER_AREA)."""
+    if image.shape[:2] == tuple(shape):
+        return image
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def new_frames(folder: Path, split: str, count: int, shape: tuple[int, int]) -> np.ndarray:
+    """A uint8 [count, height, width, 3] ``.npy`` on disk, filled in place by the decoding processes."""
+    return np.lib.format.open_memmap(folder / array_file(split), mode="w+", dtype=np.uint8,
+                                     shape=(count, *shape, 3))
+
+
+def write_index(folder: Path, split: str, table: pd.DataFrame) -> None:
+    table[["img", "member"]].to_csv(folder / index_file(split), index=False)
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class Frames:
+    """A run's cached frames, memory-mapped: ``arrays[split]`` [n, h, w, 3] and each split's image ids."""
+
+    arrays: dict[str, np.ndarray]
+    ids: dict[str, pd.Index]
+    meta: dict
+
+    @property
+    def both(self) -> list[np.ndarray]:
+        """The train and test arrays, laid end to end by ``rows`` (pseudo-labelled test images train too)."""
+        return [self.arrays["train"], self.arrays["test"]]
+
+    def rows(self, split: str, ids: Sequence[str]) -> np.ndarray:
+        """Rows of ``ids`` (image ids of ``split``) in ``both``: test rows come after every train row."""
+        found = self.ids[split].get_indexer(list(ids))
+        if (found < 0).any():
+            missing = list(ids)[int(np.nonzero(found < 0)[0][0])]
+            raise PipelineError(f"{self.meta.get('folder', 'data/frames')}: no frame of {split} image {missing!r}; "
+                                f"`dvc repro frames` decodes the run's images again")
+        return found + (len(self.arrays["train"]) if split == "test" else 0)
+
+
+def load_frames(folder: Path) -> Frames:
+    meta = {**json.loads((folder / META).read_text()), "folder": str(folder)}
+    arrays = {split: np.load(folder / array_file(split), mmap_mode="r") for split in SPLITS}
+    ids = {split: pd.Index(pd.read_csv(folder / index_file(split), dtype=str, keep_default_na=False).img)
+           for split in SPLITS}
+    return Frames(arrays, ids, meta)
+
+
+def gather(arrays: Sequence[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Frames of ``rows`` of the arrays laid end to end (train then test, for pseudo-labelled test images), each
+    array read in ascending row order: one pass over the memory map."""
+    frames = np.empty((len(rows), *arrays[0].shape[1:]), np.uint8)
+    start = 0
+    for array in arrays:
+        inside = np.nonzero((rows >= start) & (rows < start + len(array)))[0]
+        inside = inside[np.argsort(rows[inside], kind="stable")]
+        frames[inside] = array[rows[inside] - start]
+        start += len(array)
+    return frames
+
+
+class FrameImages(Dataset):
+    """Rows ``rows`` of the frame arrays (laid end to end), transformed to ``size x size`` uint8 HWC by
+    ``transform`` (a view or an augmentation). ``seeds`` (one per item) reseeds a random transform per sample, so
+    the augmentation an image gets does not depend on worker count or order."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], transform: A.Compose, size: int,
+                 seeds: Sequence[int] | None = None):
+        self.arrays, self.rows, self.transform, self.size, self.seeds = list(arrays), np.asarray(rows), transform, \
+            size, seeds
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        """A whole batch in one uint8 tensor (no per-sample tensors to stack)."""
+        frames = gather(self.arrays, self.rows[np.asarray(indices, dtype=np.int64)])
+        images = torch.empty(len(indices), self.size, self.size, 3, dtype=torch.uint8)
+        for i, (index, frame) in enumerate(zip(indices, frames)):
+            if self.seeds is not None:
+                self.transform.set_random_seed(int(self.seeds[index]))
+            images[i] = torch.from_numpy(self.transform(image=frame)["image"])
+        return {"index": torch.as_tensor(indices), "image": images, "error": [""] * len(indices)}
+
+
+class RawFrames(Dataset):
+    """Rows of the frame arrays as they are, for the device paths (views and augmentation made on the GPU):
+    the batch is ``{"frames": uint8 NHWC}`` and the subclass's ``to_images`` turns it into model images."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], size: int,
+                 seeds: Sequence[int] | None = None):
+        self.arrays, self.rows, self.size, self.seeds = list(arrays), np.asarray(rows), size, seeds
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        frames = torch.from_numpy(gather(self.arrays, self.rows[np.asarray(indices, dtype=np.int64)]))
+        return {"index": torch.as_tensor(indices), "image": {"frames": frames}, "error": [""] * len(indices)}

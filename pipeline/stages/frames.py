@@ -1,0 +1,96 @@
+"""frames stage: decode every image of the run once, in parallel processes, into the frame cache.
+
+Reads params ``competition`` and ``frames`` (``size``: the largest image size any backbone or model asks for;
+``workers``: decoding processes), the run's images (pipeline/tables.py) and the raw archives. Writes
+``data/frames/<competition>/`` in the format pipeline/frames.py describes: one memory-mapped uint8 array per
+split, filled in place by the workers, so memory stays flat however many images. Features, fine-tuning,
+pseudo-labels and every prediction read pixels from it; nothing decodes a JPEG after this stage. A file that
+does not decode stops the stage with one line naming it (``imgs.zip:train/c0/img_1.jpg``), and no frame folder
+is left.
+
+    python -m pipeline.stages.frames
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.atomic import atomic_dir
+from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.config import load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.frames import array_file, fit_frame, new_frames, write_index, write_meta
+from pipeline.images import CompetitionImages
+from pipeline.paths import frames_dir
+from pipeline.progress import progress
+from pipeline.tables import RunImages
+
+log = logging.getLogger(__name__)
+CHUNK = 64  # images per task: small enough for a moving bar, large enough that task overhead vanishes
+
+
+def _decode_rows(task: tuple) -> tuple[int, str]:
+    """Decode ``members`` into rows ``start...`` of the split's array (opened here, in the worker); (count, the
+    first error or "")."""
+    raw, spec, folder, split, start, members, size, shape = task
+    archive, frames = CompetitionImages(raw, spec), np.load(folder / array_file(split), mmap_mode="r+")
+    for offset, member in enumerate(members):
+        try:
+            frames[start + offset] = fit_frame(archive.load_rgb(member, draft_size=(size, size)), shape)
+        except PipelineError as error:
+            return offset, str(error)
+    frames.flush()
+    return len(members), ""
+
+
+def decode_frames(images: RunImages, spec: CompetitionSpec, size: int, workers: int, out: Path) -> dict:
+    """Fill ``out`` (empty) with the frames of every train and test image; return frames.json's content."""
+    archive = CompetitionImages(images.raw, spec)
+    first = images.train.member.iloc[0] if len(images.train) else images.test.member.iloc[0]
+    shape = archive.load_rgb(first, draft_size=(size, size)).shape[:2]
+    started = time.perf_counter()
+    # Spawned processes: a clean interpreter each, no forked OpenCV pool or zip handle. One worker decodes here.
+    with (multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext()) as pool:
+        run = pool.imap_unordered if pool is not None else map
+        for split, table in (("train", images.train), ("test", images.test)):
+            new_frames(out, split, len(table), shape).flush()
+            write_index(out, split, table)
+            members = list(table.member)
+            tasks = [(images.raw, spec, out, split, start, members[start:start + CHUNK], size, shape)
+                     for start in range(0, len(members), CHUNK)]
+            with progress(total=len(members), desc=f"decoding {split}") as bar:
+                for done, error in run(_decode_rows, tasks):
+                    if error:
+                        raise PipelineError(error)
+                    bar.update(done)
+    count = len(images.train) + len(images.test)
+    seconds = time.perf_counter() - started
+    log.info("frames: %d images decoded once at %dx%d in %.1f s (%.0f img/s, %d processes)", count, shape[1],
+             shape[0], seconds, count / max(seconds, 1e-9), workers)
+    return {"height": int(shape[0]), "width": int(shape[1]), "size": size, "train": len(images.train),
+            "test": len(images.test)}
+
+
+def resolve_workers(setting: int | str) -> int:
+    return len(os.sched_getaffinity(0)) if setting == "auto" else int(setting)
+
+
+@cli
+def main() -> None:
+    params = load_params()
+    spec = load_spec(params.competition)
+    target = frames_dir(spec.slug)
+    with atomic_dir(target) as out:
+        write_meta(out, decode_frames(RunImages.load(spec.slug), spec, params.frames.size,
+                                      resolve_workers(params.frames.workers), out))
+    log.info("wrote %s", target)
+
+
+if __name__ == "__main__":
+    main()
