@@ -142,21 +142,24 @@ def jpeg_and_cache_paths(image_size: int, n_images: int) -> dict[str, dict[str, 
     def per_image(function, items) -> float:
         return _median_ms(function, items)[0]
 
-    def gather_batch(start: int) -> torch.Tensor:  # what a worker does for the device paths: copy frames out
-        return torch.from_numpy(gather(frames.both, np.sort(rows[start:start + batch])))
+    shuffled = np.random.default_rng(0).permutation(rows)
+
+    def gather_batch(start: int, order: np.ndarray) -> torch.Tensor:  # what a worker does for the device paths
+        return torch.from_numpy(gather(frames.both, order[start:start + batch]))
 
     starts = list(range(0, max(len(rows) - batch, 0) + 1, batch))
-    gather_ms = per_image(gather_batch, starts) / batch
+    in_order_ms = per_image(lambda start: gather_batch(start, rows), starts) / batch  # a test-time pass
+    shuffled_ms = per_image(lambda start: gather_batch(start, shuffled), starts) / batch  # a training epoch
     decode_ms = per_image(lambda m: decode_rgb(archive.read_bytes(m), "bench", (image_size, image_size)), members)
     frame_list = [frames.both[0][r] for r in rows]
     view_ms, augment_ms = per_image(lambda f: view(image=f), frame_list), per_image(lambda f: augment(image=f),
                                                                                    frame_list)
     return {"features (a test-time view)": {"JPEG path (decode + view on the CPU)": decode_ms + view_ms,
-                                            "cache path, view on the CPU": gather_ms + view_ms,
-                                            "cache path, view on the GPU (features.views_on)": gather_ms},
+                                            "cache path, view on the CPU": in_order_ms + view_ms,
+                                            "cache path, view on the GPU (features.views_on)": in_order_ms},
             "fine-tuning (augmented)": {"JPEG path (decode + albumentations)": decode_ms + augment_ms,
-                                        "cache path, albumentations on the CPU": gather_ms + augment_ms,
-                                        "cache path, kornia on the GPU (finetune.augment_on)": gather_ms}}
+                                        "cache path, albumentations on the CPU": shuffled_ms + augment_ms,
+                                        "cache path, kornia on the GPU (finetune.augment_on)": shuffled_ms}}
 
 
 def report_paths(paths: dict[str, dict[str, float]], image_size: int) -> None:

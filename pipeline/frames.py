@@ -16,6 +16,7 @@ competition whose images differ in size (Dogs vs. Cats) has every frame resized 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -93,15 +94,41 @@ def load_frames(folder: Path) -> Frames:
     return Frames(arrays, ids, meta)
 
 
+def _read_rows(array: np.memmap, first: int, out: np.ndarray) -> None:
+    """Rows ``first...`` of a memory-mapped ``.npy`` into ``out`` with one positioned read: the page cache copies
+    them straight in, where indexing the map would fault in every 4 KiB page of every frame (3x slower)."""
+    descriptor = _descriptors.get((array.filename, os.getpid()))
+    if descriptor is None:  # one per file and process: a forked worker must not share the parent's
+        descriptor = _descriptors[(array.filename, os.getpid())] = os.open(array.filename, os.O_RDONLY)
+    row_bytes = int(np.prod(array.shape[1:]))
+    buffer = memoryview(out.reshape(-1))
+    done, offset = 0, array.offset + first * row_bytes
+    while done < buffer.nbytes:
+        read = os.preadv(descriptor, [buffer[done:]], offset + done)
+        if read == 0:
+            raise PipelineError(f"{array.filename}: shorter than its header says; `dvc repro -f frames` rebuilds it")
+        done += read
+
+
+_descriptors: dict[tuple[str, int], int] = {}
+
+
 def gather(arrays: Sequence[np.ndarray], rows: np.ndarray) -> np.ndarray:
-    """Frames of ``rows`` of the arrays laid end to end (train then test, for pseudo-labelled test images), each
-    array read in ascending row order: one pass over the memory map."""
+    """Frames of ``rows`` of the arrays laid end to end (train then test, for pseudo-labelled test images).
+    Runs of consecutive rows that land in consecutive places are read in one go (a test-time pass reads its
+    frames in order); plain arrays (not memory-mapped) are indexed."""
     frames = np.empty((len(rows), *arrays[0].shape[1:]), np.uint8)
     start = 0
     for array in arrays:
-        inside = np.nonzero((rows >= start) & (rows < start + len(array)))[0]
-        inside = inside[np.argsort(rows[inside], kind="stable")]
-        frames[inside] = array[rows[inside] - start]
+        places = np.nonzero((rows >= start) & (rows < start + len(array)))[0]
+        local = rows[places] - start
+        if not isinstance(array, np.memmap):
+            frames[places] = array[local]
+        else:  # split into runs where both the row and the place go up by one
+            breaks = np.nonzero((np.diff(local) != 1) | (np.diff(places) != 1))[0] + 1
+            for run_places, run_rows in zip(np.split(places, breaks), np.split(local, breaks)):
+                if len(run_places):
+                    _read_rows(array, int(run_rows[0]), frames[run_places[0]:run_places[-1] + 1])
         start += len(array)
     return frames
 

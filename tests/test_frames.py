@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.augment import view_transform
 from pipeline.competitions import STATE_FARM, load_spec
-from pipeline.frames import FrameImages, fit_frame, load_frames
+from pipeline.frames import FrameImages, fit_frame, gather, load_frames
 from pipeline.images import CompetitionImages
 from pipeline.paths import frames_dir, sample_dir
 from tests.conftest import put_competition
@@ -46,6 +46,15 @@ def test_a_view_of_a_cached_frame_is_the_view_decoding_for_it_gave(framed):
     for i in range(5):
         direct = view(image=archive.load_rgb(table.member[i], draft_size=(32, 32)))["image"]
         np.testing.assert_array_equal(batch["image"][i].numpy(), direct)
+
+
+def test_gathering_rows_in_any_order_across_train_and_test_reads_the_same_frames_as_indexing(framed):
+    repo, _ = framed
+    frames = load_frames(repo / frames_dir(STATE_FARM.slug))
+    both = np.concatenate([np.asarray(frames.arrays["train"]), np.asarray(frames.arrays["test"])])
+    rows = np.random.default_rng(0).permutation(len(both))[:40]
+    rows = np.r_[rows, np.arange(5, 12), len(both) - 3]  # scattered rows, a run in order, the last test rows
+    np.testing.assert_array_equal(gather(frames.both, rows), both[rows])
 
 
 def test_an_image_missing_from_the_cache_is_named(framed):
