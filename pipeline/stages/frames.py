@@ -12,11 +12,11 @@ is left.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -56,19 +56,25 @@ def decode_frames(images: RunImages, spec: CompetitionSpec, size: int, workers: 
     shape = archive.load_rgb(first, draft_size=(size, size)).shape[:2]
     started = time.perf_counter()
     # Spawned processes: a clean interpreter each, no forked OpenCV pool or zip handle. One worker decodes here.
-    with (multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext()) as pool:
-        run = pool.imap_unordered if pool is not None else map
+    executor = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) if workers > 1 else None
+    try:
         for split, table in (("train", images.train), ("test", images.test)):
             new_frames(out, split, len(table), shape).flush()
             write_index(out, split, table)
             members = list(table.member)
             tasks = [(images.raw, spec, out, split, start, members[start:start + CHUNK], size, shape)
                      for start in range(0, len(members), CHUNK)]
+            results = (map(_decode_rows, tasks) if executor is None
+                       else (future.result() for future in as_completed([executor.submit(_decode_rows, task)
+                                                                         for task in tasks])))
             with progress(total=len(members), desc=f"decoding {split}") as bar:
-                for done, error in run(_decode_rows, tasks):
+                for done, error in results:
                     if error:
                         raise PipelineError(error)
                     bar.update(done)
+    finally:
+        if executor is not None:  # on an error, tasks not started are dropped; running ones end in a moment
+            executor.shutdown(wait=True, cancel_futures=True)
     count = len(images.train) + len(images.test)
     seconds = time.perf_counter() - started
     log.info("frames: %d images decoded once at %dx%d in %.1f s (%.0f img/s, %d processes)", count, shape[1],
