@@ -45,7 +45,7 @@ class DataParams(Section):
     # columns img and group_column; folds never split a group (pipeline/raw_data.py: copy_groups).
     groups_csv: str
     group_column: str
-    # A sample run (pipeline/sample.py): this fraction of the training groups and of the test images; 1 = all.
+    # A sample run (pipeline/stages/sample.py): this fraction of the training groups and of the test images; 1 = all.
     sample: float = Field(gt=0.0, le=1.0, strict=False)
     sample_seed: int = Field(ge=0)
 
@@ -130,7 +130,7 @@ class FramesParams(Section):
 
 
 class FeaturesParams(Section):
-    """Cached pooled features of pretrained backbones (pipeline/features.py)."""
+    """Cached pooled features of pretrained backbones (pipeline/stages/features.py)."""
 
     backbones: dict[str, BackboneParams] = Field(min_length=1)  # timm names
     test_views: list[View] = Field(min_length=1)
@@ -146,7 +146,7 @@ class FeaturesParams(Section):
 
 
 class HeadsParams(Section):
-    """Small classifiers on cached features (pipeline/heads.py); dropout is the top-level key."""
+    """Small classifiers on cached features (pipeline/stages/heads.py); dropout is the top-level key."""
 
     hidden: int = Field(ge=8, le=8192)
     epochs: int = Field(ge=1, le=1000)
@@ -159,7 +159,8 @@ class HeadsParams(Section):
 
 
 class Recipe(Section):
-    """One fine-tuned model (pipeline/finetune.py): ``finetune.defaults`` overlaid with ``finetune.models.<name>``."""
+    """One fine-tuned model (pipeline/fold_training.py): ``finetune.defaults`` overlaid with its
+    ``finetune.models.<name>``."""
 
     backbone: str  # timm name; offline weights for tf_efficientnet_lite0..2
     image_size: int = Field(ge=32, le=1024)
@@ -209,7 +210,7 @@ def _overlay(defaults: BaseModel, entry: BaseModel) -> dict:
 
 
 class PseudoParams(Section):
-    """A second, leak-free round of fine-tuning with pseudo-labelled test images (pipeline/pseudo.py)."""
+    """A second, leak-free round of fine-tuning with pseudo-labelled test images (pipeline/stages/pseudo.py)."""
 
     models: list[ModelName]  # models of finetune.models that get a student (pseudo-<model>); [] = off
     temperature: float = Field(gt=0.0, le=10.0, strict=False)  # on the teacher's probabilities; 1 = as they are
@@ -218,7 +219,7 @@ class PseudoParams(Section):
 
 
 class EnsembleParams(Section):
-    """Blend, calibrate and post-process every model's predictions (pipeline/ensemble.py)."""
+    """Blend, calibrate and post-process every model's predictions (pipeline/stages/ensemble.py)."""
 
     models: list[str] = Field(min_length=1)  # heads-<backbone> / finetune-<model> folders to blend
     calibrate: bool  # fit a temperature on out-of-fold predictions

@@ -5,7 +5,7 @@
 [views, n_train, dim], ``test_views.npy`` [views, n_test, dim], ``train_aug.npy``
 [passes, n_train, dim] when there are augmented passes, and ``features.json``
 (how they were made). This module is the only place those names are spelled.
-Kept apart from ``pipeline/features.py`` so that the stages that only read
+Kept apart from ``pipeline/stages/features.py`` so that the stages that only read
 features (heads, ensemble) start without importing timm and torchvision.
 """
 from __future__ import annotations

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PseudoLabels:
-    """Test images with a teacher's probabilities, trained on beside the labelled images (pipeline/pseudo.py)."""
+    """Test images with a teacher's probabilities, trained on beside the labelled images (pipeline/stages/pseudo.py)."""
 
     ids: list[str]  # test images
     probabilities: np.ndarray  # [n, classes]: soft targets

@@ -19,7 +19,7 @@ def raw_dir(competition: str) -> Path:
 
 def sample_dir(competition: str) -> Path:
     """The run's images: ``train.csv`` (img, label, group, member) and ``test.csv`` (img, member), all of them
-    or a sample of whole groups (pipeline/sample.py)."""
+    or a sample of whole groups (pipeline/stages/sample.py)."""
     return DATA / "sample" / competition
 
 
@@ -53,7 +53,7 @@ def fold_dir(competition: str, model: str, fold: int) -> Path:
 
 
 def checkpoint_dir(competition: str, model: str, fold: int) -> Path:
-    """Checkpoints of one fine-tuned model's fold: ``last.pt`` to resume, ``best.pt``."""
+    """Checkpoints of one fine-tuned model's fold: ``last.pt`` to resume, ``final.pt``."""
     return Path("models") / competition / model / fold_name(fold)
 
 
