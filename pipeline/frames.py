@@ -8,8 +8,9 @@ place those names are spelled; ``FrameImages`` turns rows of a split into transf
 as ``pipeline/image_data.py``'s ``ArchiveImages`` does from the archive.
 
 A frame is the image decoded at the largest libjpeg reduction (1/2, 1/4, 1/8) that keeps both sides at least
-``frames.size`` (State Farm's 640x480 at 224: 320x240), which is what decoding for a ``size`` image gave before
-the cache: views and augmentations of the cached frame are pixel for pixel what they were from the archive. A
+``frames.size`` (State Farm's 640x480 at 224: 320x240). That is the frame decoding for any image size whose
+reduction is the same gave before the cache (121 to 240 px for State Farm), so views and augmentations at those
+sizes are pixel for pixel what they were from the archive; smaller sizes now start from a larger frame. A
 competition whose images differ in size (Dogs vs. Cats) has every frame resized to the first image's frame shape
 (INTER_AREA), so that a split is one array; every view ends squashed to ``size x size`` anyway.
 """
