@@ -28,9 +28,10 @@ from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
 from pipeline.extraction import extract, view_images
 from pipeline.frames import load_frames
-from pipeline.image_data import Feed, autocast, pick_device, resolve_workers
+from pipeline.image_data import Feed, autocast, resolve_workers
 from pipeline.competitions import load_spec
 from pipeline.paths import frames_dir
+from pipeline.training import pick_device
 from input_path import breakdown, report  # bench/input_path.py, beside this script
 
 

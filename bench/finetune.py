@@ -23,12 +23,13 @@ from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
 from pipeline.device_augment import augmented_images, resolve_augment_on
 from pipeline.frames import load_frames
-from pipeline.image_data import Feed, pick_device, resolve_workers
+from pipeline.image_data import Feed, resolve_workers
 from pipeline.paths import frames_dir
 from pipeline.competitions import load_spec
 from pipeline.tables import RunImages
 from input_path import breakdown, report  # bench/input_path.py, beside this script
 from pipeline.trainer import Trainer
+from pipeline.training import pick_device
 
 
 def model_only(trainer: Trainer, size: int, seconds: float) -> float:

@@ -34,10 +34,10 @@ from pipeline.config import load_params
 from pipeline.decoding import decode_rgb
 from pipeline.device_augment import DeviceAugment
 from pipeline.frames import gather, load_frames
-from pipeline.image_data import pick_device
 from pipeline.images import CompetitionImages
 from pipeline.paths import frames_dir
 from pipeline.tables import RunImages
+from pipeline.training import pick_device
 
 # The H100's model alone (docs/gpu.md): what the input path has to keep up with.
 MODEL_IMAGES_PER_S = {"features": 19_000, "fine-tuning": 4_300}

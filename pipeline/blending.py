@@ -160,7 +160,7 @@ def fit_recipe(oofs: list[np.ndarray], labels: np.ndarray, rows: np.ndarray, nea
 
 
 def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric) -> tuple:
-    """The pure core: (nested out-of-fold probabilities, test probabilities, recipe, report).
+    """The pure core: (nested out-of-fold probabilities, test probabilities, recipe, report, steps).
 
     Nested CV: fold k's rows are predicted by the recipe fit on the other folds, and every step's report
     (``blend/cv_log_loss``, ``calibrated/...``, ``neighbours/...``, ``cv_log_loss``) scores those predictions.
@@ -168,7 +168,8 @@ def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric)
     scored rows would have flattered. That all-rows recipe is applied to each fold's test predictions, which are
     then combined across folds (a geometric mean); held-out images find neighbours within their own fold (drivers
     unseen by its models), test images within the test set. Steps are fit on multi-class log loss and reported in
-    the competition's metric.
+    the competition's metric. ``steps`` holds the nested out-of-fold probabilities after each step (``blend``,
+    ``calibrated``, ..., ``final``; in-sample with one fold), for error analysis.
     """
     p = predictions
     near = {name: nearest(train, p.fold_of, max(settings.neighbours)) for name, (train, _) in p.spaces.items()
@@ -194,4 +195,4 @@ def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric)
     if recipe.neighbour_space is not None:
         test_near = nearest(p.spaces[recipe.neighbour_space][1], np.zeros(len(test)), recipe.neighbours)
         test = smooth(test, neighbour_mean(test, test_near, recipe.neighbours), recipe.neighbour_weight)
-    return oof, clipped(test, recipe.clip), recipe, report
+    return oof, clipped(test, recipe.clip), recipe, report, nested or in_sample

@@ -31,7 +31,7 @@ class CompetitionSpec:
     labels_from: Literal["csv", "file_name"]
     labels_csv: str  # "" when the labels are in the file names
     labels_columns: tuple[str, ...]  # the labels CSV's columns, as the competition names them
-    id_column: str  # in the labels CSV: the image file name
+    id_column: str  # in the labels CSV: the image id (train_ids says which)
     label_column: str  # in the labels CSV and in the stand-in's solution.csv
     group_column: str  # folds never split a group (State Farm: the driver); "" = none of its own (data.groups_csv)
     submission_id: str  # the sample submission's id column
@@ -45,6 +45,9 @@ class CompetitionSpec:
     # folders that the download stage packs into the competition's layout (pipeline/own_data.py).
     ingest_from: Literal["competition_files", "class_folders"] = "competition_files"
     classes_from_data: bool = False  # classes are the data's own: the sample submission's columns (load_spec)
+    # A training image's id: its file name (Kaggle's ids), or its path under the class folders (own data:
+    # ``rust/0002.jpg``, so that ``rust/1.jpg`` and ``healthy/1.jpg`` are two images).
+    train_ids: Literal["file_name", "path"] = "file_name"
     train_prefix: str = "train/"
     test_prefix: str = "test/"
     sample_submission: str = "sample_submission.csv"
@@ -130,6 +133,7 @@ OWN_DATA = CompetitionSpec(
     kaggle=False,
     ingest_from="class_folders",
     classes_from_data=True,
+    train_ids="path",
 )
 
 SPECS = {spec.slug: spec for spec in (STATE_FARM, DOGS_VS_CATS, OWN_DATA)}

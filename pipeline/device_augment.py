@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from pipeline.augment import AugmentRanges, train_transform
 from pipeline.config import AugmentParams
-from pipeline.frames import FrameImages, RawFrames
+from pipeline.image_data import FrameImages, RawFrames
 
 
 def resolve_augment_on(setting: str, device: torch.device) -> str:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pipeline.augment import CROPS, INTERPOLATIONS
 from pipeline.errors import PipelineError
-from pipeline.frames import RawFrames
+from pipeline.image_data import RawFrames
 
 MODES = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from pipeline.cores import take_share
+
 
 class PipelineError(Exception):
     """Bad input, params or environment; the message is the whole story, on one line."""
@@ -21,8 +23,9 @@ class PipelineError(Exception):
 
 
 def cli(main: Callable[[], None]) -> Callable[[], None]:
-    """Run a stage's ``main`` with its INFO logging on, turn a PipelineError into a one-line message and exit 2, and
-    end with the stage's wall time (``features tf_efficientnet_lite0: done in 41.2 s``)."""
+    """Run a stage's ``main`` with its INFO logging on and its share of the cores (pipeline/cores.py), turn a
+    PipelineError into a one-line message and exit 2, and end with the stage's wall time (``features
+    tf_efficientnet_lite0: done in 41.2 s``)."""
 
     @functools.wraps(main)
     def run() -> None:
@@ -31,6 +34,7 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
         for ours in ("pipeline", "__main__"):  # a stage run with `python -m` logs as __main__
             logging.getLogger(ours).setLevel(logging.INFO)
         start = time.perf_counter()
+        take_share()
         try:
             main()
         except PipelineError as error:

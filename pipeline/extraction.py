@@ -10,8 +10,7 @@ import torch
 from pipeline.augment import view_transform
 from pipeline.device_views import DeviceViews
 from pipeline.errors import PipelineError
-from pipeline.frames import FrameImages
-from pipeline.image_data import Feed
+from pipeline.image_data import Feed, FrameImages
 from pipeline.progress import progress
 
 

@@ -4,8 +4,8 @@ Decoding a JPEG costs a core 1.3-2.1 ms (docs/gpu.md); every view, epoch, fold a
 The frames stage pays it once. ``data/frames/<competition>/`` holds ``train.npy`` and ``test.npy`` (uint8
 [n, height, width, 3], NumPy's format, memory-mapped when read), ``train_index.csv`` / ``test_index.csv`` (img,
 member: array row order) and ``frames.json`` (the frame shape and the size it serves). This module is the only
-place those names are spelled; ``FrameImages`` turns rows of a split into transformed ``size x size`` batches,
-as ``pipeline/image_data.py``'s ``ArchiveImages`` does from the archive.
+place those names are spelled. It needs no torch: the frames stage (and each of its decoding processes) starts
+in a second; ``FrameImages`` and ``RawFrames`` in pipeline/image_data.py turn rows of a split into batches.
 
 A frame is the image decoded at the largest libjpeg reduction (1/2, 1/4, 1/8) that keeps both sides at least
 ``frames.size`` (State Farm's 640x480 at 224: 320x240). That is the frame decoding for any image size whose
@@ -22,12 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import albumentations as A
 import cv2
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 
 from pipeline.errors import PipelineError
 
@@ -132,49 +129,3 @@ def gather(arrays: Sequence[np.ndarray], rows: np.ndarray) -> np.ndarray:
                     _read_rows(array, int(run_rows[0]), frames[run_places[0]:run_places[-1] + 1])
         start += len(array)
     return frames
-
-
-class FrameImages(Dataset):
-    """Rows ``rows`` of the frame arrays (laid end to end), transformed to ``size x size`` uint8 HWC by
-    ``transform`` (a view or an augmentation). ``seeds`` (one per item) reseeds a random transform per sample, so
-    the augmentation an image gets does not depend on worker count or order."""
-
-    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], transform: A.Compose, size: int,
-                 seeds: Sequence[int] | None = None):
-        self.arrays, self.rows, self.transform, self.size, self.seeds = list(arrays), np.asarray(rows), transform, \
-            size, seeds
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.__getitems__([index])
-
-    def __getitems__(self, indices: Sequence[int]) -> dict:
-        """A whole batch in one uint8 tensor (no per-sample tensors to stack)."""
-        frames = gather(self.arrays, self.rows[np.asarray(indices, dtype=np.int64)])
-        images = torch.empty(len(indices), self.size, self.size, 3, dtype=torch.uint8)
-        for i, (index, frame) in enumerate(zip(indices, frames)):
-            if self.seeds is not None:
-                self.transform.set_random_seed(int(self.seeds[index]))
-            images[i] = torch.from_numpy(self.transform(image=frame)["image"])
-        return {"index": torch.as_tensor(indices), "image": images, "error": [""] * len(indices)}
-
-
-class RawFrames(Dataset):
-    """Rows of the frame arrays as they are, for the device paths (views and augmentation made on the GPU):
-    the batch is ``{"frames": uint8 NHWC}`` and the subclass's ``to_images`` turns it into model images."""
-
-    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], size: int,
-                 seeds: Sequence[int] | None = None):
-        self.arrays, self.rows, self.size, self.seeds = list(arrays), np.asarray(rows), size, seeds
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.__getitems__([index])
-
-    def __getitems__(self, indices: Sequence[int]) -> dict:
-        frames = torch.from_numpy(gather(self.arrays, self.rows[np.asarray(indices, dtype=np.int64)]))
-        return {"index": torch.as_tensor(indices), "image": {"frames": frames}, "error": [""] * len(indices)}

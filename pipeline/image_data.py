@@ -1,4 +1,4 @@
-"""Batches to the model: DataLoaders over the datasets of pipeline/frames.py, normalisation on the device.
+"""Batches to the model: datasets over the frame cache (pipeline/frames.py), DataLoaders, normalisation on the device.
 
 Datasets hand over uint8 HWC batches (a view or an augmentation of cached frames, made on the CPU) or the frames
 themselves with a ``to_images`` that makes them on the device; float conversion and normalisation happen on the
@@ -13,11 +13,14 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import albumentations as A
 import cv2
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.errors import PipelineError
+from pipeline.frames import gather
 
 
 MAIN_THREADS_BESIDE_WORKERS = 2
@@ -73,11 +76,6 @@ def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     return images.sub_(mean_t).div_(std_t).contiguous(memory_format=torch.channels_last)
 
 
-def pick_device(local_rank: int = 0) -> torch.device:
-    """The GPU of this process (``LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
-    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA GPUs that have it, fp16 on older ones; CPU stays float32."""
     if device.type != "cuda" or not enabled:
@@ -109,3 +107,49 @@ class Feed:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.amp)
+
+
+class FrameImages(Dataset):
+    """Rows ``rows`` of the frame arrays (laid end to end), transformed to ``size x size`` uint8 HWC by
+    ``transform`` (a view or an augmentation). ``seeds`` (one per item) reseeds a random transform per sample, so
+    the augmentation an image gets does not depend on worker count or order."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], transform: A.Compose, size: int,
+                 seeds: Sequence[int] | None = None):
+        self.arrays, self.rows, self.transform, self.size, self.seeds = list(arrays), np.asarray(rows), transform, \
+            size, seeds
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        """A whole batch in one uint8 tensor (no per-sample tensors to stack)."""
+        frames = gather(self.arrays, self.rows[np.asarray(indices, dtype=np.int64)])
+        images = torch.empty(len(indices), self.size, self.size, 3, dtype=torch.uint8)
+        for i, (index, frame) in enumerate(zip(indices, frames)):
+            if self.seeds is not None:
+                self.transform.set_random_seed(int(self.seeds[index]))
+            images[i] = torch.from_numpy(self.transform(image=frame)["image"])
+        return {"index": torch.as_tensor(indices), "image": images, "error": [""] * len(indices)}
+
+
+class RawFrames(Dataset):
+    """Rows of the frame arrays as they are, for the device paths (views and augmentation made on the GPU):
+    the batch is ``{"frames": uint8 NHWC}`` and the subclass's ``to_images`` turns it into model images."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], size: int,
+                 seeds: Sequence[int] | None = None):
+        self.arrays, self.rows, self.size, self.seeds = list(arrays), np.asarray(rows), size, seeds
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        frames = torch.from_numpy(gather(self.arrays, self.rows[np.asarray(indices, dtype=np.int64)]))
+        return {"index": torch.as_tensor(indices), "image": {"frames": frames}, "error": [""] * len(indices)}

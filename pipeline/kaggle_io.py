@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.progress import bars_shown
 
+PAGES, PAGE_SIZE = 50, 20  # 1,000 submissions: more than a competition allows in its lifetime
 HOW_TO_AUTHENTICATE = (
     "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), "
     "or save kaggle.json from https://www.kaggle.com/settings to ~/.kaggle/kaggle.json with chmod 600"
@@ -61,7 +63,7 @@ def _explain(error: Exception, competition: str, action: str = "download") -> Pi
         return PipelineError(f"Kaggle has no competition named {competition!r} (HTTP 404)")
     if isinstance(error, requests.ConnectionError):
         return PipelineError(f"cannot reach Kaggle to {action} {competition}: no network connection")
-    return PipelineError(f"{action} for {competition} on Kaggle failed: {type(error).__name__} (HTTP {status})")
+    return PipelineError(f"Kaggle refused to {action} {competition}: {type(error).__name__} (HTTP {status})")
 
 
 def download_competition(competition: str, target_dir: Path) -> Path:
@@ -95,3 +97,45 @@ def submit_file(competition: str, path: Path, message: str) -> str:
         detail = " ".join(printed.getvalue().split())[:200]
         raise PipelineError(f"{path}: the upload to Kaggle failed{': ' + detail if detail else ''}")
     return answer
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One submission as Kaggle lists it; scores are None until Kaggle has them (private: until the end)."""
+
+    ref: int
+    date: str
+    file: str
+    message: str
+    status: str  # pending, complete or error
+    public: float | None
+    private: float | None
+    error: str = ""
+
+
+def _score(text) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def list_submissions(competition: str) -> list[Submission]:
+    """Every submission of the competition (this account's team), newest first."""
+    import requests
+
+    api = authenticated_api()
+    found = []
+    try:
+        for page in range(1, PAGES + 1):
+            listed = api.competition_submissions(competition, page_number=page, page_size=PAGE_SIZE) or []
+            for item in listed:
+                found.append(Submission(
+                    int(item.ref), item.date.isoformat(timespec="seconds") if item.date else "",
+                    item.file_name or "", item.description or "", str(item.status.name).lower(),
+                    _score(item.public_score), _score(item.private_score), item.error_description or ""))
+            if len(listed) < PAGE_SIZE:
+                break
+    except requests.RequestException as error:
+        raise _explain(error, competition, "list the submissions of") from None
+    return found

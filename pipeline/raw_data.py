@@ -53,7 +53,7 @@ def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None
     for member in archive.names(spec.train_prefix):
         parts = PurePosixPath(member[len(spec.train_prefix):]).parts
         if spec.labels_from == "csv":
-            image, label = parts[-1], parts[0]
+            image, label = ("/".join(parts) if spec.train_ids == "path" else parts[-1]), parts[0]
             ok = len(parts) == 2 and label in spec.classes
         else:
             image, label = parts[-1], parts[-1].split(".")[0]
@@ -125,7 +125,8 @@ def copy_groups(source: Path, group_column: str, raw: Path, spec: CompetitionSpe
     group_of = groups.set_index("img")[group_column]
     unlisted = sorted(set(images) - set(group_of.index))
     if unlisted:
-        raise PipelineError(f"{source}: does not list {unlisted[0]}; {len(unlisted)} training image(s) without "
+        ids = " (own data's ids are paths under own_data.train_dir: <class>/<file>)" if spec.train_ids == "path" else ""
+        raise PipelineError(f"{source}: does not list {unlisted[0]}{ids}; {len(unlisted)} training image(s) without "
                             f"a group")
     table = pd.DataFrame({"img": images, "group": images.map(group_of)})
     if (table.group == "").any():

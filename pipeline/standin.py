@@ -170,8 +170,9 @@ def _write_own_data(out_dir: Path, table: pd.DataFrame, params: StandinParams, w
         for member, jpeg in _render_all(table, OWN_DATA, params, workers):
             (root / member).parent.mkdir(parents=True, exist_ok=True)
             (root / member).write_bytes(jpeg)
-        train = table[table.split == "train"].sort_values("img")
-        train[["img", "subject"]].rename(columns={"subject": "person"}).to_csv(root / "groups.csv", index=False)
+        train = table[table.split == "train"]
+        groups = pd.DataFrame({"img": train.member.str[len(OWN_DATA.train_prefix):], "person": train.subject})
+        groups.sort_values("img").to_csv(root / "groups.csv", index=False)  # keyed by own data's ids: <class>/<file>
         ingest_own_data(OwnDataParams(train_dir=str(root / "train"), test_dir=str(root / "test")), out_dir, None)
         copy_groups(root / "groups.csv", "person", out_dir, load_spec(OWN_DATA.slug, out_dir))
     test = table[table["split"] == "test"].sort_values("img")

@@ -37,11 +37,11 @@ from pipeline.atomic import atomic_file
 from pipeline.augment import view_transform
 from pipeline.backbones import data_config
 from pipeline.config import Recipe
+from pipeline.cores import keep_share
 from pipeline.errors import PipelineError
-from pipeline.frames import FrameImages
-from pipeline.image_data import Feed, pick_device
+from pipeline.image_data import Feed, FrameImages
 from pipeline.progress import progress
-from pipeline.training import warmup_cosine_factor
+from pipeline.training import pick_device, warmup_cosine_factor
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ class Trainer:
         """Train from epoch ``start`` to the recipe's last, saving ``last.pt`` after each; ``report`` gets each
         epoch's figures on rank 0. The held-out images are not looked at: no epoch is chosen by them."""
         for epoch in range(start, self.recipe.epochs):
+            keep_share()  # another run may have started or ended on this machine
             # Per-(epoch, image) augmentation seeds and a per-epoch shuffle: a resumed run sees the same data.
             train_set = images.train_set
             train_set.seeds = np.random.SeedSequence([self.recipe.seed, images.fold, epoch]).generate_state(

@@ -1,4 +1,4 @@
-"""Pieces every training loop shares: seeding and the warm-up + cosine schedule."""
+"""Pieces every training loop shares: the device, seeding and the warm-up + cosine schedule."""
 from __future__ import annotations
 
 import math
@@ -31,3 +31,8 @@ def warmup_cosine_factor(warmup_steps: int, total_steps: int) -> Callable[[int],
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
     """``warmup_cosine_factor`` on every parameter group, stepped once per batch."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_factor(warmup_steps, total_steps))
+
+
+def pick_device(local_rank: int = 0) -> torch.device:
+    """The GPU of this process (``LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
+    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")

@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny stand-in competition and a throw-away copy of the repository."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import logging
 import os
 
@@ -30,7 +32,7 @@ from pipeline.standin import write_standin
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_FILES = ["pipeline", "submissions/README.md", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
-              ".dvc/.gitignore"]
+              ".dvc/.gitignore", "metrics/leaderboard"]  # the leaderboard's files as a fresh clone has them: empty
 # `dvc exp run` commits; a fresh CI machine has no git identity of its own.
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "pipeline-tests", "GIT_AUTHOR_EMAIL": "tests@pipeline.local",
                 "GIT_COMMITTER_NAME": "pipeline-tests", "GIT_COMMITTER_EMAIL": "tests@pipeline.local"}
@@ -61,25 +63,28 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture
-def run_stage(monkeypatch, capsys):
+def run_stage_in(repo: Path, stage: str, *args: str) -> tuple[int, list[str]]:
     """Run a stage's ``main`` in this process, as ``python -m pipeline.stages.<stage> <args>`` in ``repo`` would:
-    returns (exit status, stderr lines). Seconds cheaper than a subprocess, which imports torch afresh; each test
-    module keeps one subprocess test to prove the command line itself."""
-
-    def run_stage_(repo: Path, stage: str, *args: str) -> tuple[int, list[str]]:
-        monkeypatch.chdir(repo)
-        monkeypatch.setattr(sys, "argv", [f"pipeline/stages/{stage}.py", *args])
-        monkeypatch.setattr(logging.root, "handlers", [])  # the stage logs to this test's captured stderr
-        capsys.readouterr()
+    returns (exit status, stderr lines). Seconds cheaper than a subprocess, which imports torch afresh (torch and
+    its compiler alone take ~4 s of a 2-core machine); each test module keeps a subprocess run to prove the command
+    line itself. Module-scoped fixtures call it directly; tests use the ``run_stage`` fixture."""
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr):
+        patch.chdir(repo)
+        patch.setattr(sys, "argv", [f"pipeline/stages/{stage}.py", *args])
+        patch.setattr(logging.root, "handlers", [])  # the stage's logging goes to ``stderr``
         try:
             importlib.import_module(f"pipeline.stages.{stage}").main()
             status = 0
         except SystemExit as exit_:
             status = exit_.code
-        return status, capsys.readouterr().err.strip().splitlines()
+    return status, stderr.getvalue().strip().splitlines()
 
-    return run_stage_
+
+@pytest.fixture
+def run_stage():
+    """``run_stage_in`` (a stage in this process) for a test."""
+    return run_stage_in
 
 
 def _tiny_standin(tmp_path_factory, spec) -> Path:

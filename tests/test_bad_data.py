@@ -137,6 +137,7 @@ def test_an_image_that_does_not_decode_stops_the_frames_stage_naming_it(repo_cop
     broken = {"truncated": good[: len(good) // 2], "corrupt": b"\xff\xd8\xff" + bytes(200), "zero bytes": b"",
               "GIF named .jpg": _gif()}[damage]
     replace_member(raw / "imgs.zip", member, broken)
+    set_params(repo_copy, frames={"workers": 2})  # the decoding processes of a machine with cores to spare
     status, lines = run_stage(repo_copy, "frames")
     assert status == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"error: data/raw/{STATE_FARM.slug}/imgs.zip:{member}: ") and message in lines[0]

@@ -160,29 +160,36 @@ def _jpeg(path: Path, colour: tuple[int, int, int]) -> None:
 
 
 def _user_folders(root: Path, with_test: bool = True) -> dict:
-    """A user's data: two class folders of 6 images, a groups CSV (3 people), optionally a test folder;
-    returns the params sections that point at it."""
+    """A user's data as folders look: two class folders of 6 images named alike (0.jpg ... 5.jpg in each), the
+    files Windows and macOS leave, a groups CSV (3 people), optionally a test folder; returns the params sections
+    that point at it."""
     rows = []
     for k, label in enumerate(("closed", "open")):
         for i in range(6):
-            name = f"{label[0]}{i}.jpg"
-            _jpeg(root / "train" / label / name, (40 + 150 * k, 60 + 10 * i, 90))
-            rows.append((name, f"person{i % 3}"))
+            _jpeg(root / "train" / label / f"{i}.jpg", (40 + 150 * k, 60 + 10 * i, 90))
+            rows.append((f"{label}/{i}.jpg", f"person{i % 3}"))
     pd.DataFrame(rows, columns=["img", "person"]).to_csv(root / "groups.csv", index=False)
     (root / "train" / "open" / ".DS_Store").write_bytes(b"finder")
+    (root / "train" / "closed" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 windows thumbnails")
     if with_test:
         for i in range(4):
             _jpeg(root / "test" / f"t{i}.jpg", (50 + 40 * i, 70, 90))
+        (root / "test" / "desktop.ini").write_text("[.ShellClassInfo]")
     return {"own_data": {"train_dir": str(root / "train"), "test_dir": str(root / "test") if with_test else ""},
             "data": {"source": "local", "groups_csv": str(root / "groups.csv"), "group_column": "person"}}
 
 
 def test_own_folders_land_in_one_zip_with_labels_groups_and_a_sample_submission(repo_copy, tmp_path):
     set_params(repo_copy, competition=OWN_DATA.slug, **_user_folders(tmp_path / "mine"))
-    run([sys.executable, "-m", "pipeline.stages.download"], repo_copy)
+    result = run([sys.executable, "-m", "pipeline.stages.download"], repo_copy)
+    assert "own_data.train_dir: skipped 2 file(s) the operating system left (.DS_Store, Thumbs.db)" in result.stderr
+    assert "own_data.test_dir: skipped 1 file(s) the operating system left (desktop.ini)" in result.stderr
     raw = repo_copy / raw_dir(OWN_DATA.slug)
     labels = pd.read_csv(raw / "labels.csv")
     assert list(labels.columns) == ["img", "label"] and len(labels) == 12 and set(labels.label) == {"closed", "open"}
+    # Ids are paths under train_dir: 0.jpg of each class folder is an image of its own.
+    assert sorted(labels.img) == sorted(f"{label}/{i}.jpg" for label in ("closed", "open") for i in range(6))
+    assert (labels.img.str.split("/").str[0] == labels.label).all()
     groups = pd.read_csv(raw / "groups.csv")
     assert list(groups.columns) == ["img", "group"] and sorted(groups.img) == sorted(labels.img)
     assert groups.group.nunique() == 3
@@ -193,10 +200,9 @@ def test_own_folders_land_in_one_zip_with_labels_groups_and_a_sample_submission(
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda root: _jpeg(root / "train" / "open" / "c0.jpg", (1, 2, 3)), "c0.jpg is in both closed/ and open/"),
     (lambda root: (root / "train" / "open" / "notes.txt").write_text("x"), "notes.txt: not an image file"),
     (lambda root: pd.read_csv(root / "groups.csv").iloc[1:].to_csv(root / "groups.csv", index=False),
-     "groups.csv: does not list c0.jpg"),
+     "groups.csv: does not list closed/0.jpg (own data's ids are paths under own_data.train_dir: <class>/<file>)"),
     (lambda root: _jpeg(root / "train" / "open" / "deeper" / "x.jpg", (1, 2, 3)),
      "expected <class>/<image> directly under own_data.train_dir"),
 ])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.paths import features_dir, folds_csv, metrics_dir, predictions_dir
-from tests.conftest import make_repo, put_competition, run, set_params
+from tests.conftest import make_repo, put_competition, run, run_stage_in, set_params
 
 pytestmark = pytest.mark.slow  # end to end: stages as subprocesses
 
@@ -34,14 +34,19 @@ def _outputs(repo: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, tiny_competition) -> tuple[dict, dict, Path]:
-    """The folds, features and heads stages run twice from scratch, in two repositories."""
+    """The folds, features and heads stages run twice from scratch, in two repositories: as commands, then in this
+    process (another interpreter, another hash seed, the threads and caches of the tests before)."""
     results = []
     for name in ("first", "second"):
         repo = make_repo(tmp_path_factory.mktemp(name) / "repo")
         put_competition(repo, tiny_competition)
         set_params(repo, features={"train_passes": 1}, heads={"epochs": 5})
         for stage in STAGES:
-            run([sys.executable, "-m", f"pipeline.stages.{stage[0]}", *stage[1:]], repo)
+            if name == "first":
+                run([sys.executable, "-m", f"pipeline.stages.{stage[0]}", *stage[1:]], repo)
+            else:
+                status, lines = run_stage_in(repo, *stage)
+                assert status == 0, lines
         results.append((_outputs(repo), repo))
     return results[0][0], results[1][0], results[1][1]
 
@@ -59,8 +64,8 @@ def test_another_seed_changes_the_folds_and_so_everything_after_them(two_runs, t
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy, symlinks=True)
     set_params(copy, folds={"seed": 1})
-    run([sys.executable, "-m", "pipeline.stages.folds"], copy)
-    run([sys.executable, "-m", "pipeline.stages.heads", BACKBONE], copy)
+    for stage in (["folds"], ["heads", BACKBONE]):
+        assert run_stage_in(copy, *stage)[0] == 0
     changed = _outputs(copy)
     assert changed[str(folds_csv(SLUG))] != first[str(folds_csv(SLUG))]
     assert changed["heads metrics.json"] != first["heads metrics.json"]

@@ -9,7 +9,7 @@ import torch
 from pipeline.augment import CROPS, view_transform
 from pipeline.device_views import DeviceViews
 from pipeline.errors import PipelineError
-from pipeline.frames import FrameImages
+from pipeline.image_data import FrameImages
 from pipeline.image_data import Feed
 
 SIZE = 64

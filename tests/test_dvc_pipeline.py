@@ -1,7 +1,7 @@
 """`dvc repro` end to end on a tiny stand-in, in one throw-away git repo that the tests of this module share.
 
 The repo is reproduced once (two folds, a pseudo-label round on, every stage recording which params it reads);
-the tests then ask it questions in file order, each leaving it as it found it, and the experiment comes last.
+the tests then ask it questions in file order, each leaving it as it found it, and the queued sweep comes last.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +62,26 @@ def test_repro_builds_every_stage_and_a_second_repro_has_nothing_to_do(reproduce
     assert "oof_confusion.json" in run(DVC + ["plots", "show", "--json"], repo).stdout
     second = run(DVC + ["repro"], repo)
     assert "Running stage" not in second.stdout and "up to date" in run(DVC + ["status"], repo).stdout
+
+
+def test_dvc_plots_show_draws_what_the_ensemble_gets_wrong(reproduced, tmp_path):
+    repo, _, _ = reproduced
+    run(DVC + ["plots", "show", "-o", str(tmp_path / "plots")], repo)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    for title in ("Out-of-fold log loss per group (State Farm - per driver), worst first",
+                  "Out-of-fold log loss per class, worst first", "Reliability of the top class"):
+        assert title in page
+    per_group = json.loads((repo / "metrics/ensemble/plots/custom/per_group.json").read_text())
+    folds = pd.read_csv(repo / folds_csv(STATE_FARM.slug))
+    assert {row["group"] for row in per_group} == set(folds.group)  # every driver, worst first
+    assert [row["log_loss"] for row in per_group] == sorted((row["log_loss"] for row in per_group), reverse=True)
+    assert sum(row["images"] for row in per_group) == len(folds)
+    for name in ("before", "after"):
+        bins = json.loads((repo / f"metrics/ensemble/plots/custom/reliability_{name}.json").read_text())
+        assert sum(row["images"] for row in bins) == len(folds)
+    # One gallery per class, each drawn into the page as an image.
+    assert page.count("<img") == len(STATE_FARM.classes)
+    assert all(f"worst_{name}.jpg" in page for name in STATE_FARM.classes)
 
 
 def _declared_params(repo: Path) -> dict[tuple[str, ...], tuple[str, set[str]]]:
@@ -177,16 +198,30 @@ def test_adding_a_model_runs_only_its_finetune_stages(reproduced):
     assert (repo / "data" / "predictions" / STATE_FARM.slug / "finetune-small" / "fold0" / "test.csv").is_file()
 
 
-def test_an_experiment_on_dropout_reruns_what_dropout_reaches_and_reuses_the_rest(reproduced):
+def test_a_queued_sweep_runs_two_at_once_and_each_reruns_only_what_dropout_reaches(reproduced):
     repo = reproduced[0]
-    experiment = run(DVC + ["exp", "run", "-S", "dropout=0.3", "-n", "drop03"], repo)
-    assert "Running stage 'heads@tf_efficientnet_lite0'" in experiment.stdout
-    assert "Running stage 'finetune@lite0-0'" in experiment.stdout
-    assert "Running stage 'features@" not in experiment.stdout and "Running stage 'folds'" not in experiment.stdout
+    # The pseudo-label round off (the params check above needed it; two stages fewer per experiment), then the run's
+    # lock and metrics committed, as a user commits them: queued experiments see only committed files.
+    set_params(repo, pseudo={"models": []}, ensemble={"models": ["heads-tf_efficientnet_lite0", "finetune-lite0"]})
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "the reproduced pipeline"], repo)
+    run(DVC + ["exp", "run", "--queue", "-S", "dropout=0.2,0.3"], repo)  # DVC's sweep grammar: two experiments
+    run(DVC + ["queue", "start", "-j", "2"], repo)
+    deadline = time.time() + 600
+    while True:
+        status = run(DVC + ["queue", "status"], repo).stdout
+        if ("Running" not in status and "Queued" not in status) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert status.count("Success") == 2, status
     table = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
     experiments = [exp for commit in table for exp in (commit.get("experiments") or [])]
-    runs = [run_["data"] for exp in experiments for run_ in exp["revs"]]
-    [ours] = [r for r in runs if r["params"]["params.yaml"]["data"]["dropout"] == 0.3]
-    assert "cv_log_loss" in ours["metrics"]["metrics/submission/metrics.json"]["data"]
+    runs = {exp["name"]: exp["revs"][0]["data"] for exp in experiments}
+    assert sorted(r["params"]["params.yaml"]["data"]["dropout"] for r in runs.values()) == [0.2, 0.3]
+    for name, data in runs.items():
+        assert "cv_log_loss" in data["metrics"]["metrics/submission/metrics.json"]["data"]
+        log = run(DVC + ["queue", "logs", name], repo).stdout
+        assert "Running stage 'heads@tf_efficientnet_lite0'" in log and "Running stage 'finetune@lite0-0'" in log
+        assert "Running stage 'features@" not in log and "Running stage 'folds'" not in log  # restored from the cache
     [baseline] = [commit for commit in table if commit["rev"] != "workspace"]
     assert baseline["data"]["params"]["params.yaml"]["data"]["dropout"] == 0.5

@@ -22,7 +22,8 @@ from pipeline.trainer import Checkpoint
 from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
 MODEL = "finetune-lite0"
-FINETUNE = [sys.executable, "-m", "pipeline.stages.finetune", "lite0", "--fold", "0"]
+FOLD0 = ("lite0", "--fold", "0")
+FINETUNE = [sys.executable, "-m", "pipeline.stages.finetune", *FOLD0]
 
 
 def _prepare(repo, tiny_competition, **finetune):
@@ -50,7 +51,7 @@ def test_a_checkpoint_from_another_process_count_or_batch_size_is_not_resumed_an
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrupted_one(repo_copy, tiny_competition,
-                                                                                          tmp_path):
+                                                                                          tmp_path, run_stage):
     settings = dict(epochs=4, image_size=64)
     _prepare(repo_copy, tiny_competition, **settings)
     last = repo_copy / checkpoint_dir(STATE_FARM.slug, MODEL, 0) / "last.pt"
@@ -65,8 +66,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     assert last.exists(), "no checkpoint was written before the kill"
     assert not (repo_copy / fold_dir(STATE_FARM.slug, MODEL, 0)).exists()  # nothing half-written
 
-    resumed = run(FINETUNE, repo_copy)
-    assert "resuming from" in resumed.stderr
+    status, resumed = run_stage(repo_copy, "finetune", *FOLD0)  # in this process: the killed command was the subprocess
+    assert status == 0 and any("resuming from" in line for line in resumed)
 
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -75,16 +76,17 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     put_competition(fresh, tiny_competition)
     (fresh / "data" / "folds").mkdir(parents=True)
     os.symlink(repo_copy / "data" / "folds" / STATE_FARM.slug, fresh / "data" / "folds" / STATE_FARM.slug)
-    run(FINETUNE, fresh)
+    assert run_stage(fresh, "finetune", *FOLD0)[0] == 0
     for resumed_table, fresh_table in zip(_fold0(repo_copy), _fold0(fresh)):
         pd.testing.assert_frame_equal(resumed_table, fresh_table, atol=1e-4)
 
     # Other test-time views: the finished run predicts again with its final weights, it does not train again.
     before = _fold0(repo_copy)
     set_params(repo_copy, finetune={"test_views": ["full", "zoom"]})
-    repredicted = run(FINETUNE, repo_copy)
-    assert "resuming from" in repredicted.stderr and " epoch 1: train loss" not in repredicted.stderr
-    assert "with 2 test view(s)" in repredicted.stderr
+    status, lines = run_stage(repo_copy, "finetune", *FOLD0)
+    repredicted = "\n".join(lines)
+    assert status == 0 and "resuming from" in repredicted and " epoch 1: train loss" not in repredicted
+    assert "with 2 test view(s)" in repredicted
     after = _fold0(repo_copy)
     assert list(after[1].img) == list(before[1].img)
     assert not after[1].equals(before[1])

@@ -7,7 +7,8 @@ import pytest
 
 from pipeline.augment import view_transform
 from pipeline.competitions import STATE_FARM, load_spec
-from pipeline.frames import FrameImages, fit_frame, gather, load_frames
+from pipeline.frames import fit_frame, gather, load_frames
+from pipeline.image_data import FrameImages
 from pipeline.images import CompetitionImages
 from pipeline.paths import frames_dir, sample_dir
 from tests.conftest import put_competition

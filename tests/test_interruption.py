@@ -14,7 +14,7 @@ from pipeline.atomic import atomic_dir, atomic_file
 from pipeline.competitions import STATE_FARM
 from pipeline.feature_cache import load_feature_set
 from pipeline.paths import features_dir
-from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
+from tests.conftest import GIT_IDENTITY, put_competition, set_params
 
 pytestmark = pytest.mark.slow  # end to end: stages as subprocesses
 
@@ -33,7 +33,7 @@ def test_leftovers_of_a_killed_writer_are_swept_by_the_next_one(tmp_path):
 
 
 @pytest.mark.parametrize("signal_", [signal.SIGTERM, signal.SIGKILL])
-def test_a_killed_features_stage_leaves_no_output_and_reruns_cleanly(repo_copy, tiny_competition, signal_):
+def test_a_killed_features_stage_leaves_no_output_and_reruns_cleanly(repo_copy, tiny_competition, signal_, run_stage):
     put_competition(repo_copy, tiny_competition)
     # Enough work that the stage is surely still writing when it is killed.
     set_params(repo_copy, features={"test_views": ["full", "zoom", "left", "right"], "train_passes": 2})
@@ -50,7 +50,7 @@ def test_a_killed_features_stage_leaves_no_output_and_reruns_cleanly(repo_copy, 
     assert process.wait() != 0, "the stage finished before it could be interrupted"
     assert not target.exists()
 
-    run(command, repo_copy)
+    assert run_stage(repo_copy, "features", BACKBONE)[0] == 0  # the rerun, in this process
     features = load_feature_set(target)
     assert np.abs(np.asarray(features.train_aug, np.float32)).sum(-1).min() > 0
     assert sorted(p.name for p in target.parent.iterdir()) == [BACKBONE]

@@ -10,6 +10,7 @@ import pytest
 from pipeline.config import EnsembleParams
 from pipeline.blending import (Predictions, blend, blend_weights, ensemble, fit_recipe, fit_temperature, nearest,
                                neighbour_mean, with_temperature)
+from pipeline.error_analysis import captions, gallery, loss_by, reliability, worst_rows
 from pipeline.errors import PipelineError
 from pipeline.metrics import multiclass_log_loss
 from pipeline.predictions import load_model, write_fold
@@ -77,7 +78,7 @@ def test_a_log_space_blend_is_a_renormalised_weighted_geometric_mean_and_is_chos
         models.append(proba)
     settings = EnsembleParams(models=["a", "b"], calibrate=False, clip_grid=[1e-15], neighbours=[],
                               neighbour_features=["x"])
-    oof, _, recipe, report = ensemble(Predictions(models, [[m] for m in models], labels, np.zeros(400, int), {}),
+    oof, _, recipe, report, _ = ensemble(Predictions(models, [[m] for m in models], labels, np.zeros(400, int), {}),
                                       settings, multiclass_log_loss)  # one fold: the in-sample fit only
     assert recipe.space == "log" and report["in_sample/cv_log_loss"] < 0.9 * math.log(3)
 
@@ -110,7 +111,7 @@ def test_the_ensemble_finds_neighbours_in_the_space_that_scores_best_out_of_fold
     spaces = {"noise": (noise, noise[:60]), "pose": (pose, pose[:60])}
     settings = EnsembleParams(models=["a"], calibrate=False, clip_grid=[1e-15], neighbours=[9],
                               neighbour_features=["noise", "pose"])
-    _, _, recipe, report = ensemble(Predictions([proba], [[proba[:60]]], labels, np.zeros(600, int), spaces),
+    _, _, recipe, report, _ = ensemble(Predictions([proba], [[proba[:60]]], labels, np.zeros(600, int), spaces),
                                     settings, multiclass_log_loss)
     assert recipe.neighbour_space == "pose" and recipe.neighbour_weight > 0.5
     assert report["in_sample/cv_log_loss"] < 0.7 * multiclass_log_loss(labels, proba)
@@ -129,7 +130,7 @@ def test_nested_cv_does_not_credit_choices_fit_on_the_scored_rows():
     # Four models of pure noise: blend weights, temperature and clip fit on the scored rows find "signal" there;
     # fit on the other folds they cannot, and the score stays at chance (log 3) or above.
     labels, models, fold_of = _noise_models(5)
-    _, _, _, report = ensemble(Predictions(models, [[m[:8]] * 4 for m in models], labels, fold_of, {}), NESTED,
+    _, _, _, report, _ = ensemble(Predictions(models, [[m[:8]] * 4 for m in models], labels, fold_of, {}), NESTED,
                                multiclass_log_loss)
     assert report["cv_log_loss"] > math.log(3) - 0.01
     assert report["in_sample/cv_log_loss"] < report["cv_log_loss"] - 0.01
@@ -160,3 +161,31 @@ def test_out_of_fold_predictions_must_cover_each_image_exactly_once(tmp_path):
     _write_model(tmp_path / "gap", folds, ["t1.jpg", "t2.jpg"], drop="img_3.jpg")
     with pytest.raises(PipelineError, match="fold1/oof.csv: does not hold exactly fold 1's held-out images"):
         load_model(tmp_path / "gap", folds, CLASSES, ["t1.jpg", "t2.jpg"])
+
+
+def test_error_analysis_finds_the_worst_group_class_and_images_and_reads_calibration():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 3000)
+    confidence = rng.uniform(0.34, 1.0, 3000)
+    top = np.where(rng.uniform(size=3000) < confidence, labels, (labels + 1) % 3)  # right as often as it claims
+    proba = np.full((3000, 3), 0.0)
+    proba[np.arange(3000), top] = confidence
+    proba[np.arange(3000), (top + 2) % 3] = 1 - confidence
+    groups = np.where(np.arange(3000) < 100, "p002", "p001")
+    proba[:100] = np.roll(np.eye(3)[labels[:100]] * 0.9 + 0.05, 1, axis=1)  # driver p002: confidently wrong
+    by_group = loss_by(groups, labels, proba, "group")
+    assert [row["group"] for row in by_group] == ["p002", "p001"] and by_group[0]["accuracy"] == 0
+    assert sum(row["images"] for row in by_group) == 3000
+    calibrated = reliability(labels[100:], proba[100:])
+    assert all(abs(b["accuracy"] - b["confidence"]) < 0.06 for b in calibrated if b["images"] > 100)
+    sharpened = reliability(labels[100:], proba[100:] ** 4 / (proba[100:] ** 4).sum(1, keepdims=True))
+    assert np.mean([b["confidence"] - b["accuracy"] for b in sharpened if b["images"] > 100]) > 0.05  # over-confident
+    worst = worst_rows(labels, proba, per_class=5)
+    losses = -np.log(np.clip(proba[np.arange(3000), labels], 1e-15, 1))
+    for label, rows in worst.items():
+        others = np.setdiff1d(np.nonzero(labels == label)[0], rows)
+        assert (labels[rows] == label).all() and losses[rows].min() >= losses[others].max()
+    frames = rng.integers(0, 255, (5, 240, 320, 3), dtype=np.uint8)
+    picture = gallery(frames, captions([f"img_{i}.jpg" for i in range(5)], ["p002"] * 5, labels[:5], proba[:5],
+                                       ["c0", "c1", "c2"]))
+    assert picture.dtype == np.uint8 and picture.shape[2] == 3 and picture.shape[1] >= 5 * 192

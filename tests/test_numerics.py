@@ -13,7 +13,8 @@ from pipeline.stages import features as features_stage
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
 from pipeline.augment import view_transform
-from pipeline.frames import FrameImages, load_frames
+from pipeline.frames import load_frames
+from pipeline.image_data import FrameImages
 from pipeline.image_data import Feed
 from pipeline.trainer import Trainer
 from pipeline.paths import features_dir, frames_dir, predictions_dir

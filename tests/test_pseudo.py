@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.competitions import STATE_FARM
 from pipeline.paths import fold_dir
-from tests.conftest import make_repo, put_competition, run, set_params
+from tests.conftest import make_repo, put_competition, run, run_stage_in, set_params
 
 pytestmark = pytest.mark.slow  # end to end: stages as subprocesses
 
@@ -27,7 +27,8 @@ def first_round(tmp_path_factory, tiny_competition):
     set_params(repo, folds={"n_splits": len(FOLDS)}, finetune={"folds": list(FOLDS)},
                pseudo={"models": [MODEL], "threshold": 0.0})
     for stage in (["folds"], *(["finetune", MODEL, "--fold", str(k)] for k in FOLDS)):
-        run([sys.executable, "-m", f"pipeline.stages.{stage[0]}", *stage[1:]], repo)
+        status, lines = run_stage_in(repo, *stage)
+        assert status == 0, lines
     return repo
 
 
@@ -36,8 +37,10 @@ def second_round(first_round, tmp_path_factory):
     """The same repository after a student per fold."""
     repo = tmp_path_factory.mktemp("students") / "repo"
     shutil.copytree(first_round, repo, symlinks=True)
-    for fold in FOLDS:
-        run([sys.executable, "-m", "pipeline.stages.pseudo", MODEL, "--fold", str(fold)], repo)
+    run([sys.executable, "-m", "pipeline.stages.pseudo", MODEL, "--fold", str(FOLDS[0])], repo)  # the command line
+    for fold in FOLDS[1:]:
+        status, lines = run_stage_in(repo, "pseudo", MODEL, "--fold", str(fold))
+        assert status == 0, lines
     return repo
 
 

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 
 def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int]:
     """Fill ``out_dir`` (empty) from the configured source; return the checked image counts."""
-    source = params.data.source
+    source, notes = params.data.source, []
     if source == "standin":
         write_standin(out_dir, spec, params.standin)
     elif spec.ingest_from == "class_folders":
-        ingest_own_data(params.own_data, out_dir, params.data.max_unpacked_bytes)
+        notes = ingest_own_data(params.own_data, out_dir, params.data.max_unpacked_bytes)
     elif source == "kaggle":
         with tempfile.TemporaryDirectory(dir=out_dir) as download_dir:
             ingest(download_competition(spec.slug, Path(download_dir)), out_dir, spec, params.data.max_unpacked_bytes)
@@ -50,6 +50,8 @@ def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int
         if source == "kaggle":  # a short count from Kaggle means a broken download
             raise PipelineError(f"{out_dir}: {found}; the download is incomplete, run it again")
         log.warning("warning: %s: %s; going on with the images you have", params.data.local_path, found)
+    for note in notes:  # after every check: a refused download prints its one line and nothing else
+        log.info("%s", note)
     return counts
 
 

@@ -8,8 +8,10 @@ choices fit on every row.
 
 Reads params ``ensemble`` and ``competition``, every model in ``ensemble.models`` under
 ``data/predictions/<competition>/``, the neighbour spaces (a backbone's cached features, or a fine-tuned model's
-embeddings) and the folds CSV. Writes ``data/ensemble/<competition>/`` (``oof.csv``: the nested out-of-fold
-predictions, ``test.csv``, ``blend.json``) and ``metrics/ensemble/`` (metrics.json, out-of-fold confusion matrix).
+embeddings), the folds CSV and the frame cache (thumbnails). Writes ``data/ensemble/<competition>/``
+(``oof.csv``: the nested out-of-fold predictions, ``test.csv``, ``blend.json``) and ``metrics/ensemble/``:
+metrics.json and the plots of what it gets wrong (pipeline/error_analysis.py): the out-of-fold confusion matrix,
+log loss per group and per class, reliability before and after calibration, and each class's worst images.
 
     python -m pipeline.stages.ensemble
 """
@@ -27,10 +29,12 @@ from pipeline.atomic import atomic_dir
 from pipeline.blending import Predictions, ensemble
 from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import EnsembleParams, load_params
+from pipeline.error_analysis import MAX_GROUPS, captions, gallery, loss_by, reliability, worst_rows
 from pipeline.errors import cli
 from pipeline.feature_cache import load_feature_set
+from pipeline.frames import gather, load_frames
 from pipeline.metrics import accuracy, competition_metric
-from pipeline.paths import ensemble_dir, features_dir, metrics_dir, predictions_dir
+from pipeline.paths import ensemble_dir, features_dir, frames_dir, metrics_dir, predictions_dir
 from pipeline.predictions import load_embeddings, load_model, write_table
 from pipeline.tables import RunImages, load_folds
 
@@ -57,6 +61,26 @@ def neighbour_space(spec: CompetitionSpec, folds: pd.DataFrame, source: str) -> 
     return load_embeddings(predictions_dir(spec.slug, source), folds)
 
 
+def log_errors(live: Live, spec: CompetitionSpec, folds: pd.DataFrame, labels: np.ndarray, blended: np.ndarray,
+               oof: np.ndarray) -> None:
+    """The error-analysis plots (dvc.yaml's ``plots`` draws them) of the nested out-of-fold predictions ``oof``;
+    ``blended`` is the same before temperature, smoothing and clipping."""
+    names = np.array(spec.classes)
+    # dvc.yaml's titles say "worst first": the bars keep the order written.
+    live.log_plot("per_group", loss_by(folds.group, labels, oof, "group", MAX_GROUPS), x="log_loss", y="group")
+    live.log_plot("per_class", loss_by(names[labels], labels, oof, "class"), x="log_loss", y="class")
+    live.log_plot("reliability_before", reliability(labels, blended), x="confidence", y="accuracy")
+    live.log_plot("reliability_after", reliability(labels, oof), x="confidence", y="accuracy")
+    live.log_plot("reliability_diagonal", [{"confidence": 0.0, "accuracy": 0.0}, {"confidence": 1.0, "accuracy": 1.0}],
+                  x="confidence", y="accuracy")
+    frames = load_frames(frames_dir(spec.slug))
+    for label, rows in worst_rows(labels, oof).items():
+        ids, groups = folds.img.to_numpy()[rows], folds.group.astype(str).to_numpy()[rows]
+        thumbnails = gather(frames.both, frames.rows("train", ids))
+        live.log_image(f"worst_{names[label]}.jpg",
+                       gallery(thumbnails, captions(ids, groups, labels[rows], oof[rows], spec.classes)))
+
+
 def main_for() -> None:
     params = load_params()
     spec = load_spec(params.competition)
@@ -71,8 +95,8 @@ def main_for() -> None:
         tests.append([test.to_numpy() for test in fold_tests])
         report[f"{model}/cv_log_loss"] = competition_metric(spec, labels, oofs[-1])
     spaces = {name: neighbour_space(spec, folds, name) for name in neighbour_candidates(settings)}
-    oof, test, fitted, steps = ensemble(Predictions(oofs, tests, labels, folds.fold.to_numpy(), spaces), settings,
-                                        functools.partial(competition_metric, spec))
+    oof, test, fitted, steps, by_step = ensemble(Predictions(oofs, tests, labels, folds.fold.to_numpy(), spaces),
+                                                 settings, functools.partial(competition_metric, spec))
     report.update(steps)
     report["cv_accuracy"] = accuracy(labels, oof)
     recipe = fitted.as_dict(settings.models)
@@ -86,6 +110,7 @@ def main_for() -> None:
         names = np.array(spec.classes)
         live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[oof.argmax(1)].tolist(),
                               name="oof_confusion.json")
+        log_errors(live, spec, folds, labels, by_step["blend"], oof)
     for key, value in report.items():
         log.info("%-45s %.4f", key, value)
     log.info("%s blend, weights %s, temperature %.3f, %d neighbours in %s at weight %.2f, clip %g",

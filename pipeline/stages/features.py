@@ -28,10 +28,11 @@ from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
 from pipeline.extraction import extract, view_images
-from pipeline.frames import FrameImages, Frames, load_frames
-from pipeline.image_data import Feed, pick_device
+from pipeline.frames import Frames, load_frames
+from pipeline.image_data import Feed, FrameImages
 from pipeline.paths import features_dir, frames_dir
 from pipeline.tables import RunImages
+from pipeline.training import pick_device
 
 log = logging.getLogger(__name__)
 

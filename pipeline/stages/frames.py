@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from pipeline.atomic import atomic_dir
 from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import load_params
+from pipeline.cores import share
 from pipeline.errors import PipelineError, cli
 from pipeline.frames import array_file, fit_frame, new_frames, write_index, write_meta
 from pipeline.images import CompetitionImages
@@ -84,7 +84,8 @@ def decode_frames(images: RunImages, spec: CompetitionSpec, size: int, workers: 
 
 
 def resolve_workers(setting: int | str) -> int:
-    return len(os.sched_getaffinity(0)) if setting == "auto" else int(setting)
+    """``auto``: this stage's share of the cores (all of them when it runs alone)."""
+    return share() if setting == "auto" else int(setting)
 
 
 @cli

@@ -29,13 +29,12 @@ from pipeline.atomic import atomic_dir
 from pipeline.config import HeadsParams, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import FeatureSet, load_feature_set
-from pipeline.image_data import pick_device
 from pipeline.metrics import accuracy, competition_metric, multiclass_log_loss
 from pipeline.paths import features_dir, fold_name, metrics_dir, predictions_dir
 from pipeline.predictions import write_fold
 from pipeline.progress import progress
 from pipeline.competitions import load_spec
-from pipeline.training import seed_everything, warmup_cosine
+from pipeline.training import pick_device, seed_everything, warmup_cosine
 from pipeline.tables import load_folds
 
 log = logging.getLogger(__name__)

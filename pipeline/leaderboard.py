@@ -1,0 +1,106 @@
+"""The leaderboard's answer back into the experiment table: Kaggle's scores beside the CV that predicted them.
+
+``python -m pipeline.submit`` uploads, then waits here for Kaggle to score the file and records the score in
+``metrics/leaderboard/metrics.json`` (``lb_public``, ``lb_private`` once the competition has closed, date, file,
+message), a metrics file of dvc.yaml: `dvc exp show` shows it beside ``cv_log_loss``, and the submit command saves
+it with the experiment that made the file (``dvc exp save``).
+
+``python -m pipeline.leaderboard`` pulls every submission of the competition, reads each one's CV from the
+message the submit command wrote (``<commit> <experiment> cv=<CV> <file>``), and writes
+``metrics/leaderboard/submissions.json``: the CV-against-leaderboard plot of dvc.yaml (`dvc plots show`). A
+pending record in metrics.json (a wait that timed out) gets its score too.
+
+    python -m pipeline.leaderboard
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+from pipeline.atomic import atomic_file
+from pipeline.competitions import load_spec
+from pipeline.config import load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.kaggle_io import Submission, list_submissions
+from pipeline.paths import metrics_dir
+from pipeline.progress import progress
+
+log = logging.getLogger(__name__)
+RECORD = metrics_dir("leaderboard") / "metrics.json"
+HISTORY = metrics_dir("leaderboard") / "submissions.json"
+MESSAGE = re.compile(r"^(?P<commit>\S+)(?: (?P<experiment>\S+))?(?: cv=(?P<cv>[0-9.]+))?(?: (?P<file>\S+))?$")
+
+
+def wait_for_score(competition: str, message: str, timeout: float, poll: float) -> Submission:
+    """The newest submission with ``message``, once Kaggle has scored it; a one-line error when Kaggle reports an
+    error or ``timeout`` seconds pass."""
+    started = time.monotonic()
+    with progress(total=None, desc="waiting for Kaggle's score", unit="check") as bar:
+        while True:
+            mine = [s for s in list_submissions(competition) if s.message == message]
+            if not mine:
+                raise PipelineError(f"Kaggle lists no submission of {competition} with the message {message!r}")
+            if mine[0].status == "error":
+                raise PipelineError(f"Kaggle could not score {mine[0].file}: {mine[0].error or 'scoring error'}")
+            if mine[0].status == "complete":
+                return mine[0]
+            if time.monotonic() - started + poll > timeout:
+                raise PipelineError(f"Kaggle has not scored {mine[0].file} after {timeout:.0f} s; "
+                                    f"`python -m pipeline.leaderboard` records the score once it has")
+            bar.update(1)
+            time.sleep(poll)
+
+
+def record(submission: Submission | None, message: str, file: str, path: Path = RECORD) -> dict:
+    """Write metrics/leaderboard/metrics.json for this workspace's submission (pending when ``submission`` is
+    None, or not yet scored)."""
+    row = {"message": message, "file": file, "status": submission.status if submission else "pending"}
+    if submission is not None:
+        row.update(date=submission.date, submission=submission.ref)
+        row.update({key: value for key, value in (("lb_public", submission.public), ("lb_private", submission.private))
+                    if value is not None})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def history(submissions: list[Submission]) -> list[dict]:
+    """A row per scored submission whose message carries a CV (the submit command's), oldest first."""
+    rows = []
+    for sub in reversed(submissions):
+        match = MESSAGE.match(sub.message.strip())
+        if sub.public is None or not match or not match["cv"]:
+            continue
+        rows.append({"date": sub.date, "commit": match["commit"], "experiment": match["experiment"] or "",
+                     "cv_log_loss": float(match["cv"]), "lb_public": sub.public,
+                     **({"lb_private": sub.private} if sub.private is not None else {}), "file": sub.file})
+    return rows
+
+
+@cli
+def main() -> None:
+    spec = load_spec(load_params().competition)
+    submissions = list_submissions(spec.slug)
+    rows = history(submissions)
+    HISTORY.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(HISTORY) as tmp:
+        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    if RECORD.is_file():  # a wait that timed out: the score may be there now
+        pending = json.loads(RECORD.read_text())
+        scored = [s for s in submissions if s.message == pending.get("message") and s.status == "complete"]
+        if pending.get("status") != "complete" and scored:
+            record(scored[0], pending["message"], pending["file"])
+            log.info("%s: scored %s", RECORD, scored[0].public)
+    for row in rows:
+        log.info("%s %-8s %-12s cv %.4f  public %.4f%s", row["date"][:10], row["commit"], row["experiment"] or "-",
+                 row["cv_log_loss"], row["lb_public"],
+                 f"  private {row['lb_private']:.4f}" if "lb_private" in row else "")
+    log.info("%d of %d submissions carry a CV; wrote %s (`dvc plots show`)", len(rows), len(submissions), HISTORY)
+
+
+if __name__ == "__main__":
+    main()
