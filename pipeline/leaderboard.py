@@ -31,24 +31,24 @@ from pipeline.progress import progress
 log = logging.getLogger(__name__)
 RECORD = metrics_dir("leaderboard") / "metrics.json"
 HISTORY = metrics_dir("leaderboard") / "submissions.json"
-MESSAGE = re.compile(r"^(?P<commit>\S+)(?: (?P<experiment>\S+))?(?: cv=(?P<cv>[0-9.]+))?(?: (?P<file>\S+))?$")
+# What the submit command writes: "<commit> [<experiment>] [cv=<CV>] <file>" (no experiment outside `dvc exp run`).
+MESSAGE = re.compile(r"^(?P<commit>\S+)(?: (?!cv=)(?P<experiment>\S+))?(?: cv=(?P<cv>[0-9.]+))?(?: (?P<file>\S+))?$")
 
 
 def wait_for_score(competition: str, message: str, timeout: float, poll: float) -> Submission:
     """The newest submission with ``message``, once Kaggle has scored it; a one-line error when Kaggle reports an
-    error or ``timeout`` seconds pass."""
+    error or ``timeout`` seconds pass (a submission not listed yet counts as not scored yet)."""
     started = time.monotonic()
     with progress(total=None, desc="waiting for Kaggle's score", unit="check") as bar:
         while True:
             mine = [s for s in list_submissions(competition) if s.message == message]
-            if not mine:
-                raise PipelineError(f"Kaggle lists no submission of {competition} with the message {message!r}")
-            if mine[0].status == "error":
+            if mine and mine[0].status == "error":
                 raise PipelineError(f"Kaggle could not score {mine[0].file}: {mine[0].error or 'scoring error'}")
-            if mine[0].status == "complete":
+            if mine and mine[0].status == "complete":
                 return mine[0]
             if time.monotonic() - started + poll > timeout:
-                raise PipelineError(f"Kaggle has not scored {mine[0].file} after {timeout:.0f} s; "
+                what = mine[0].file if mine else f"the submission {message!r}"
+                raise PipelineError(f"Kaggle has not scored {what} after {timeout:.0f} s; "
                                     f"`python -m pipeline.leaderboard` records the score once it has")
             bar.update(1)
             time.sleep(poll)

@@ -101,9 +101,12 @@ def _leaderboard(*states: tuple[str, str]) -> None:
         row = {"ref": 41, "status": status, "description": json.loads(created.request.body)["submissionDescription"],
                "fileName": "latest.csv", "date": "2026-11-29T20:00:00Z", "publicScore": public,
                "errorDescription": "Submission file has 79726 rows, expected 79727" if status == "ERROR" else ""}
-        older = {"ref": 17, "status": "COMPLETE", "description": "a1b2c3d base cv=0.5100 latest.csv",
-                 "fileName": "latest.csv", "date": "2026-11-28T09:00:00Z", "publicScore": "0.48710"}
-        return 200, {}, json.dumps({"submissions": [row, older]})
+        older = [{"ref": 17, "status": "COMPLETE", "description": description, "fileName": "latest.csv",
+                  "date": f"2026-11-{day}T09:00:00Z", "publicScore": public}
+                 for day, description, public in (("28", "a1b2c3d base cv=0.5100 latest.csv", "0.48710"),
+                                                  ("27", "b2c3d4e cv=0.6000 latest.csv", "0.58000"),  # no experiment
+                                                  ("26", "my first try by hand", "0.90000"))]  # no CV: left out
+        return 200, {}, json.dumps({"submissions": [row, *older]})
 
     responses.add_callback(responses.POST, API + "ListSubmissions", callback=listing)
 
@@ -144,7 +147,7 @@ def test_submit_uploads_waits_for_the_score_and_saves_it_with_the_experiment(rep
     leaderboard.main()
     points = json.loads((repo_copy / "metrics" / "leaderboard" / "submissions.json").read_text())
     assert [(p["experiment"], p["cv_log_loss"], p["lb_public"]) for p in points] == \
-        [("base", 0.51, 0.4871), ("drop03", 0.4321, 0.4567)]
+        [("", 0.6, 0.58), ("base", 0.51, 0.4871), ("drop03", 0.4321, 0.4567)]  # oldest first
     assert "CV against the public leaderboard" in run(DVC + ["plots", "show", "--json"], repo_copy).stdout
 
 
