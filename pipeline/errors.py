@@ -22,10 +22,13 @@ class PipelineError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
-def cli(main: Callable[[], None]) -> Callable[[], None]:
+def cli(main: Callable[[], None] | None = None, *, cores: bool = True):
     """Run a stage's ``main`` with its INFO logging on and its share of the cores (pipeline/cores.py), turn a
     PipelineError into a one-line message and exit 2, and end with the stage's wall time (``features
-    tf_efficientnet_lite0: done in 41.2 s``)."""
+    tf_efficientnet_lite0: done in 41.2 s``). ``@cli(cores=False)``: a command that mostly waits (submit,
+    leaderboard) and must not count as a stage running."""
+    if main is None:
+        return functools.partial(cli, cores=cores)
 
     @functools.wraps(main)
     def run() -> None:
@@ -34,7 +37,8 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
         for ours in ("pipeline", "__main__"):  # a stage run with `python -m` logs as __main__
             logging.getLogger(ours).setLevel(logging.INFO)
         start = time.perf_counter()
-        take_share()
+        if cores:
+            take_share()
         try:
             main()
         except PipelineError as error:

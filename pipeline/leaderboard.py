@@ -81,7 +81,7 @@ def history(submissions: list[Submission]) -> list[dict]:
     return rows
 
 
-@cli
+@cli(cores=False)  # it waits on Kaggle: no share of the cores
 def main() -> None:
     spec = load_spec(load_params().competition)
     submissions = list_submissions(spec.slug)

@@ -54,7 +54,7 @@ def default_message(path: Path) -> str:
     return " ".join(p for p in parts if p)
 
 
-@cli
+@cli(cores=False)  # it waits on Kaggle: no share of the cores
 def main() -> None:
     parser = argparse.ArgumentParser(description="Submit a CSV to the competition in params.yaml")
     parser.add_argument("--file", type=Path, default=SUBMISSIONS / "latest.csv")
