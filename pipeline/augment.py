@@ -26,7 +26,40 @@ CROPS = {
     "down": (0.1, 0.0, 0.0, 0.0),
 }
 
+# Regions a fine-tuned model can look at instead of, or beside, the whole frame (``regions`` of a finetune.models
+# entry): (left, top, right, bottom) as fractions of the frame, in State Farm's camera geometry (the camera on the
+# passenger side: the driver left of centre facing right, the wheel at the right, the console below the camera).
+# Drawn on a stand-in frame in docs/regions.jpg (bench/regions.py --draw); chosen by bench/regions.py's
+# measurement on the real development set (docs/results.md). Test-time views (CROPS) apply within the region.
+REGIONS = {
+    "full": (0.0, 0.0, 1.0, 1.0),
+    "driver": (0.1, 0.0, 0.9, 0.85),  # the driver, less window and seat
+    "head": (0.2, 0.0, 0.7, 0.6),  # head and shoulders: a phone at the ear, a cup, make-up, a turned head
+    "hands": (0.4, 0.25, 1.0, 0.85),  # both hands, the wheel, a phone held low
+    "wheel": (0.6, 0.1, 1.0, 0.7),
+    "lap": (0.2, 0.5, 0.8, 1.0),  # a phone texted on in the lap
+    "console": (0.0, 0.5, 0.5, 1.0),  # the radio and the console, between camera and driver
+    "bottom_right": (0.5, 0.5, 1.0, 1.0),  # the quarter the 1st-place solution fed its net
+}
+
 INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+
+
+def region_box(region: str, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) pixel bounds of ``region`` in a ``height x width`` frame: one rounding for the CPU
+    and the GPU paths."""
+    if region not in REGIONS:
+        raise PipelineError(f"region {region!r}: unknown; regions are {', '.join(REGIONS)}")
+    left, top, right, bottom = REGIONS[region]
+    return round(top * height), round(bottom * height), round(left * width), round(right * width)
+
+
+def in_regions(frame, regions) -> list:
+    """The frame (HWC) cut to each region, in order: what a model of ``regions`` sees of it."""
+    if list(regions) == ["full"]:
+        return [frame]
+    boxes = [region_box(region, *frame.shape[:2]) for region in regions]
+    return [frame[top:bottom, left:right] for top, bottom, left, right in boxes]
 
 
 def view_transform(view: str, size: int, interpolation: str = "bicubic") -> A.Compose:

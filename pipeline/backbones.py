@@ -73,3 +73,41 @@ def create_backbone(name: str, num_classes: int = 0, pretrained: bool = True, pa
 def data_config(model: torch.nn.Module) -> dict:
     """The model's own preprocessing: input size, interpolation, mean and std."""
     return timm.data.resolve_data_config({}, model=model)
+
+
+class RegionNet(torch.nn.Module):
+    """One backbone run on each of ``regions`` crops of a frame, their pooled features side by side before one
+    linear classifier: the 1st-place State Farm form (full frame, head, hands through one net). The batch holds a
+    frame's regions one after another (frame 0's regions, then frame 1's: pipeline/image_data.py); the
+    classifier sees one row per frame. Shaped like a timm classifier where the trainer looks (``forward_features``,
+    ``forward_head``, ``get_classifier``, ``num_features``, ``pretrained_cfg``)."""
+
+    def __init__(self, body: torch.nn.Module, regions: int, num_classes: int, drop_rate: float):
+        super().__init__()
+        self.body, self.regions, self.num_classes = body, regions, num_classes
+        self.num_features = body.num_features * regions
+        self.pretrained_cfg = body.pretrained_cfg  # the body's preprocessing (data_config)
+        self.drop = torch.nn.Dropout(drop_rate)
+        self.classifier = torch.nn.Linear(self.num_features, num_classes)
+
+    def get_classifier(self) -> torch.nn.Module:
+        return self.classifier
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body.forward_features(images)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = self.body.forward_head(features, pre_logits=True).reshape(-1, self.num_features)
+        return pooled if pre_logits else self.classifier(self.drop(pooled))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+
+def create_classifier(name: str, regions: int, num_classes: int, drop_rate: float,
+                      param_key: str = "backbone") -> torch.nn.Module:
+    """The pretrained backbone with a new ``num_classes`` head: a plain timm model for one region (the whole frame
+    or one crop), a ``RegionNet`` over one shared backbone for several."""
+    if regions == 1:
+        return create_backbone(name, num_classes=num_classes, drop_rate=drop_rate, param_key=param_key)
+    return RegionNet(create_backbone(name, num_classes=0, param_key=param_key), regions, num_classes, drop_rate)

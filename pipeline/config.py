@@ -118,6 +118,7 @@ class BackboneParams(Section):
 
 
 View = Literal["full", "zoom", "left", "right", "up", "down", "hflip"]  # pipeline/augment.py's CROPS
+Region = Literal["full", "driver", "head", "hands", "wheel", "lap", "console", "bottom_right"]  # augment.py's REGIONS
 
 
 class FramesParams(Section):
@@ -163,7 +164,11 @@ class Recipe(Section):
     ``finetune.models.<name>``."""
 
     backbone: str  # timm name; offline weights for tf_efficientnet_lite0..2
-    image_size: int = Field(ge=32, le=1024)
+    image_size: int = Field(ge=32, le=1024)  # of each region
+    # What the net looks at (pipeline/augment.py's REGIONS), each region resized to image_size: [full] the whole
+    # frame; one region, a crop model; several, one net that runs its backbone on each and classifies their
+    # pooled features side by side (pipeline/backbones.py's RegionNet, the 1st-place form).
+    regions: list[Region] = Field(min_length=1, max_length=8)
     epochs: int = Field(ge=1, le=500)
     batch_size: int = Field(ge=2)
     lr: float = Field(gt=0.0, le=1.0, strict=False)  # the new head's; the body gets lr * body_lr_factor
@@ -327,6 +332,10 @@ def _check_models(params: Params, source: Path) -> None:
         views = getattr(params, section).test_views
         if len(set(views)) != len(views):
             raise PipelineError(f"{source}: {section}.test_views: a view is listed twice")
+    for name in params.finetune.models:
+        regions = params.finetune.recipe(name).regions
+        if len(set(regions)) != len(regions):
+            raise PipelineError(f"{source}: finetune.models.{name}.regions: a region is listed twice")
     unknown = [m for m in params.pseudo.models if m not in params.finetune.models]
     if unknown:
         raise PipelineError(f"{source}: pseudo.models: {unknown[0]!r} is not under finetune.models (a student needs "

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.augment import AugmentRanges, train_transform
+from pipeline.augment import AugmentRanges, region_box, train_transform
 from pipeline.config import AugmentParams
 from pipeline.image_data import FrameImages, RawFrames
 
@@ -83,23 +83,31 @@ class DeviceAugmentedImages(RawFrames):
     """
 
     def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], ranges: AugmentRanges, size: int,
-                 seeds: Sequence[int] | None = None):
+                 seeds: Sequence[int] | None = None, regions: Sequence[str] = ("full",)):
         super().__init__(arrays, rows, size, seeds)
-        self.augment = DeviceAugment(ranges, size)
+        self.augment, self.regions = DeviceAugment(ranges, size), list(regions)
 
     def to_images(self, batch: dict, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The batch's frames augmented, each cut to each of ``regions`` first (a frame's regions one after
+        another, as image_data.FrameImages lays them out)."""
         frames = batch["frames"].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         seed = int(self.seeds[int(indices[0])]) if self.seeds is not None else int(indices[0])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            images = self.augment(frames)
+            if self.regions == ["full"]:
+                images = self.augment(frames)
+            else:
+                boxes = [region_box(region, *frames.shape[-2:]) for region in self.regions]
+                images = torch.stack([self.augment(frames[..., top:bottom, left:right])
+                                      for top, bottom, left, right in boxes], 1).flatten(0, 1)
         return images.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def augmented_images(arrays: Sequence[np.ndarray], rows: Sequence[int], augment: AugmentParams, strength: float,
-                     size: int, seed: int, on: str, device: torch.device) -> Dataset:
-    """A fine-tuning run's training images (``rows`` of the frame arrays), augmented where ``on``
-    (``finetune.augment_on``) says: albumentations on the CPU, or kornia on ``device``."""
+                     size: int, seed: int, on: str, device: torch.device,
+                     regions: Sequence[str] = ("full",)) -> Dataset:
+    """A fine-tuning run's training images (``rows`` of the frame arrays, each cut to ``regions``), augmented where
+    ``on`` (``finetune.augment_on``) says: albumentations on the CPU, or kornia on ``device``."""
     if resolve_augment_on(on, device) == "device":
-        return DeviceAugmentedImages(arrays, rows, AugmentRanges.of(augment, strength), size)
-    return FrameImages(arrays, rows, train_transform(augment, size, seed, strength), size)
+        return DeviceAugmentedImages(arrays, rows, AugmentRanges.of(augment, strength), size, regions=regions)
+    return FrameImages(arrays, rows, train_transform(augment, size, seed, strength), size, regions=regions)

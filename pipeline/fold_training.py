@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from pipeline.atomic import atomic_dir
-from pipeline.backbones import create_backbone, data_config
+from pipeline.backbones import create_classifier, data_config
 from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
 from pipeline.device_augment import augmented_images, resolve_augment_on
@@ -62,8 +62,8 @@ def new_trainer(params: Params, model_name: str, spec: CompetitionSpec, n_train:
                 distributed: Distributed) -> Trainer:
     """The pretrained backbone with a new head for the competition's classes, on this process's device."""
     recipe = params.finetune.recipe(model_name)
-    model = create_backbone(recipe.backbone, num_classes=len(spec.classes), drop_rate=params.dropout,
-                            param_key=f"finetune.models.{model_name}.backbone")
+    model = create_classifier(recipe.backbone, len(recipe.regions), len(spec.classes), params.dropout,
+                              param_key=f"finetune.models.{model_name}.backbone")
     model = model.to(distributed.device, memory_format=torch.channels_last)
     config = data_config(model)
     feed = Feed(distributed.device, recipe.batch_size, params.finetune.workers, config["mean"], config["std"],
@@ -84,7 +84,7 @@ def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpe
         weights = torch.as_tensor(np.r_[np.ones(len(train_rows)), np.full(len(pseudo.ids), pseudo.weight)],
                                   dtype=torch.float32)
     train_set = augmented_images(frames.both, rows, params.augment, recipe.augment_strength, recipe.image_size,
-                                 recipe.seed, params.finetune.augment_on, device)
+                                 recipe.seed, params.finetune.augment_on, device, recipe.regions)
     return FoldImages(fold, train_set, torch.as_tensor(targets), frames.both, frames.rows("train", held_out.img),
                       functools.partial(competition_metric, spec, spec.class_indices(held_out.label)),
                       weights), held_out.img

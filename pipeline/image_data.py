@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.augment import in_regions
 from pipeline.errors import PipelineError
 from pipeline.frames import gather
 
@@ -112,12 +113,15 @@ class Feed:
 class FrameImages(Dataset):
     """Rows ``rows`` of the frame arrays (laid end to end), transformed to ``size x size`` uint8 HWC by
     ``transform`` (a view or an augmentation). ``seeds`` (one per item) reseeds a random transform per sample, so
-    the augmentation an image gets does not depend on worker count or order."""
+    the augmentation an image gets does not depend on worker count or order. With ``regions`` (pipeline/augment.py's
+    REGIONS) each frame is cut to each region first and transformed region by region: a batch of n frames holds
+    n x len(regions) images, a frame's regions one after another (what backbones.RegionNet expects)."""
 
     def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], transform: A.Compose, size: int,
-                 seeds: Sequence[int] | None = None):
+                 seeds: Sequence[int] | None = None, regions: Sequence[str] = ("full",)):
         self.arrays, self.rows, self.transform, self.size, self.seeds = list(arrays), np.asarray(rows), transform, \
             size, seeds
+        self.regions = list(regions)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -128,11 +132,13 @@ class FrameImages(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> dict:
         """A whole batch in one uint8 tensor (no per-sample tensors to stack)."""
         frames = gather(self.arrays, self.rows[np.asarray(indices, dtype=np.int64)])
-        images = torch.empty(len(indices), self.size, self.size, 3, dtype=torch.uint8)
+        per_frame = len(self.regions)
+        images = torch.empty(len(indices) * per_frame, self.size, self.size, 3, dtype=torch.uint8)
         for i, (index, frame) in enumerate(zip(indices, frames)):
             if self.seeds is not None:
                 self.transform.set_random_seed(int(self.seeds[index]))
-            images[i] = torch.from_numpy(self.transform(image=frame)["image"])
+            for j, part in enumerate(in_regions(frame, self.regions)):
+                images[i * per_frame + j] = torch.from_numpy(self.transform(image=np.ascontiguousarray(part))["image"])
         return {"index": torch.as_tensor(indices), "image": images, "error": [""] * len(indices)}
 
 

@@ -9,7 +9,10 @@ driver and class are a "take", a short video: the movement runs on from frame
 to frame and the scenery drifts past, so neighbouring frames are near-duplicates
 (a random split leaks) and a test image's nearest neighbours are mostly its own
 take (test-neighbour smoothing helps). Geometry is laid out in a 640x480 design
-space and mapped through the driver's camera.
+space (the wheel at its left), mapped through the driver's camera and mirrored at
+the end, so a frame has the real photos' geometry: the wheel at the right, the
+driver left of centre facing it, the radio low on the left. The regions that
+crop models look at (pipeline/augment.py's REGIONS) rely on that.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from PIL import Image, ImageDraw
 
 DESIGN_W, DESIGN_H = 640.0, 480.0
 WHEEL_CENTRE, WHEEL_NEAR, WHEEL_FAR = (0.245, 0.56), (0.275, 0.50), (0.225, 0.60)
-RADIO = (0.625, 0.69)
+RADIO = (0.2, 0.71)  # below the wheel: in the mirrored frame low on the right, where real photos have it
 FOCUS = (0.45, 0.5)  # the design point the camera centres: the driver, as State Farm's cameras framed them
 TRANSITIONS = 0.15  # the share of a take's frames caught on the way into or out of the pose
 SHIRT_KEY, SEAT_KEY = (1, 254, 3), (2, 253, 4)  # drawn in these colours, then filled with the fabric's pattern
@@ -78,7 +81,7 @@ class Take:
 class Pose:
     near_hand: tuple[float, float]  # the driver's right hand, nearer the camera
     far_hand: tuple[float, float]
-    yaw: float  # 0 looks ahead (left of frame), 1 looks at the camera/passenger
+    yaw: float  # 0 looks ahead (left in design space, right in the mirrored frame), 1 at the camera/passenger
     pitch: float  # positive looks down
     lean: float
     near_prop: str | None = None  # "phone", "cup"
@@ -311,8 +314,8 @@ def draw_frame(look: DriverLook, pose: Pose, take: Take, time: float, size: tupl
     canvas.polygon([(0.58, -0.3), (0.68, -0.3), (0.62, 0.45), (0.56, 0.45)], dark)  # B-pillar
     canvas.polygon([(-0.3, 0.52), (0.2, 0.48), (0.23, 1.3), (-0.3, 1.3)], dark)  # dashboard
     canvas.polygon([(0.56, 0.6), (0.7, 0.6), (0.72, 1.3), (0.55, 1.3)], dark)  # centre console
-    canvas.polygon([(0.58, 0.65), (0.67, 0.65), (0.67, 0.73), (0.58, 0.73)], (30, 30, 35))  # radio
-    canvas.polygon([(0.595, 0.665), (0.655, 0.665), (0.655, 0.69), (0.595, 0.69)], (90, 220, 160))
+    canvas.polygon([(0.155, 0.67), (0.245, 0.67), (0.245, 0.75), (0.155, 0.75)], (30, 30, 35))  # radio
+    canvas.polygon([(0.17, 0.685), (0.23, 0.685), (0.23, 0.71), (0.17, 0.71)], (90, 220, 160))
     canvas.polygon([(0.8, 0.35), (1.3, 0.35), (1.3, 1.3), (0.78, 1.3)], SEAT_KEY)  # rear seat
     lean = pose.lean
     canvas.polygon([(0.47, 0.32), (0.6, 0.34), (0.62, 0.95), (0.45, 0.95)], SEAT_KEY)  # driver's seat back
@@ -338,4 +341,5 @@ def draw_frame(look: DriverLook, pose: Pose, take: Take, time: float, size: tupl
     grain = rng.standard_normal(((height + 1) // 2, (width + 1) // 2, 3), dtype=np.float32) * 5
     grain = grain.repeat(2, axis=0).repeat(2, axis=1)[:height, :width]
     pixels = pixels * np.asarray(look.cast, dtype=np.float32) * np.asarray(take.tint, dtype=np.float32) + grain
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    # Mirrored: design space has the wheel at the left, State Farm's camera sees it at the right.
+    return Image.fromarray(np.ascontiguousarray(np.clip(pixels, 0, 255).astype(np.uint8)[:, ::-1]))

@@ -245,7 +245,8 @@ class Trainer:
         interpolation = data_config(model)["interpolation"]
         with torch.inference_mode(), progress(total=len(mine) * len(views), desc=label) as bar:
             for view in views:
-                dataset = FrameImages(frames, rows[mine], view_transform(view, size, interpolation), size)
+                dataset = FrameImages(frames, rows[mine], view_transform(view, size, interpolation), size,
+                                      regions=self.recipe.regions)
                 for indices, inputs in self.feed.inputs(self.feed.loader(dataset, batch_size=2 * self.feed.batch_size)):
                     with self.feed.autocast():
                         pooled = model.forward_head(model.forward_features(inputs), pre_logits=True)
