@@ -3,6 +3,8 @@ docs/regions.jpg draws), the stand-in puts the wheel, the radio and the head ins
 and a crop model trains and predicts on its crop, a multi-region net on all of its regions."""
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ import torch
 from pipeline.augment import REGIONS, view_transform
 from pipeline.backbones import create_classifier
 from pipeline.competitions import STATE_FARM
-from pipeline.config import AugmentParams, Recipe, load_params
+from pipeline.config import AugmentParams, Recipe, Region, load_params
 from pipeline.device_augment import augmented_images
 from pipeline.image_data import Feed, FrameImages
 from pipeline.paths import checkpoint_dir, fold_dir
@@ -42,6 +44,10 @@ def _assert_made_from(images: np.ndarray, region: str, slack: float = 1.5) -> No
     assert left - slack <= x.min() and x.max() <= right + slack, (region, x.min(), x.max())
     assert top - slack <= y.min() and y.max() <= bottom + slack, (region, y.min(), y.max())
     assert x.max() - x.min() >= 0.9 * (right - left) and y.max() - y.min() >= 0.9 * (bottom - top), region
+
+
+def test_params_accept_exactly_the_regions_augment_defines():
+    assert typing.get_args(Region) == tuple(REGIONS)
 
 
 @pytest.mark.parametrize("region", list(REGIONS))
