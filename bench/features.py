@@ -26,19 +26,23 @@ import torch
 
 from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
-from pipeline.extraction import extract, view_images
+from pipeline.device_views import view_images
+from pipeline.extraction import extract
 from pipeline.frames import load_frames
-from pipeline.image_data import Feed, autocast, resolve_workers
+from pipeline.cores import share
+from pipeline.image_data import Feed
+from pipeline.machine import loader_workers
 from pipeline.competitions import load_spec
 from pipeline.paths import frames_dir
 from pipeline.training import pick_device
 from input_path import breakdown, report  # bench/input_path.py, beside this script
 
 
-def model_only(model, batch_size: int, size: int, device: torch.device, amp: bool, seconds: float) -> float:
+def model_only(model, batch_size: int, size: int, feed: Feed, seconds: float) -> float:
+    device = feed.device
     batch = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     done, start = 0, None
-    with torch.inference_mode(), autocast(device, amp):
+    with torch.inference_mode(), feed.autocast():
         for step in range(10_000):
             if step == 2:  # two warm-up batches (cudnn autotune, allocator)
                 if device.type == "cuda":
@@ -72,16 +76,16 @@ def main() -> None:
     size = params.features.backbones.get(args.backbone, next(iter(params.features.backbones.values()))).image_size
     device = pick_device()
     places = args.views_on or (["cpu", "device"] if device.type == "cuda" else ["cpu"])
-    args.workers = resolve_workers(args.workers, device)
+    args.workers = loader_workers(args.workers, device.type, share())
     model = create_backbone(args.backbone).eval().to(device, memory_format=torch.channels_last)
     config = data_config(model)
     print(f"{args.backbone} at {size}px, batch {args.batch_size}, {args.workers} workers, {device}"
           f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, amp={params.features.amp}, "
           f"{torch.get_num_threads()} torch threads")
 
-    forward = model_only(model, args.batch_size, size, device, params.features.amp, args.seconds)
+    feed = Feed.on(device, args.batch_size, args.workers, config["mean"], config["std"], params.features.amp)
+    forward = model_only(model, args.batch_size, size, feed, args.seconds)
     print(f"(a) model-only forward:        {forward:9.1f} img/s")
-    feed = Feed(device, args.batch_size, args.workers, config["mean"], config["std"], params.features.amp)
     for place in places:
         dataset = view_images(place, device, frames.both, rows, "full", size, config["interpolation"])
         with tempfile.TemporaryDirectory() as tmp:

@@ -23,7 +23,9 @@ from pipeline.backbones import create_backbone, data_config
 from pipeline.config import load_params
 from pipeline.device_augment import augmented_images, resolve_augment_on
 from pipeline.frames import load_frames
-from pipeline.image_data import Feed, resolve_workers
+from pipeline.cores import share
+from pipeline.image_data import Feed
+from pipeline.machine import loader_workers
 from pipeline.paths import frames_dir
 from pipeline.competitions import load_spec
 from pipeline.tables import RunImages
@@ -80,13 +82,13 @@ def main() -> None:
     cycled = np.arange(args.images or len(labels)) % len(labels)
     rows = frames.rows("train", labels.img)[cycled]
     device = pick_device()
-    workers = resolve_workers(args.workers, device)
+    workers = loader_workers(args.workers, device.type, share())
     model = create_backbone(recipe.backbone, num_classes=len(spec.classes))
     model = model.to(device, memory_format=torch.channels_last)
     config = data_config(model)
-    feed = Feed(device, args.batch_size, workers, config["mean"], config["std"], params.finetune.amp)
+    feed = Feed.on(device, args.batch_size, workers, config["mean"], config["std"], params.finetune.amp)
     print(f"{recipe.backbone} at {args.image_size}px, batch {args.batch_size}, {workers} workers, {device}"
-          f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, amp={feed.amp}")
+          f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, precision={feed.precision or 'float32'}")
     forward_backward = model_only(Trainer(model, recipe, feed, steps_per_epoch=10**6), args.image_size, args.seconds)
     print(f"(a) model-only train step:     {forward_backward:9.1f} img/s")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline on a GPU machine: the stand-in at State Farm's full counts (22,360 train / 79,980 test
-# images), the GPU preset of bench/gpu_preset.yaml, `dvc repro` through to a validated submission, and every
+# images), the GPU preset of presets/gpu.yaml, `dvc repro` through to a validated submission, and every
 # stage's wall time. Meant for a lent GPU (the device tool): one prepared command.
 #
 #   bash bench/gpu_repro.sh [WORKDIR [TRAIN_DRIVERS TEST_DRIVERS FRAMES]]    # the last three: a smaller stand-in

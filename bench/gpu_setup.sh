@@ -21,15 +21,10 @@ gpu_workdir() {  # $1: the repository, $2: the work folder, $3..$5: train driver
   rm -rf "$work" && mkdir -p "$work"
   cp -r "$repo"/pipeline "$repo"/dvc.yaml "$repo"/params.yaml "$repo"/.dvcignore "$work"/
   mkdir -p "$work/.dvc" "$work/submissions" && cp "$repo"/.dvc/config "$work/.dvc/"
-  (cd "$work" && python3 - "$repo/bench/gpu_preset.yaml" "$3" "$4" "$5" <<'PY'
+  (cd "$work" && python3 -m pipeline.preset "$repo/presets/gpu.yaml" && python3 - "$3" "$4" "$5" <<'PY'
 import sys, yaml
-def merge(a, b):
-    for k, v in b.items():
-        a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) else v
-    return a
 params = yaml.safe_load(open("params.yaml"))
-params = merge(params, yaml.safe_load(open(sys.argv[1])))
-params["standin"].update(train_drivers=int(sys.argv[2]), test_drivers=int(sys.argv[3]), frames_per_class=int(sys.argv[4]))
+params["standin"].update(train_drivers=int(sys.argv[1]), test_drivers=int(sys.argv[2]), frames_per_class=int(sys.argv[3]))
 yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
 PY
   )

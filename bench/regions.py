@@ -101,7 +101,7 @@ def main() -> None:
     device = pick_device()
     model = create_backbone(args.backbone).to(device).eval()
     config = data_config(model)
-    feed = Feed(device, 32, "auto", config["mean"], config["std"], True)
+    feed = Feed.on(device, 32, "auto", config["mean"], config["std"], True)
     print(f"{len(rows)} training frames of {spec.slug}, {args.backbone} at {args.size} px per region")
     cached = dict(np.load(args.cache)) if args.cache and Path(args.cache).is_file() else {}
     features = {region: cached[region] if region in cached else region_features(model, feed, frames, rows, region,

@@ -1,26 +1,31 @@
-"""Each running stage its share of the CPU cores, so that runs at once on one machine (`dvc queue start -j 2`, or
-two terminals) use every core once instead of each using all of them.
+"""Each running stage its share of this process's cores, taken once when the stage starts and kept to its end.
 
 torch sizes its intra-op pool to every core, and OpenMP's threads spin while they wait: two runs of two threads
 each on two cores ran fine-tuning 2.3x slower than the same runs one after the other (docs/results.md). So every
 stage process (pipeline/errors.py's ``cli``) registers itself in a folder each run on this machine sees
 (``$PIPELINE_RUNS_DIR``, default ``<tmp>/kaggle-image-pipeline-<uid>``) and takes ``cores // stages running``
-threads for torch (the frames stage: decoding processes); fine-tuning looks again every epoch, so a run that
-started alone gives cores back when another starts, and takes them again when it ends. An explicit
-``OMP_NUM_THREADS`` wins (the tests set 1). On a CUDA machine torch's own threads are left to the data loader
-(pipeline/image_data.py).
+(cores: pipeline/machine.py's ``read_cores``, the container's quota and Slurm's allocation included). The share is
+fixed for the stage's whole run: CPU training's last digits depend on the thread count (~0.02 of nested CV on the
+stand-in, docs/results.md), so a fold trains under one count, which the finetune stage records with its run
+(``threads`` in its metrics); ``OMP_NUM_THREADS`` sets it outright, to reproduce a run or to pin a sweep (the
+tests set 1). On a GPU the share sizes the rank's DataLoader workers (pipeline/machine.py).
 
-CPU training's last digits depend on the thread count (features do not): a run that shared the machine may
-differ in them from one that ran alone, as a run on a machine with another core count does.
+A registration is a file named by the pid holding the process's start time: a stage SIGKILLed before it could
+remove its file leaves a pid the system may give to another process later, which then is not counted.
 """
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+import psutil
+
+from pipeline.machine import read_cores
 
 log = logging.getLogger(__name__)
 
@@ -31,53 +36,79 @@ def runs_dir() -> Path:
 
 
 def machine_cores() -> int:
-    return len(os.sched_getaffinity(0))
+    return read_cores()
 
 
-def _alive(pid: int) -> bool:
+def _started(pid: int) -> str | None:
+    """The process's start time as registrations record it; None when there is no such process."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:  # another user's process: alive, start time unknown
+        return "?"
+
+
+def _registered_and_running(entry: Path) -> bool:
+    """The stage that registered ``entry`` is still running: its pid is alive and started when it said."""
+    try:
+        recorded = entry.read_text().strip()
+    except OSError:
         return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+    started = _started(int(entry.name))
+    return started is not None and (started == recorded or started == "?")
 
 
 def running_stages() -> int:
-    """Stage processes registered on this machine and still alive (this one included); stale entries removed."""
+    """Stage processes registered on this machine and still running, this one included (registered or not);
+    stale entries removed."""
     alive = 0
     for entry in runs_dir().glob("*"):
-        if entry.name.isdigit() and _alive(int(entry.name)):
+        if entry.name.isdigit() and _registered_and_running(entry):
             alive += 1
         else:
             entry.unlink(missing_ok=True)
-    return max(alive, 1)
+    return alive + (not _registration().exists())
 
 
+def _explicit() -> int | None:
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return max(int(value), 1) if value.isdigit() else None
+
+
+@functools.cache
 def share() -> int:
-    """This process's share of the cores now: ``OMP_NUM_THREADS`` when set, else cores // stages running."""
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(int(os.environ["OMP_NUM_THREADS"]), 1)
-    return max(machine_cores() // running_stages(), 1)
+    """This process's share of the cores, decided once: ``OMP_NUM_THREADS`` when set, else cores // stages
+    running (this one included, registered or not)."""
+    explicit = _explicit()
+    if explicit is not None:
+        return explicit
+    cores, stages = machine_cores(), running_stages()
+    threads = max(cores // stages, 1)
+    log.info("%d thread(s): %d core(s), %d stage(s) running on this machine", threads, cores, stages)
+    return threads
 
 
-def keep_share() -> int:
-    """Size torch's threads to this process's share (again); the count."""
+def _registration() -> Path:
+    return runs_dir() / str(os.getpid())
+
+
+def take_share() -> int:
+    """Register this process as a running stage (until it exits), decide its share and size torch's threads to it
+    when torch is loaded (a GPU process sizes them again beside its workers: pipeline/image_data.py)."""
+    folder = runs_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    mine = _registration()
+    mine.write_text(_started(os.getpid()) or "")
+    atexit.register(mine.unlink, missing_ok=True)
+    share.cache_clear()
     threads = share()
     torch = sys.modules.get("torch")
-    if torch is not None and not torch.cuda.is_available() and torch.get_num_threads() != threads:
-        log.info("%d thread(s): %d core(s), %d stage(s) running on this machine", threads, machine_cores(),
-                 running_stages())
+    if torch is not None:
         torch.set_num_threads(threads)
     return threads
 
 
-def take_share() -> int:
-    """Register this process as a running stage (until it exits) and size its threads."""
-    folder = runs_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    mine = folder / str(os.getpid())
-    mine.touch()
-    atexit.register(mine.unlink, missing_ok=True)
-    return keep_share()
+def give_back() -> None:
+    """Stop counting as a running stage: a process that only waits for its children (torchrun's parent)."""
+    _registration().unlink(missing_ok=True)

@@ -18,20 +18,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import CROPS, INTERPOLATIONS
+from pipeline.augment import CROPS, INTERPOLATIONS, region_box, view_transform
 from pipeline.errors import PipelineError
-from pipeline.image_data import RawFrames
+from pipeline.image_data import FrameImages, RawFrames
 
 MODES = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
 
 
 class DeviceViews(RawFrames):
     """Rows of the frame arrays; ``to_images`` makes the batch's ``view`` at ``size x size`` uint8 NHWC on the
-    device, as ``view_transform`` does on the CPU."""
+    device, as ``view_transform`` does on the CPU; with ``regions``, within each region, a frame's regions one after
+    another (as image_data.FrameImages lays them out)."""
 
     def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], view: str, size: int,
-                 interpolation: str = "bicubic"):
+                 interpolation: str = "bicubic", regions: Sequence[str] = ("full",)):
         super().__init__(arrays, rows, size)
+        self.regions = list(regions)
         if view != "hflip" and view not in CROPS:
             raise PipelineError(f"test view {view!r}: unknown; views are {', '.join([*CROPS, 'hflip'])}")
         if interpolation not in INTERPOLATIONS:
@@ -41,7 +43,11 @@ class DeviceViews(RawFrames):
 
     def to_images(self, batch: dict, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
         frames = batch["frames"].to(device, non_blocking=True).permute(0, 3, 1, 2)
-        return self._view(frames)
+        if self.regions == ["full"]:
+            return self._view(frames)
+        boxes = [region_box(region, *frames.shape[-2:]) for region in self.regions]
+        return torch.stack([self._view(frames[..., top:bottom, left:right]) for top, bottom, left, right in boxes],
+                           1).flatten(0, 1)
 
     def _view(self, frames: torch.Tensor) -> torch.Tensor:
         """NCHW uint8 frames of one size -> this view's crop, resized: NHWC uint8."""
@@ -55,3 +61,14 @@ class DeviceViews(RawFrames):
                                 antialias=self.mode != "nearest", **({} if self.mode == "nearest" else
                                                                      {"align_corners": False}))
         return resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def view_images(on: str, device: torch.device, arrays: list[np.ndarray], rows: np.ndarray, view: str, size: int,
+                interpolation: str, regions: Sequence[str] = ("full",)) -> FrameImages | DeviceViews:
+    """One test-time view of ``rows`` of the frame arrays (each cut to ``regions``), made where ``on`` says: the
+    features stage's ``features.views_on``, or for a fine-tuned net where its training batches were augmented
+    (``finetune.augment_on``), so that a net predicts from pixels made the way it trained on. ``auto``: on a GPU
+    if any."""
+    if on == "device" or (on == "auto" and device.type == "cuda"):
+        return DeviceViews(arrays, rows, view, size, interpolation, regions)
+    return FrameImages(arrays, rows, view_transform(view, size, interpolation), size, regions=regions)

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import torch
 
-from pipeline.augment import view_transform
 from pipeline.device_views import DeviceViews
 from pipeline.errors import PipelineError
 from pipeline.image_data import Feed, FrameImages
@@ -30,12 +29,3 @@ def extract(model: torch.nn.Module, dataset: FrameImages | DeviceViews, out: np.
             out[indices.numpy()] = chunk
             bar.update(len(indices))
     return len(dataset) / (time.perf_counter() - start)
-
-
-def view_images(views_on: str, device: torch.device, arrays: list[np.ndarray], rows: np.ndarray, view: str,
-                size: int, interpolation: str) -> FrameImages | DeviceViews:
-    """One test-time view of ``rows`` of the frame arrays, made where ``features.views_on`` says (``auto``: on a
-    GPU if any)."""
-    if views_on == "device" or (views_on == "auto" and device.type == "cuda"):
-        return DeviceViews(arrays, rows, view, size, interpolation)
-    return FrameImages(arrays, rows, view_transform(view, size, interpolation), size)

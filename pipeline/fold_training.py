@@ -22,13 +22,15 @@ from pipeline.atomic import atomic_dir
 from pipeline.backbones import create_classifier, data_config
 from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
+from pipeline.cores import share
 from pipeline.device_augment import augmented_images, resolve_augment_on
 from pipeline.errors import PipelineError
 from pipeline.frames import Frames, load_frames
 from pipeline.image_data import Feed
+from pipeline.machine import loader_workers
 from pipeline.metrics import competition_metric
 from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, frames_dir, metrics_dir
-from pipeline.predictions import write_embeddings, write_fold
+from pipeline.predictions import write_embeddings, write_fold, write_trained_on
 from pipeline.tables import RunImages, load_folds
 from pipeline.trainer import Checkpoint, Distributed, FoldImages, Trainer
 from pipeline.training import seed_everything
@@ -66,15 +68,15 @@ def new_trainer(params: Params, model_name: str, spec: CompetitionSpec, n_train:
                               param_key=f"finetune.models.{model_name}.backbone")
     model = model.to(distributed.device, memory_format=torch.channels_last)
     config = data_config(model)
-    feed = Feed(distributed.device, recipe.batch_size, params.finetune.workers, config["mean"], config["std"],
-                params.finetune.amp)
+    feed = Feed.on(distributed.device, recipe.batch_size, params.finetune.workers, config["mean"], config["std"],
+                   params.finetune.amp)
     return Trainer(model, recipe, feed, -(-n_train // (recipe.batch_size * distributed.world)), distributed)
 
 
 def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpec, frames: Frames,
-                pseudo: PseudoLabels | None, device: torch.device) -> tuple[FoldImages, pd.Series]:
-    """The fold's training images (and pseudo-labelled test images) with targets, and its held-out images
-    (with their ids)."""
+                pseudo: PseudoLabels | None, device: torch.device) -> tuple[FoldImages, pd.Series, pd.Series]:
+    """The fold's training images (and pseudo-labelled test images) with targets, and the ids of its held-out
+    and of its labelled training images."""
     recipe, folds = params.finetune.recipe(model_name), load_folds(spec.slug)
     train_rows, held_out = folds[folds.fold != fold], folds[folds.fold == fold]
     rows, targets, weights = frames.rows("train", train_rows.img), spec.class_indices(train_rows.label), None
@@ -87,7 +89,7 @@ def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpe
                                  recipe.seed, params.finetune.augment_on, device, recipe.regions)
     return FoldImages(fold, train_set, torch.as_tensor(targets), frames.both, frames.rows("train", held_out.img),
                       functools.partial(competition_metric, spec, spec.class_indices(held_out.label)),
-                      weights), held_out.img
+                      weights), held_out.img, train_rows.img
 
 
 def train_fold(params: Params, model_name: str, fold: int, distributed: Distributed, name: str,
@@ -98,7 +100,7 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
     spec = load_spec(params.competition)
     seed_everything(params.finetune.recipe(model_name).seed + fold)
     frames = load_frames(frames_dir(spec.slug))
-    images, held_out_ids = fold_images(params, model_name, fold, spec, frames, pseudo, distributed.device)
+    images, held_out_ids, trained_ids = fold_images(params, model_name, fold, spec, frames, pseudo, distributed.device)
     trainer = new_trainer(params, model_name, spec, len(images.train_set), distributed)
     augment_on = resolve_augment_on(params.finetune.augment_on, distributed.device)
     checkpoint = Checkpoint(checkpoint_dir(spec.slug, name, fold),
@@ -114,22 +116,35 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
         log.info("%s fold %d epoch %d: train loss %.4f, %.1f img/s", name, fold, epoch + 1, *figures.values())
 
     trainer.fit(images, checkpoint, start, report)
+    machine = trained_under(trainer, augment_on)
     test, views = RunImages.load(spec.slug).test, list(params.finetune.test_views)
-    oof, oof_embeddings = trainer.predict(frames.both, images.held_out, views, f"fold {fold} held-out")
+    # Views made where the training batches were augmented: on a GPU both on the device, on a CPU both in NumPy.
+    oof, oof_embeddings = trainer.predict(frames.both, images.held_out, views, f"fold {fold} held-out", augment_on)
     test_proba, test_embeddings = trainer.predict(frames.both, frames.rows("test", test.img), views,
-                                                  f"fold {fold} test")
+                                                  f"fold {fold} test", augment_on)
     if live is None:
         return
-    checkpoint.save_final(trainer, spec.classes)
+    checkpoint.save_final(trainer, spec.classes, machine)
     with atomic_dir(fold_dir(spec.slug, name, fold)) as out:
         write_fold(out, spec.classes, held_out_ids, oof, test.img, test_proba)
         write_embeddings(out, oof_embeddings, test_embeddings)
+        write_trained_on(out, list(trained_ids), pseudo.ids if pseudo is not None else [])
         if pseudo is not None:
             (out / "teacher.json").write_text(json.dumps(pseudo.teacher, indent=2) + "\n")
     live.summary["fold_log_loss"] = images.score(oof)
+    live.summary["threads"] = machine["threads"]  # beside the score in `dvc exp show`: it moves the last digits
     live.end()
     log.info("%s fold %d: held-out log loss %.4f with %d test view(s); wrote %s", name, fold,
              live.summary["fold_log_loss"], len(views), fold_dir(spec.slug, name, fold))
+
+
+def trained_under(trainer: Trainer, augment_on: str) -> dict:
+    """What a run trained under that its config does not fix and its numbers depend on: torch's intra-op threads
+    (CPU training's last digits follow them; pipeline/cores.py), the workers, the autocast dtype, the device."""
+    return {"threads": torch.get_num_threads(), "cores": share(), "processes": trainer.distributed.world,
+            "workers": loader_workers(trainer.feed.workers, trainer.feed.device.type, share()),
+            "precision": trainer.feed.precision or "float32", "device": str(trainer.feed.device),
+            "augment_on": augment_on}
 
 
 def fold_command(description: str) -> tuple[Params, str, int]:

@@ -9,7 +9,6 @@ as one line.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -20,11 +19,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.augment import in_regions
+from pipeline.cores import share
 from pipeline.errors import PipelineError
 from pipeline.frames import gather
-
-
-MAIN_THREADS_BESIDE_WORKERS = 2
+from pipeline.machine import autocast_dtype, loader_workers, main_threads, pin_memory
+from pipeline.training import gpu_capability
 
 
 def _already_batched(batch: dict) -> dict:
@@ -35,26 +34,19 @@ def _quiet_worker(_: int) -> None:
     cv2.setNumThreads(1)  # each worker is one decoding core; OpenCV's own pool would oversubscribe
 
 
-def resolve_workers(setting: int | str, device: torch.device) -> int:
-    """``auto``: on 2 CPU cores decoding in-process costs the model ~4 %, a worker process ~25 % (bench/features.py)."""
-    if setting != "auto":
-        return int(setting)
-    return max((os.cpu_count() or 1) - 1, 1) if device.type == "cuda" else 0
-
-
 def loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.device, sampler=None) -> DataLoader:
-    """Batches in the dataset's order (or the sampler's), assembled in the workers, pinned for a GPU."""
-    workers = resolve_workers(workers, device)
-    if workers and device.type == "cuda":
-        # The main process only launches GPU work; its idle intra-op threads spin on the cores the workers decode
-        # on. H100, 15 workers, bench/finetune.py: 756 img/s with 16 main-process threads, 2,335 with 2.
-        torch.set_num_threads(MAIN_THREADS_BESIDE_WORKERS)
+    """Batches in the dataset's order (or the sampler's), assembled in the workers, pinned for a GPU. Workers and
+    the main process's threads follow this process's share of the cores (pipeline/machine.py)."""
+    cores = share()
+    workers = loader_workers(workers, device.type, cores)
+    torch.set_num_threads(main_threads(device.type, cores, workers))
     # One decoding thread per process, set before workers fork: OpenCV's thread pool does not survive a fork
     # (a forked worker deadlocks in it), and parallelism comes from the workers anyway.
     cv2.setNumThreads(1)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker, persistent_workers=workers > 0,
-                      collate_fn=_already_batched, prefetch_factor=4 if workers else None,
+                      pin_memory=pin_memory(device.type), worker_init_fn=_quiet_worker,
+                      persistent_workers=workers > 0, collate_fn=_already_batched,
+                      prefetch_factor=4 if workers else None,
                       # Its own generator: starting an epoch must not draw from the global RNG that dropout uses.
                       generator=torch.Generator().manual_seed(0))
 
@@ -77,24 +69,23 @@ def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     return images.sub_(mean_t).div_(std_t).contiguous(memory_format=torch.channels_last)
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA GPUs that have it, fp16 on older ones; CPU stays float32."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 @dataclass(frozen=True)
 class Feed:
-    """How images reach a model: the device, batch size, decoding workers, the model's normalisation, autocast."""
+    """How images reach a model: the device, batch size, decoding workers, the model's normalisation, and the
+    autocast dtype (``precision``: ``bfloat16``, ``float16`` or None for float32; ``Feed.on`` decides it)."""
 
     device: torch.device
     batch_size: int
     workers: int | str
     mean: Sequence[float]
     std: Sequence[float]
-    amp: bool
+    precision: str | None
+
+    @classmethod
+    def on(cls, device: torch.device, batch_size: int, workers: int | str, mean: Sequence[float],
+           std: Sequence[float], amp: bool) -> "Feed":
+        """A feed for ``device``, its autocast dtype chosen from what the device computes natively."""
+        return cls(device, batch_size, workers, mean, std, autocast_dtype(device.type, gpu_capability(device), amp))
 
     def loader(self, dataset: Dataset, sampler=None, batch_size: int | None = None) -> DataLoader:
         return loader(dataset, batch_size or self.batch_size, self.workers, self.device, sampler)
@@ -107,7 +98,10 @@ class Feed:
             yield indices, to_model_input(images, self.mean, self.std, self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.device, self.amp)
+        """Mixed precision where ``precision`` says; the same code on a CPU (tests run fp16 there) and a GPU."""
+        if self.precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.precision))
 
 
 class FrameImages(Dataset):

@@ -69,6 +69,14 @@ def load_model(folder: Path, folds: pd.DataFrame, classes: tuple[str, ...],
     return pd.concat(oof_parts).loc[folds.img], test_parts
 
 
+def write_trained_on(out: Path, labelled_ids, pseudo_labelled_ids=()) -> None:
+    """``trained_on.csv``: every image a fine-tuned fold trained on (``labelled``, or ``pseudo`` for a student's
+    test images), the record that a leak check reads rather than assumes."""
+    pd.DataFrame({"img": [*labelled_ids, *pseudo_labelled_ids],
+                  "targets": ["labelled"] * len(labelled_ids) + ["pseudo"] * len(pseudo_labelled_ids)}).to_csv(
+        out / "trained_on.csv", index=False)
+
+
 def write_embeddings(out: Path, oof_embeddings: np.ndarray, test_embeddings: np.ndarray) -> None:
     """A fine-tuned net's pooled pre-logit embeddings (float16), rows in ``oof.csv`` / ``test.csv`` order: where
     the ensemble finds neighbours by what the net learned (pose) rather than by ImageNet features (driver)."""

@@ -34,12 +34,13 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from pipeline.atomic import atomic_file
-from pipeline.augment import view_transform
 from pipeline.backbones import data_config
 from pipeline.config import Recipe
-from pipeline.cores import keep_share
+from pipeline.cores import give_back
+from pipeline.device_views import view_images
 from pipeline.errors import PipelineError
-from pipeline.image_data import Feed, FrameImages
+from pipeline.image_data import Feed
+from pipeline.machine import ddp_device_ids, fold_processes, needs_loss_scaling, process_group_backend
 from pipeline.progress import progress
 from pipeline.training import pick_device, warmup_cosine_factor
 
@@ -47,12 +48,13 @@ log = logging.getLogger(__name__)
 
 
 def spread_over_devices(setting: int | str, module: str, args: list[str]) -> bool:
-    """Run this command as one process per device, under ``torchrun``, and wait for them: True. False when there
-    is one device (``auto``: the visible GPUs), or when this process already is one of torchrun's."""
-    world = torch.cuda.device_count() if setting == "auto" else int(setting)
-    if world <= 1 or "WORLD_SIZE" in os.environ:
+    """Run this command as one process per device, under ``torchrun``, and wait for them: True. False when the fold
+    trains in one process (``auto``: one GPU or none), or when this process already is one of torchrun's."""
+    world = fold_processes(setting, torch.cuda.device_count(), "WORLD_SIZE" in os.environ)
+    if world <= 1:
         return False
     log.info("%s %s: %d processes, one per device (DistributedDataParallel)", module, " ".join(args), world)
+    give_back()  # this process only waits: the ranks share the cores, each registered as a stage of its own
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
                "-m", module, *args]
     finished = subprocess.run(command, check=False)
@@ -76,8 +78,9 @@ class Distributed:
         if world == 1:
             yield cls()
             return
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
+        gpus = torch.cuda.is_available()
+        dist.init_process_group(process_group_backend(gpus))
+        if gpus:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         try:
             yield cls(dist.get_rank(), world)
@@ -161,12 +164,11 @@ class Trainer:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [body_factor if group["name"] == "body" else curve for group in groups])
         self.ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
-        fp16 = feed.device.type == "cuda" and feed.amp and not torch.cuda.is_bf16_supported()
-        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None  # fp16 needs loss scaling; bf16 does not
+        self.scaler = torch.amp.GradScaler(feed.device.type) if needs_loss_scaling(feed.precision) else None
         self.trained = model
         if distributed.world > 1:
-            device_ids = [feed.device.index] if feed.device.type == "cuda" else None
-            self.trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=ddp_device_ids(feed.device.type, feed.device.index))
 
     @property
     def scored(self) -> torch.nn.Module:
@@ -178,7 +180,6 @@ class Trainer:
         """Train from epoch ``start`` to the recipe's last, saving ``last.pt`` after each; ``report`` gets each
         epoch's figures on rank 0. The held-out images are not looked at: no epoch is chosen by them."""
         for epoch in range(start, self.recipe.epochs):
-            keep_share()  # another run may have started or ended on this machine
             # Per-(epoch, image) augmentation seeds and a per-epoch shuffle: a resumed run sees the same data.
             train_set = images.train_set
             train_set.seeds = np.random.SeedSequence([self.recipe.seed, images.fold, epoch]).generate_state(
@@ -233,9 +234,10 @@ class Trainer:
             self.ema.update(self.model)
 
     def predict(self, frames: Sequence[np.ndarray], rows: Sequence[int], views: Sequence[str],
-                label: str = "predict") -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
-        """(softmax probabilities, pooled pre-logit embeddings), each averaged over ``views``; the whole arrays on
-        rank 0, (None, None) on the other ranks, which each predict every world-th image."""
+                label: str = "predict", on: str = "cpu") -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """(softmax probabilities, pooled pre-logit embeddings), each averaged over ``views``, made where ``on``
+        says (``cpu`` or ``device``: where the training batches were augmented); the whole arrays on rank 0,
+        (None, None) on the other ranks, which each predict every world-th image."""
         model, size = self.scored.eval(), self.recipe.image_size
         rank, world = self.distributed.rank, self.distributed.world
         rows = np.asarray(rows)
@@ -245,8 +247,8 @@ class Trainer:
         interpolation = data_config(model)["interpolation"]
         with torch.inference_mode(), progress(total=len(mine) * len(views), desc=label) as bar:
             for view in views:
-                dataset = FrameImages(frames, rows[mine], view_transform(view, size, interpolation), size,
-                                      regions=self.recipe.regions)
+                dataset = view_images(on, self.feed.device, frames, rows[mine], view, size, interpolation,
+                                      self.recipe.regions)
                 for indices, inputs in self.feed.inputs(self.feed.loader(dataset, batch_size=2 * self.feed.batch_size)):
                     with self.feed.autocast():
                         pooled = model.forward_head(model.forward_features(inputs), pre_logits=True)
@@ -260,17 +262,37 @@ class Trainer:
         return merged
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {},
-                "rng": torch.get_rng_state()}
+        """Everything to resume from, on the CPU: a checkpoint names no device, so one written on ``cuda:0``
+        resumes on ``cuda:1``, on another machine's GPU or on a CPU alike."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {},
+                 "rng": torch.get_rng_state()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return _on_cpu(state)
 
     def load_state_dict(self, state: dict) -> None:
+        """``state_dict``'s output, its tensors wherever they were loaded: each goes where its owner lives (the
+        model's and optimizer's to their device; the CPU generator's state must be a CPU tensor)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"].cpu())
+
+
+def _on_cpu(value):
+    """``value`` (nested dicts, lists and tensors) with every tensor copied to the CPU."""
+    if torch.is_tensor(value):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 def _differences(before: dict, now: dict, prefix: str = "") -> list[str]:
@@ -298,7 +320,8 @@ class Checkpoint:
         if not self.last.is_file():
             return 0
         try:
-            saved = torch.load(self.last, map_location=trainer.feed.device, weights_only=True)
+            # Onto the CPU whatever device wrote it: load_state_dict moves each part to where it belongs.
+            saved = torch.load(self.last, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
             raise PipelineError(f"{self.last}: not a checkpoint that loads as plain weights "
                                 f"({type(error).__name__}); delete it to start over") from None
@@ -314,6 +337,9 @@ class Checkpoint:
         with atomic_file(self.last) as tmp:
             torch.save({"config": self.config, "epoch": epoch, "state": trainer.state_dict()}, tmp)
 
-    def save_final(self, trainer: Trainer, classes: Sequence[str]) -> None:
+    def save_final(self, trainer: Trainer, classes: Sequence[str], machine: dict) -> None:
+        """The weights that predict, the config, and ``machine``: what the run trained under that the config does
+        not decide (threads, workers, precision, device), so a rerun can be made under the same."""
         with atomic_file(self.folder / "final.pt") as tmp:
-            torch.save({"config": self.config, "model": trainer.scored.state_dict(), "classes": list(classes)}, tmp)
+            torch.save({"config": self.config, "model": _on_cpu(trainer.scored.state_dict()), "classes": list(classes),
+                        "machine": machine}, tmp)

@@ -36,3 +36,8 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 def pick_device(local_rank: int = 0) -> torch.device:
     """The GPU of this process (``LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def gpu_capability(device: torch.device) -> tuple[int, int] | None:
+    """The GPU's compute capability (8, 0) for an A100, (7, 5) for a T4; None for any other device."""
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None

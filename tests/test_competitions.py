@@ -132,7 +132,8 @@ def test_dvc_exp_run_on_dogs_vs_cats_writes_an_id_label_submission_with_cv_metri
     assert submission.label.between(0, 1).all() and submission.label.std() > 0
     metrics = _exp_metrics(repo_copy)
     assert {"cv_log_loss", "public_log_loss", "private_log_loss"} <= set(metrics["metrics/submission/metrics.json"])
-    assert metrics["metrics/ensemble/metrics.json"]["cv_log_loss"] < math.log(2)  # better than chance
+    # Better than chance by a margin a broken model (labels shuffled, features of the wrong image) would not reach.
+    assert metrics["metrics/ensemble/metrics.json"]["cv_log_loss"] < 0.9 * math.log(2)
     folds = pd.read_csv(repo_copy / folds_csv(DOGS_VS_CATS.slug))
     # No groups of its own: near-duplicate photos (the same pet) were grouped, and no group straddles two folds.
     assert folds.group.notna().all() and (folds.groupby("group").fold.nunique() == 1).all()
@@ -226,5 +227,6 @@ def test_own_data_without_a_test_folder_reports_cv_and_writes_no_submission(repo
                   ["heads", "tf_efficientnet_lite0"], ["ensemble"], ["submission"]):
         assert run_stage(repo_copy, *stage)[0] == 0, stage
     metrics = json.loads((repo_copy / "metrics" / "submission" / "metrics.json").read_text())
-    assert metrics["file"] == "" and metrics["cv_log_loss"] > 0
+    # The two classes are a dark and a light red: a working model is nearly sure of each, chance is log 2.
+    assert metrics["file"] == "" and metrics["cv_log_loss"] < 0.5 * math.log(2)
     assert not list((repo_copy / "submissions").glob("*.csv"))

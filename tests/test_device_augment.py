@@ -109,7 +109,7 @@ def test_device_batches_depend_on_the_seeds_not_on_the_workers():
 
     def epoch(seeds, workers):
         dataset = DeviceAugmentedImages([frames], np.arange(6), RANGES, SIZE, seeds=seeds)
-        feed = Feed(torch.device("cpu"), 3, workers, (0.0,) * 3, (1.0,) * 3, amp=False)
+        feed = Feed(torch.device("cpu"), 3, workers, (0.0,) * 3, (1.0,) * 3, precision=None)
         return torch.cat([inputs for _, inputs in feed.inputs(feed.loader(dataset))])
 
     first = epoch(np.arange(6), 0)

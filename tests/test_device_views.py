@@ -29,7 +29,7 @@ FRAMES = np.stack([_scene(i) for i in range(6)])
 
 
 def _images(dataset, device="cpu"):
-    feed = Feed(torch.device(device), 4, 0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), amp=False)
+    feed = Feed(torch.device(device), 4, 0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), precision=None)
     out = np.zeros((len(dataset), SIZE, SIZE, 3), np.float32)
     for indices, inputs in feed.inputs(feed.loader(dataset)):
         out[indices.numpy()] = inputs.permute(0, 2, 3, 1).float().cpu().numpy() * 255
@@ -57,3 +57,20 @@ def test_an_unknown_view_or_interpolation_is_refused_naming_it():
         DeviceViews([FRAMES], [0], "tilt", SIZE)
     with pytest.raises(PipelineError, match="interpolation 'lanczos9'"):
         view_transform("full", SIZE, "lanczos9")
+
+
+@pytest.mark.parametrize("view", ["full", "zoom", "right"])
+def test_device_views_of_regions_match_the_cpu_views_region_by_region(view):
+    """A multi-region net predicts from device views on a GPU (where it trained on device-augmented batches): each
+    frame's regions, in order, as the CPU path cuts them."""
+    regions, rows = ["full", "head", "hands"], np.array([4, 1, 2])
+    expected = FrameImages([FRAMES], rows, view_transform(view, SIZE), SIZE, regions=regions)
+    made = DeviceViews([FRAMES], rows, view, SIZE, regions=regions)
+    items = list(range(len(rows)))
+    cpu = expected.__getitems__(items)["image"].float().numpy()
+    device = made.to_images(made.__getitems__(items)["image"], torch.as_tensor(items), torch.device("cpu"))
+    device = device.float().numpy()
+    assert cpu.shape == device.shape == (len(rows) * len(regions), SIZE, SIZE, 3)
+    assert np.abs(device - cpu).mean() < 6
+    distance = np.abs(device[:, None] - cpu[None]).mean(axis=(2, 3, 4))
+    assert (distance.argmin(axis=1) == np.arange(len(cpu))).all()

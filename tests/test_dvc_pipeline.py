@@ -120,16 +120,56 @@ def test_every_param_a_stage_reads_is_one_of_its_params_in_dvc_yaml(reproduced):
     assert undeclared_reads(repo, reads) == []
 
 
-def test_the_params_check_names_a_stage_whose_params_miss_a_key_it_reads(reproduced, tmp_path):
+@pytest.fixture(scope="module")
+def branch_reads(reproduced, tmp_path_factory) -> Path:
+    """The reads of a sample stage run with ``data.sample < 1``, the branch where it reads ``folds.n_splits``: a
+    key read only in a branch the main run does not take is declared all the same."""
+    repo, _, _ = reproduced
+    copy = tmp_path_factory.mktemp("sampled") / "repo"
+    copy.mkdir()
+    for name in ("pipeline", "params.yaml", "data/raw"):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (repo / name).is_dir() else shutil.copy)(repo / name, copy / name)
+    set_params(copy, data={"sample": 0.5})
+    reads = tmp_path_factory.mktemp("sampled-reads")
+    run([sys.executable, "-m", "pipeline.stages.sample"], copy, env={RECORD_READS: str(reads)})
+    return reads
+
+
+def _without_param(dvc_yaml: str, stage: str, key: str) -> str:
+    """dvc.yaml with ``key`` taken out of one stage's ``params:``."""
+    lines, inside, removed = dvc_yaml.splitlines(keepends=True), False, 0
+    for i, line in enumerate(lines):
+        if line.startswith("  ") and not line.startswith("   ") and line.strip().endswith(":"):
+            inside = line.strip() == f"{stage}:"
+        elif inside and line.strip() == f"- {key}":
+            lines[i], removed = "", removed + 1
+    assert removed == 1, (stage, key)
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("stage, key, expected", [
+    ("features", "features.amp", ["features@tf_efficientnet_lite0: reads features.amp, not in its params"]),
+    ("sample", "folds.n_splits", ["sample: reads folds.n_splits, not in its params"]),  # only when data.sample < 1
+    ("finetune", "augment", [f"finetune@lite0-{k}: reads augment, not in its params" for k in (0, 1)]),  # whole
+])
+def test_the_params_check_names_a_stage_whose_params_miss_a_key_it_reads(reproduced, branch_reads, tmp_path, stage,
+                                                                         key, expected):
     repo, reads, _ = reproduced
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy, ignore=shutil.ignore_patterns("data", "models", ".dvc"))
     (copy / ".dvc").mkdir()
     shutil.copy(repo / ".dvc" / "config", copy / ".dvc" / "config")
-    dvc_yaml = (copy / "dvc.yaml").read_text()
-    assert "        - features.amp\n" in dvc_yaml
-    (copy / "dvc.yaml").write_text(dvc_yaml.replace("        - features.amp\n", "", 1))
-    assert undeclared_reads(copy, reads) == ["features@tf_efficientnet_lite0: reads features.amp, not in its params"]
+    all_reads = tmp_path / "reads"
+    shutil.copytree(reads, all_reads)
+    for record in branch_reads.glob("*.json"):
+        shutil.copy(record, all_reads / f"branch-{record.name}")
+    assert undeclared_reads(copy, all_reads) == []
+    (copy / "dvc.yaml").write_text(_without_param((copy / "dvc.yaml").read_text(), stage, key))
+    problems = undeclared_reads(copy, all_reads)
+    # The section read whole (model_dump) and its keys read one by one are both named; the whole one first.
+    assert [p for p in problems if p.endswith(f"reads {key}, not in its params")] == expected
+    assert all(p.split(": reads ")[1].startswith(key) for p in problems)
 
 
 def test_editing_image_decoding_makes_stale_exactly_the_stages_that_decode_not_those_that_read_frames(reproduced):

@@ -79,6 +79,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     assert run_stage(fresh, "finetune", *FOLD0)[0] == 0
     for resumed_table, fresh_table in zip(_fold0(repo_copy), _fold0(fresh)):
         pd.testing.assert_frame_equal(resumed_table, fresh_table, atol=1e-4)
+    # Under the same thread count (OMP_NUM_THREADS, recorded in final.pt) the weights are the same bytes.
+    final = [(repo / checkpoint_dir(STATE_FARM.slug, MODEL, 0) / "final.pt").read_bytes() for repo in (repo_copy, fresh)]
+    assert final[0] == final[1]
 
     # Other test-time views: the finished run predicts again with its final weights, it does not train again.
     before = _fold0(repo_copy)

@@ -136,14 +136,28 @@ def test_nested_cv_does_not_credit_choices_fit_on_the_scored_rows():
     assert report["in_sample/cv_log_loss"] < report["cv_log_loss"] - 0.01
 
 
-def test_a_folds_nested_predictions_never_depend_on_its_own_labels():
-    labels, models, fold_of = _noise_models(6)
+@pytest.mark.parametrize("smoothing", [False, True])
+def test_a_folds_nested_predictions_never_depend_on_its_own_labels(smoothing):
+    """Every choice (blend, temperature, clip and, the most leak-prone, test-neighbour smoothing) is fit without the
+    fold's labels: relabelling fold 0 leaves fold 0's nested predictions as they were."""
+    rng = np.random.default_rng(6)
+    labels, fold_of = rng.integers(0, 3, 80), np.arange(80) % 4
+    # Weak models, and a space where an image's neighbours share its class: smoothing there pays, so it is chosen.
+    models = [_softmax(np.eye(3)[labels] * 0.8 + rng.normal(0, 1.0, (80, 3))) for _ in range(2)]
+    space = np.eye(3)[labels] * 3 + rng.normal(0, 0.3, (80, 3))
+    settings = EnsembleParams(models=["a", "b"], calibrate=True, clip_grid=[1e-15, 0.01],
+                              neighbours=[3, 5] if smoothing else [], neighbour_features=["pose"])
     relabelled = labels.copy()
     relabelled[fold_of == 0] = (labels[fold_of == 0] + 1) % 3
-    runs = [ensemble(Predictions(models, [[m[:8]] * 4 for m in models], y, fold_of, {}), NESTED, multiclass_log_loss)[0]
-            for y in (labels, relabelled)]
-    np.testing.assert_allclose(runs[0][fold_of == 0], runs[1][fold_of == 0])
-    assert not np.allclose(runs[0][fold_of == 1], runs[1][fold_of == 1])  # fold 0's labels do reach the others
+    runs = [ensemble(Predictions(models, [[m[:8]] * 4 for m in models], y, fold_of, {"pose": (space, space[:8])}),
+                     settings, multiclass_log_loss) for y in (labels, relabelled)]
+    assert (runs[0][2].neighbour_weight > 0) == smoothing  # the all-rows recipe smooths: the step is exercised
+    np.testing.assert_allclose(runs[0][0][fold_of == 0], runs[1][0][fold_of == 0])
+    assert not np.allclose(runs[0][0][fold_of == 1], runs[1][0][fold_of == 1])  # fold 0's labels do reach the others
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
 
 
 def _write_model(folder, folds, test_ids, drop=None):

@@ -8,9 +8,11 @@ import sys
 
 import pandas as pd
 import pytest
+from sklearn.metrics import log_loss
 
 from pipeline.competitions import STATE_FARM
 from pipeline.paths import fold_dir
+from pipeline.predictions import read_table
 from tests.conftest import make_repo, put_competition, run, run_stage_in, set_params
 
 pytestmark = pytest.mark.slow  # end to end: stages as subprocesses
@@ -55,11 +57,16 @@ def test_no_students_teacher_saw_the_students_validation_fold(second_round):
         student = repo / fold_dir(STATE_FARM.slug, f"pseudo-{MODEL}", fold)
         validation = _ids(student / "oof.csv")
         teacher = json.loads((student / "teacher.json").read_text())
-        teacher_held_out = _ids(repo / teacher["teacher"] / "oof.csv")
-        teacher_trained_on = set(folds.img) - teacher_held_out  # every fold model trains on all but its held-out
-        assert teacher_trained_on.isdisjoint(validation), f"fold {fold}: the teacher saw the student's validation"
+        # What each net trained on, as its run recorded it (trained_on.csv), not as the fold table implies.
+        teacher_trained_on = pd.read_csv(repo / teacher["teacher"] / "trained_on.csv", dtype={"img": str})
+        assert set(teacher_trained_on.targets) == {"labelled"} and len(teacher_trained_on) > 0
+        assert set(teacher_trained_on.img).isdisjoint(validation), f"fold {fold}: the teacher saw the validation"
         assert validation == set(folds.img[folds.fold == fold])
-        assert teacher["pseudo_labelled"] == teacher["test_images"] == 40
+        student_trained_on = pd.read_csv(student / "trained_on.csv", dtype={"img": str})
+        pseudo = student_trained_on[student_trained_on.targets == "pseudo"]
+        assert set(student_trained_on.img[student_trained_on.targets == "labelled"]) == set(teacher_trained_on.img)
+        assert len(pseudo) == teacher["pseudo_labelled"] == teacher["test_images"] == 40
+        assert set(pseudo.img) == _ids(student / "test.csv")  # the test images, each once
 
 
 def test_a_teacher_that_held_out_another_fold_is_refused(first_round, tmp_path, run_stage):
@@ -82,7 +89,16 @@ def test_students_and_fine_tuned_embeddings_enter_the_ensemble(second_round, tmp
     status, lines = run_stage(repo, "ensemble")
     assert status == 0, lines
     recipe = json.loads((repo / "data" / "ensemble" / STATE_FARM.slug / "blend.json").read_text())
-    assert recipe["models"] == [f"finetune-{MODEL}", f"pseudo-{MODEL}"] and recipe["blend"] in ("probability", "log")
-    assert recipe["neighbour_features"] == f"finetune-{MODEL}" and recipe["neighbours"] in (0, 1, 3)
+    assert recipe["models"] == [f"finetune-{MODEL}", f"pseudo-{MODEL}"] and len(recipe["weights"]) == 2
+    assert sum(recipe["weights"]) == pytest.approx(1) and recipe["neighbour_features"] == f"finetune-{MODEL}"
     metrics = json.loads((repo / "metrics" / "ensemble" / "metrics.json").read_text())
-    assert {"blend_probability/cv_log_loss", "blend_log/cv_log_loss", f"pseudo-{MODEL}/cv_log_loss"} <= set(metrics)
+    assert {"blend_probability/cv_log_loss", "blend_log/cv_log_loss"} <= set(metrics)
+    # Each figure is the log loss of the predictions written beside it: the student's folds, the nested blend.
+    folds = pd.read_csv(repo / "data" / "folds" / STATE_FARM.slug / "folds.csv", dtype={"img": str}).set_index("img")
+    for name, table in ((f"pseudo-{MODEL}/cv_log_loss", pd.concat(
+            read_table(repo / fold_dir(STATE_FARM.slug, f"pseudo-{MODEL}", k) / "oof.csv", STATE_FARM.classes)
+            for k in FOLDS)), ("cv_log_loss", read_table(repo / "data" / "ensemble" / STATE_FARM.slug / "oof.csv",
+                                                         STATE_FARM.classes))):
+        truth = folds.label.loc[table.index].map(STATE_FARM.classes.index)
+        proba = table.to_numpy() / table.to_numpy().sum(1, keepdims=True)  # as written: rounded to the CSV's digits
+        assert metrics[name] == pytest.approx(log_loss(truth, proba, labels=range(10)), abs=1e-4), name

@@ -110,7 +110,7 @@ def test_a_crop_model_trains_and_predicts_on_its_crop_and_a_multi_region_net_on_
     for regions in (["head"], ["full", "head", "hands"]):
         recipe = _recipe(regions, 32)
         model = create_classifier(recipe.backbone, len(regions), 3, 0.0)
-        trainer = Trainer(model, recipe, Feed(torch.device("cpu"), 2, 0, [0.5] * 3, [0.5] * 3, False), 2)
+        trainer = Trainer(model, recipe, Feed(torch.device("cpu"), 2, 0, [0.5] * 3, [0.5] * 3, None), 2)
         seen = []
 
         def watch(net: torch.nn.Module) -> None:  # record what the backbone sees

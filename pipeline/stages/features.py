@@ -27,7 +27,8 @@ from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
-from pipeline.extraction import extract, view_images
+from pipeline.device_views import view_images
+from pipeline.extraction import extract
 from pipeline.frames import Frames, load_frames
 from pipeline.image_data import Feed, FrameImages
 from pipeline.paths import features_dir, frames_dir
@@ -44,7 +45,7 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images:
     model = create_backbone(backbone, num_classes=0, param_key=f"features.backbones.{backbone}")
     model = model.eval().to(device, memory_format=torch.channels_last)
     config = data_config(model)
-    feed = Feed(device, settings.batch_size, settings.workers, config["mean"], config["std"], settings.amp)
+    feed = Feed.on(device, settings.batch_size, settings.workers, config["mean"], config["std"], settings.amp)
     ids = {"train": list(images.train.img), "test": list(images.test.img)}
     rows = {split: frames.rows(split, ids[split]) for split in ids}
     archives = {"train": images.raw / spec.train_archive, "test": images.raw / spec.test_archive}

@@ -6,8 +6,10 @@ recipe's fixed schedule (no epoch is chosen on the held-out fold, whose predicti
 writes, for fold k of model M: ``models/<competition>/finetune-M/fold<k>/`` (``last.pt`` every epoch, to resume
 an interrupted run; ``final.pt``: the weights that predicted and the resolved config),
 ``data/predictions/<competition>/finetune-M/fold<k>/`` (``oof.csv``, ``test.csv`` as the heads write them, and
-the pooled embeddings ``oof_embeddings.npy``, ``test_embeddings.npy`` for the ensemble's neighbours) and DVCLive
-curves in ``metrics/finetune-M-fold<k>/``. The work itself: pipeline/fold_training.py.
+the pooled embeddings ``oof_embeddings.npy``, ``test_embeddings.npy`` for the ensemble's neighbours, and
+``trained_on.csv``, the images it trained on) and in ``metrics/finetune-M-fold<k>/`` DVCLive curves,
+``fold_log_loss`` and ``threads`` (torch's thread count it trained with, which CPU training's last digits follow).
+The work itself: pipeline/fold_training.py.
 
     python -m pipeline.stages.finetune lite0 --fold 0
     torchrun --nproc_per_node=2 -m pipeline.stages.finetune lite0 --fold 0    # DDP over 2 processes; rank 0 writes

@@ -1,0 +1,48 @@
+"""The GPU preset a user copies runs: presets/gpu.yaml laid over params.yaml validates through the loader `dvc
+repro` uses, the docs point to it rather than carry a copy, and a preset that would not run is refused whole."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.preset import apply_preset
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_PRESET = REPO / "presets" / "gpu.yaml"
+
+
+def test_the_gpu_preset_validates_over_params_yaml_with_frames_sized_for_every_model():
+    text, params = apply_preset(GPU_PRESET, REPO / "params.yaml")
+    sizes = [params.finetune.recipe(m).image_size for m in params.finetune.models]
+    sizes += [b.image_size for b in params.features.backbones.values()]
+    assert max(sizes) <= params.frames.size
+    preset = yaml.safe_load(GPU_PRESET.read_text())
+    assert set(params.finetune.models) == set(preset["finetune"]["models"]) | {"lite0"}
+    assert params.ensemble.models == preset["ensemble"]["models"]
+    assert "# Which competition to work on" in text  # params.yaml's comments survive
+
+
+def test_the_docs_point_to_the_one_preset_and_carry_no_copy_of_it():
+    docs = (REPO / "docs" / "gpu.md").read_text()
+    assert "presets/gpu.yaml" in docs
+    blocks = re.findall(r"```yaml\n(.*?)```", docs, re.S)
+    assert not any("finetune" in block for block in blocks)
+    for script in ("gpu_setup.sh", "gpu_repro.sh"):
+        assert "presets/gpu.yaml" in (REPO / "bench" / script).read_text()
+
+
+def test_a_preset_that_would_not_run_is_refused_in_one_line_and_params_yaml_is_left_as_it_was(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "big.yaml").write_text("finetune:\n  models:\n    lite0:\n      image_size: 320\n")
+    before = (tmp_path / "params.yaml").read_bytes()
+    result = subprocess.run([sys.executable, "-m", "pipeline.preset", "big.yaml"], cwd=tmp_path, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml + big.yaml: finetune.models.lite0.image_size: 320 is larger than frames.size (224), the "
+        "size the frame cache is decoded for; raise frames.size to at least 320"]
+    assert (tmp_path / "params.yaml").read_bytes() == before
