@@ -192,7 +192,7 @@ def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric)
     per_fold = [with_temperature(blend([tests[k] for tests in p.tests], recipe.weights, recipe.space),
                                  recipe.temperature) for k in range(len(p.tests[0]))]
     test = blend(per_fold, np.full(len(per_fold), 1 / len(per_fold)), "log")
-    if recipe.neighbour_space is not None:
+    if recipe.neighbour_space is not None and recipe.neighbour_weight > 0:  # a weight of 0 needs no search
         test_near = nearest(p.spaces[recipe.neighbour_space][1], np.zeros(len(test)), recipe.neighbours)
         test = smooth(test, neighbour_mean(test, test_near, recipe.neighbours), recipe.neighbour_weight)
     return oof, clipped(test, recipe.clip), recipe, report, nested or in_sample

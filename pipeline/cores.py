@@ -85,7 +85,8 @@ def share() -> int:
         return explicit
     cores, stages = machine_cores(), running_stages()
     threads = max(cores // stages, 1)
-    log.info("%d thread(s): %d core(s), %d stage(s) running on this machine", threads, cores, stages)
+    if stages > 1:  # alone, a stage takes every core and says nothing; sharing is worth a line
+        log.info("%d thread(s): %d core(s), %d stage(s) running on this machine", threads, cores, stages)
     return threads
 
 

@@ -47,6 +47,24 @@ def fit_frame(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
 
 
+def frames_bytes(count: int, shape: tuple[int, int]) -> int:
+    """The disk ``count`` frames of ``shape`` (height, width) take: the arrays' pixels (headers and indexes are
+    small)."""
+    return count * shape[0] * shape[1] * 3
+
+
+def check_room(folder: Path, needed: int, name: Path) -> None:
+    """Refuse, naming ``name``, to write ``needed`` bytes where the disk holds less: a memory-mapped array is made
+    at full size at once (sparse) and the disk fills while the workers write, with a bus error in whichever
+    process touches the first page that has no room."""
+    stats = os.statvfs(folder)
+    free = stats.f_bavail * stats.f_frsize
+    if needed > free:
+        raise PipelineError(f"{name}: the frame cache needs {needed:,} bytes ({needed / 2**30:.1f} GiB), "
+                            f"{free:,} bytes free there; free some (`dvc gc -w` drops cached versions no commit "
+                            f"uses) or lower frames.size")
+
+
 def new_frames(folder: Path, split: str, count: int, shape: tuple[int, int]) -> np.ndarray:
     """A uint8 [count, height, width, 3] ``.npy`` on disk, filled in place by the decoding processes."""
     return np.lib.format.open_memmap(folder / array_file(split), mode="w+", dtype=np.uint8,

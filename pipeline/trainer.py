@@ -100,11 +100,13 @@ class Distributed:
         return sampler
 
     def gather_rows(self, rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray | None:
-        """Every rank's ``values`` for its ``rows``, merged into one [n, ...] array on rank 0 (None elsewhere)."""
+        """Every rank's ``values`` for its ``rows``, merged into one [n, ...] array on rank 0 (None elsewhere).
+        Sent to rank 0 only: a fold's test embeddings are ~400 MB at full count, and every rank holding every
+        other rank's share (all_gather) multiplied that by the process count."""
         if self.world == 1:
             return values
-        parts = [None] * self.world
-        dist.all_gather_object(parts, (rows, values))
+        parts = [None] * self.world if self.rank == 0 else None
+        dist.gather_object((rows, values), parts, dst=0)
         if self.rank != 0:
             return None
         merged = np.zeros((n, *values.shape[1:]), values.dtype)

@@ -263,5 +263,10 @@ def test_a_queued_sweep_runs_two_at_once_and_each_reruns_only_what_dropout_reach
         log = run(DVC + ["queue", "logs", name], repo).stdout
         assert "Running stage 'heads@tf_efficientnet_lite0'" in log and "Running stage 'finetune@lite0-0'" in log
         assert "Running stage 'features@" not in log and "Running stage 'folds'" not in log  # restored from the cache
+        # The frames too: linked from DVC's cache into the experiment's copy, not decoded into a second frame cache.
+        assert "Running stage 'frames'" not in log and "Stage 'frames' didn't change" in log
     [baseline] = [commit for commit in table if commit["rev"] != "workspace"]
     assert baseline["data"]["params"]["params.yaml"]["data"]["dropout"] == 0.5
+    # One frame cache on disk: the workspace's frame arrays are the cache's files, not copies of them.
+    arrays = list((repo / "data" / "frames").rglob("*.npy"))
+    assert arrays and all(path.stat().st_nlink > 1 or path.is_symlink() for path in arrays)

@@ -70,3 +70,19 @@ def test_frames_of_another_size_are_resized_to_the_split_frame_shape():
     assert fit_frame(odd, (240, 320)).shape == (240, 320, 3)
     same = np.ones((240, 320, 3), np.uint8)
     assert fit_frame(same, (240, 320)) is same
+
+
+def test_a_frame_cache_the_disk_cannot_hold_is_refused_before_a_byte_is_written(repo_copy, tiny_competition,
+                                                                                  run_stage, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    put_competition(repo_copy, tiny_competition, frames=False)
+    free = 10_000  # bytes: far less than the tiny stand-in's frames
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=free // 4096, f_frsize=4096))
+    status, lines = run_stage(repo_copy, "frames")
+    target = frames_dir(STATE_FARM.slug)
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {target}: the frame cache needs ") and "bytes" in lines[0], lines[0]
+    assert f"{free // 4096 * 4096:,} bytes free there" in lines[0]
+    assert not (repo_copy / target).exists() and not list((repo_copy / target).parent.glob(".*tmp*"))

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import EnsembleParams
+from pipeline import blending
 from pipeline.blending import (Predictions, blend, blend_weights, ensemble, fit_recipe, fit_temperature, nearest,
                                neighbour_mean, with_temperature)
 from pipeline.error_analysis import captions, gallery, loss_by, reliability, worst_rows
@@ -203,3 +204,21 @@ def test_error_analysis_finds_the_worst_group_class_and_images_and_reads_calibra
     picture = gallery(frames, captions([f"img_{i}.jpg" for i in range(5)], ["p002"] * 5, labels[:5], proba[:5],
                                        ["c0", "c1", "c2"]))
     assert picture.dtype == np.uint8 and picture.shape[2] == 3 and picture.shape[1] >= 5 * 192
+
+
+def test_a_neighbour_weight_of_zero_skips_the_search_among_test_images(monkeypatch):
+    """At full count the test set is 79,726 images: a search whose result is weighted 0 is not run."""
+    rng = np.random.default_rng(7)
+    labels, fold_of = rng.integers(0, 3, 80), np.arange(80) % 4
+    sure = np.full((80, 3), 0.05)
+    sure[np.arange(80), labels] = 0.9  # right and sure: averaging in unrelated neighbours only hurts
+    searched, real = [], blending.nearest
+    monkeypatch.setattr(blending, "nearest", lambda features, groups, k: searched.append(len(features)) or
+                        real(features, groups, k))
+    settings = EnsembleParams(models=["a"], calibrate=False, clip_grid=[1e-15], neighbours=[3],
+                              neighbour_features=["random"])
+    spaces = {"random": (rng.normal(size=(80, 4)), rng.normal(size=(8, 4)))}
+    _, test, recipe, _, _ = ensemble(Predictions([sure], [[sure[:8]] * 4], labels, fold_of, spaces), settings,
+                                     multiclass_log_loss)
+    assert recipe.neighbour_weight == 0 and searched == [80]  # among the held-out images only
+    np.testing.assert_allclose(test, sure[:8], atol=1e-6)

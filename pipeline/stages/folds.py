@@ -15,8 +15,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import pdist
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.atomic import atomic_file
@@ -24,6 +22,7 @@ from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import FeatureSet, load_feature_set
+from pipeline.near_duplicates import near_duplicate_groups
 from pipeline.paths import features_dir, folds_csv
 from pipeline.tables import RunImages
 
@@ -49,16 +48,6 @@ def make_folds(train: pd.DataFrame, spec: CompetitionSpec, n_splits: int, seed: 
     for fold, (_, held_out) in enumerate(splits):
         table.loc[held_out, "fold"] = fold
     return table
-
-
-def near_duplicate_groups(features: np.ndarray, distance: float) -> np.ndarray:
-    """A group per cluster of near-identical images: average-linkage clusters of the features' cosine distance,
-    cut at ``distance``. Average linkage, not "any pair closer than": a chain of near pairs would otherwise join
-    every photo into one group. Memory grows with the square of the image count (25,000 images: ~2.5 GB)."""
-    if len(features) < 2:
-        return np.ones(len(features), int)
-    tree = linkage(pdist(np.asarray(features, np.float64), "cosine"), method="average")
-    return fcluster(tree, t=distance, criterion="distance")
 
 
 def with_near_duplicate_groups(train: pd.DataFrame, cached: FeatureSet, distance: float) -> pd.DataFrame:

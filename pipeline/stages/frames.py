@@ -25,7 +25,7 @@ from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import load_params
 from pipeline.cores import share
 from pipeline.errors import PipelineError, cli
-from pipeline.frames import array_file, fit_frame, new_frames, write_index, write_meta
+from pipeline.frames import array_file, check_room, fit_frame, frames_bytes, new_frames, write_index, write_meta
 from pipeline.images import CompetitionImages
 from pipeline.paths import frames_dir
 from pipeline.progress import progress
@@ -49,11 +49,14 @@ def _decode_rows(task: tuple) -> tuple[int, str]:
     return len(members), ""
 
 
-def decode_frames(images: RunImages, spec: CompetitionSpec, size: int, workers: int, out: Path) -> dict:
-    """Fill ``out`` (empty) with the frames of every train and test image; return frames.json's content."""
+def decode_frames(images: RunImages, spec: CompetitionSpec, size: int, workers: int, out: Path,
+                  name: Path | None = None) -> dict:
+    """Fill ``out`` (empty; ``name`` in messages) with the frames of every train and test image; return frames.json's
+    content. A disk without room for them all is refused before anything is written."""
     archive = CompetitionImages(images.raw, spec)
     first = images.train.member.iloc[0] if len(images.train) else images.test.member.iloc[0]
     shape = archive.load_rgb(first, draft_size=(size, size)).shape[:2]
+    check_room(out, frames_bytes(len(images.train) + len(images.test), shape), name or out)
     started = time.perf_counter()
     # Spawned processes: a clean interpreter each, no forked OpenCV pool or zip handle. One worker decodes here.
     executor = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) if workers > 1 else None
@@ -95,7 +98,7 @@ def main() -> None:
     target = frames_dir(spec.slug)
     with atomic_dir(target) as out:
         write_meta(out, decode_frames(RunImages.load(spec.slug), spec, params.frames.size,
-                                      resolve_workers(params.frames.workers), out))
+                                      resolve_workers(params.frames.workers), out, target))
     log.info("wrote %s", target)
 
 

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# A competition at its full size on this machine (no GPU), every stage, in steps you can resume. Each step is a
+# `dvc repro --single-item` of its stages (a step done is skipped by DVC, one cut short runs again) and appends to
+# WORKDIR/steps.tsv its wall time, images, images per second, peak RSS (the step's largest process) and the disk
+# the work folder holds (workspace and DVC's cache: a hard-linked file counted once). Fine-tuning every fold at full
+# count would take days on a CPU: one fold at a reduced recipe that keeps every image (64 px, one epoch), and the
+# ensemble of the heads (the fine-tuned model has one fold). `project` writes the table and the projected GPU-preset
+# `dvc repro` on a 16-core + one-GPU machine, from the per-image costs measured here and the GPU speeds of
+# docs/gpu.md.
+#
+#   bash bench/full_count.sh setup state-farm|dogs-vs-cats [WORKDIR]     # full counts, stand-in generated offline
+#   bash bench/full_count.sh standin|frames|features|folds|heads|finetune|ensemble|all [WORKDIR]
+#   bash bench/full_count.sh project [WORKDIR]
+#
+# State Farm: 22,360 train + 79,980 test images at 640x480 (the stand-in's driver x class x frame grid nearest the
+# competition's 22,424 + 79,726); Dogs vs. Cats Redux: 25,000 + 12,500, grouped by near-duplicates (folds.group_by:
+# auto), so its `folds` step is where that grouping runs at full count.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+step=${1:?a step: setup standin frames features folds heads finetune ensemble all project}
+if [ "$step" = setup ]; then
+  competition=${2:?state-farm or dogs-vs-cats}
+  work=${3:-/tmp/full-count-$competition}
+else
+  work=${2:-$(ls -d /tmp/full-count-* 2>/dev/null | head -1)}
+fi
+export PATH="$(dirname "$(command -v python)"):$PATH" PYTHONPATH="$work" PYTHONUNBUFFERED=1
+
+if [ "$step" = setup ]; then
+  rm -rf "$work" && mkdir -p "$work/.dvc" "$work/submissions"
+  cp -r "$repo"/pipeline "$repo"/dvc.yaml "$repo"/params.yaml "$repo"/.dvcignore "$work"/
+  cp "$repo"/.dvc/config "$work/.dvc/"
+  cd "$work"
+  python - "$competition" <<'PY'
+import sys, yaml
+params = yaml.safe_load(open("params.yaml"))
+reduced = {"image_size": 64, "epochs": 1}  # every image once, at the smallest size the model is fed at
+params["finetune"]["models"]["lite0"].update(reduced)
+params["finetune"]["folds"] = [0]
+params["ensemble"].update(models=[f"heads-{next(iter(params['features']['backbones']))}"],
+                          neighbour_features=[next(iter(params["features"]["backbones"]))])
+if sys.argv[1] == "state-farm":
+    params["standin"].update(train_drivers=26, test_drivers=93, frames_per_class=86)
+else:
+    params["competition"] = "dogs-vs-cats-redux-kernels-edition"
+    params["augment"]["hflip"] = True
+    params["standin"].update(train_drivers=500, test_drivers=250, frames_per_class=25)
+yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
+PY
+  git init -q && git add -A && git -c user.name=bench -c user.email=bench@local commit -qm "full count: $competition"
+  echo "set up $work for $competition at full count"
+  exit 0
+fi
+cd "$work"
+
+images() {  # how many images a step goes through, from the run's tables (after the sample stage)
+  python - "$1" <<'PY'
+import sys, yaml, pandas as pd
+params = yaml.safe_load(open("params.yaml"))
+folder = f"data/sample/{params['competition']}"
+try:
+    train, test = (len(pd.read_csv(f"{folder}/{split}.csv")) for split in ("train", "test"))
+except FileNotFoundError:
+    train = test = 0
+views = len(params["features"]["test_views"])
+finetune_views = len(params["finetune"]["test_views"])
+folds = params["folds"]["n_splits"]
+print({"standin": train + test, "frames": train + test, "features": (train + test) * views, "folds": train,
+       "heads": train * folds, "finetune": train * (folds - 1) // folds + (train // folds + test) * finetune_views,
+       "ensemble": train + test}[sys.argv[1]])
+PY
+}
+
+run() {  # $1: the step's name; the rest: its stages
+  local name=$1; shift
+  local log="$work/step-$name.log" start seconds count rss disk
+  start=$(date +%s.%N)
+  /usr/bin/time -f "%M" -o "$work/step-$name.rss" python -m dvc repro --single-item "$@" > "$log" 2>&1 \
+    || { tail -5 "$log"; exit 1; }
+  seconds=$(python -c "import time; print(round(time.time() - $start, 1))")
+  count=$(images "$name")
+  rss=$(( $(tail -1 "$work/step-$name.rss") / 1024 ))
+  disk=$(( $(du -sb "$work" | cut -f1) / 1048576 ))  # du counts a hard-linked file once
+  grep -E "img/s|done in|log loss|wrote|groups" "$log" | tail -4 || true
+  printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$name" "$seconds" "$count" \
+    "$(python -c "print(round($count / max($seconds, 1e-9), 1))")" "$rss" "$disk" | tee -a steps.tsv
+}
+
+backbone=$(python -c "import yaml; print(next(iter(yaml.safe_load(open('params.yaml'))['features']['backbones'])))")
+case "$step" in
+  standin) run standin download sample ;;
+  frames) run frames frames ;;
+  features) run features "features@$backbone" ;;
+  folds) run folds folds ;;
+  heads) run heads "heads@$backbone" ;;
+  finetune) run finetune "finetune@lite0-0" ;;
+  ensemble) run ensemble ensemble submission ;;
+  all) for s in standin frames features folds heads finetune ensemble; do bash "$0" "$s" "$work"; done ;;
+  project)
+    python - "$repo/presets/gpu.yaml" <<'PY'
+import sys, yaml, pandas as pd
+steps = pd.read_csv("steps.tsv", sep="\t", names=["step", "seconds", "images", "img_per_s", "peak_rss_mib",
+                                                  "disk_mib"]).groupby("step").last()
+print(steps.to_string())
+params, preset = yaml.safe_load(open("params.yaml")), yaml.safe_load(open(sys.argv[1]))
+folder = f"data/sample/{params['competition']}"
+train, test = (len(pd.read_csv(f"{folder}/{split}.csv")) for split in ("train", "test"))
+# One H100 (docs/gpu.md, measured 2026-11-28, lite0 at 224 px): features end to end 4,000 img/s, fine-tuning
+# 2,335 img/s; the CPU-bound steps (decoding frames, folds, the ensemble) scale from these 2 cores to 16.
+features_gpu, finetune_gpu, cores = 4000.0, 2335.0, 16 / 2
+views, fviews = len(preset["features"]["test_views"]), len(preset["finetune"]["test_views"])
+folds = params["folds"]["n_splits"]
+per_fold = 0.0
+for name, model in preset["finetune"]["models"].items():
+    pixels = len(model.get("regions", ["full"])) * (model["image_size"] / 224) ** 2  # cost per image vs lite0 224
+    trained = train * (folds - 1) / folds * model["epochs"] * pixels / finetune_gpu
+    predicted = (train / folds + test) * fviews * pixels / features_gpu
+    per_fold += trained + predicted
+projection = {
+    "frames": steps.seconds.get("frames", float("nan")) / cores,
+    "features": (train + test) * views / features_gpu,
+    "folds": steps.seconds.get("folds", float("nan")),
+    "heads": steps.seconds.get("heads", float("nan")) / cores,
+    "finetune (every model and fold)": per_fold * folds,
+    "ensemble": steps.seconds.get("ensemble", float("nan")) / cores,
+}
+for key, seconds in projection.items():
+    print(f"projected on 16 cores + one H100, GPU preset: {key:32s} {seconds / 60:7.1f} min")
+print(f"projected whole GPU-preset dvc repro (after the download): {sum(projection.values()) / 60:.0f} min")
+PY
+    ;;
+  *) echo "unknown step $step"; exit 2 ;;
+esac
