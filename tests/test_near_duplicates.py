@@ -73,13 +73,12 @@ def test_grouping_stays_under_a_memory_cap_the_whole_matrix_would_exceed(monkeyp
     assert 1 < len(np.unique(groups)) < images
 
 
-def test_a_component_too_large_for_its_matrix_is_clustered_over_nearest_neighbours_nearly_alike(monkeypatch):
+def test_a_component_too_large_for_its_matrix_is_clustered_through_a_sample_nearly_alike(monkeypatch):
     features = _photos(3000, 32, seed=4, spread=0.2)  # chains of near pairs: components of up to ~90 photos
     exact = _whole_matrix_groups(features, 0.2)
     monkeypatch.setattr(near_duplicates, "EXACT_LIMIT", 40)
-    monkeypatch.setattr(near_duplicates, "NEIGHBOURS", 10)
     approximate = near_duplicate_groups(features, 0.2)
     first, second = close_pairs(features, 0.2)
     _, component = connected_components(coo_matrix((np.ones(len(first)), (first, second)), shape=(3000, 3000)))
-    assert np.bincount(component).max() > 40  # the nearest-neighbour clustering ran
+    assert np.bincount(component).max() > 40  # the sampled clustering ran
     assert adjusted_rand_score(exact, approximate) > 0.9
