@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A competition at its full size on this machine (no GPU), every stage, in steps you can resume. Each step is a
 # `dvc repro --single-item` of its stages (a step done is skipped by DVC, one cut short runs again) and appends to
-# WORKDIR/steps.tsv its wall time, images, images per second, peak RSS (the step's largest process) and the disk
-# the work folder holds (workspace and DVC's cache: a hard-linked file counted once). Fine-tuning every fold at full
+# WORKDIR/steps.tsv its wall time, images, images per second, peak RSS (the step's largest process), the disk
+# the work folder holds (workspace and DVC's cache: a hard-linked file counted once) and the CPU seconds its
+# processes used (user + system): the work a step is, whatever else the machine was running beside it. Fine-tuning every fold at full
 # count would take days on a CPU: one fold at a reduced recipe that keeps every image (64 px, one epoch), and the
 # ensemble of the heads (the fine-tuned model has one fold). `project` writes the table and the projected GPU-preset
 # `dvc repro` on a 16-core + one-GPU machine, from the per-image costs measured here and the GPU speeds of
@@ -75,15 +76,17 @@ run() {  # $1: the step's name; the rest: its stages
   local name=$1; shift
   local log="$work/step-$name.log" start seconds count rss disk
   start=$(date +%s.%N)
-  /usr/bin/time -f "%M" -o "$work/step-$name.rss" python -m dvc repro --single-item "$@" > "$log" 2>&1 \
+  /usr/bin/time -f "%M %U %S" -o "$work/step-$name.rss" python -m dvc repro --single-item "$@" > "$log" 2>&1 \
     || { tail -5 "$log"; exit 1; }
   seconds=$(python -c "import time; print(round(time.time() - $start, 1))")
   count=$(images "$name")
-  rss=$(( $(tail -1 "$work/step-$name.rss") / 1024 ))
+  read -r rss user system < <(tail -1 "$work/step-$name.rss")
+  rss=$(( rss / 1024 ))
   disk=$(( $(du -sb "$work" | cut -f1) / 1048576 ))  # du counts a hard-linked file once
   grep -E "img/s|done in|log loss|wrote|groups" "$log" | tail -4 || true
-  printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$name" "$seconds" "$count" \
-    "$(python -c "print(round($count / max($seconds, 1e-9), 1))")" "$rss" "$disk" | tee -a steps.tsv
+  printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$name" "$seconds" "$count" \
+    "$(python -c "print(round($count / max($seconds, 1e-9), 1))")" "$rss" "$disk" \
+    "$(python -c "print(round($user + $system, 1))")" | tee -a steps.tsv
 }
 
 backbone=$(python -c "import yaml; print(next(iter(yaml.safe_load(open('params.yaml'))['features']['backbones'])))")
@@ -95,19 +98,29 @@ case "$step" in
   heads) run heads "heads@$backbone" ;;
   finetune) run finetune "finetune@lite0-0" ;;
   ensemble) run ensemble ensemble submission ;;
-  all) for s in standin frames features folds heads finetune ensemble; do bash "$0" "$s" "$work"; done ;;
+  all) for s in standin frames features folds heads finetune ensemble; do bash "$repo/bench/full_count.sh" "$s" "$work"; done ;;
   project)
     python - "$repo/presets/gpu.yaml" <<'PY'
 import sys, yaml, pandas as pd
 steps = pd.read_csv("steps.tsv", sep="\t", names=["step", "seconds", "images", "img_per_s", "peak_rss_mib",
-                                                  "disk_mib"]).groupby("step").last()
+                                                  "disk_mib", "cpu_s"]).groupby("step").last()
 print(steps.to_string())
 params, preset = yaml.safe_load(open("params.yaml")), yaml.safe_load(open(sys.argv[1]))
 folder = f"data/sample/{params['competition']}"
 train, test = (len(pd.read_csv(f"{folder}/{split}.csv")) for split in ("train", "test"))
 # One H100 (docs/gpu.md, measured 2026-11-28, lite0 at 224 px): features end to end 4,000 img/s, fine-tuning
-# 2,335 img/s; the CPU-bound steps (decoding frames, folds, the ensemble) scale from these 2 cores to 16.
-features_gpu, finetune_gpu, cores = 4000.0, 2335.0, 16 / 2
+# 2,335 img/s; the CPU-bound steps (decoding frames, the heads, the ensemble) take their CPU seconds spread over
+# 16 cores (their wall time over 8 where a row has no CPU seconds); folds as measured (mostly one core).
+features_gpu, finetune_gpu, cores = 4000.0, 2335.0, 16
+
+
+def on_cores(step: str) -> float:
+    if step not in steps.index:
+        return float("nan")
+    cpu = steps.cpu_s.get(step)
+    return cpu / cores if pd.notna(cpu) else steps.seconds[step] / (cores / 2)
+
+
 views, fviews = len(preset["features"]["test_views"]), len(preset["finetune"]["test_views"])
 folds = params["folds"]["n_splits"]
 per_fold = 0.0
@@ -117,12 +130,12 @@ for name, model in preset["finetune"]["models"].items():
     predicted = (train / folds + test) * fviews * pixels / features_gpu
     per_fold += trained + predicted
 projection = {
-    "frames": steps.seconds.get("frames", float("nan")) / cores,
+    "frames": on_cores("frames"),
     "features": (train + test) * views / features_gpu,
     "folds": steps.seconds.get("folds", float("nan")),
-    "heads": steps.seconds.get("heads", float("nan")) / cores,
+    "heads": on_cores("heads"),
     "finetune (every model and fold)": per_fold * folds,
-    "ensemble": steps.seconds.get("ensemble", float("nan")) / cores,
+    "ensemble": on_cores("ensemble"),
 }
 for key, seconds in projection.items():
     print(f"projected on 16 cores + one H100, GPU preset: {key:32s} {seconds / 60:7.1f} min")

@@ -1,10 +1,14 @@
-"""The ensemble's arithmetic: blends, temperature, test-neighbour smoothing and clipping, fit on out-of-fold
+"""The ensemble's arithmetic: blends, calibration, test-neighbour smoothing and clipping, fit on out-of-fold
 predictions, and scored by nested cross-validation.
 
 A recipe (``BlendRecipe``) is four choices, each fit on out-of-fold rows only (never on the leaderboard):
 1. blend: non-negative weights summing to one, for a mean of probabilities and for a mean of log-probabilities
    (a weighted geometric mean); the better one;
-2. temperature: one scalar on the blend's log-probabilities (calibration);
+2. calibration of the blend's log-probabilities, one of ``ensemble.calibration``: none, temperature (one scalar)
+   or vector scaling (a scale and a bias per class). A fitted calibration always looks better on the rows it was
+   fit on, so the choice is made by cross-validation within those rows: each of their folds is calibrated by the
+   others' fit (held-out drivers differ: on real State Farm photos a temperature fit on some drivers made others
+   worse);
 3. neighbour smoothing: average each prediction with its k nearest neighbours among images of unseen drivers
    (the held-out fold / the test set), in one of several feature spaces; the space, k and the weight;
 4. clipping to [eps, 1 - eps], eps from a grid.
@@ -28,6 +32,7 @@ from pipeline.progress import progress
 
 NEIGHBOUR_WEIGHTS = np.linspace(0.0, 0.9, 10)
 BLEND_SPACES = ("probability", "log")
+CALIBRATIONS = ("none", "temperature", "vector")
 Metric = Callable[[np.ndarray, np.ndarray], float]  # (labels, probabilities) -> loss
 
 
@@ -52,16 +57,93 @@ def blend_weights(oofs: list[np.ndarray], labels: np.ndarray, space: str = "prob
     return weights / weights.sum()
 
 
-def with_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
-    logits = np.log(kaggle_proba(proba)) / temperature
+def rescaled(proba: np.ndarray, scale: np.ndarray | float, bias: np.ndarray | float = 0.0) -> np.ndarray:
+    """softmax(scale * log p + bias): every calibration here is this, with per-class or shared scale and bias."""
+    logits = np.log(kaggle_proba(proba)) * scale + bias
     logits -= logits.max(1, keepdims=True)
     exp = np.exp(logits)
     return exp / exp.sum(1, keepdims=True)
 
 
+def with_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
+    return rescaled(proba, 1.0 / temperature)
+
+
 def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
     return float(minimize_scalar(lambda t: multiclass_log_loss(labels, with_temperature(proba, t)),
                                  bounds=(0.05, 20.0), method="bounded").x)
+
+
+def fit_vector_scaling(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, bias) per class minimising the log loss of ``rescaled`` (Guo et al. 2017's vector scaling, on
+    log-probabilities), by L-BFGS with the exact gradient; starts from no change."""
+    logs, classes = np.log(kaggle_proba(proba)), proba.shape[1]
+    onehot = np.eye(classes)[labels]
+
+    def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        scale, bias = theta[:classes], theta[classes:]
+        q = rescaled(proba, scale, bias)
+        residual = (np.clip(q, KAGGLE_EPS, None) - onehot) / len(labels)  # d loss / d logits
+        loss = multiclass_log_loss(labels, q)
+        return loss, np.concatenate([(residual * logs).sum(0), residual.sum(0)])
+
+    result = minimize(loss_and_gradient, np.concatenate([np.ones(classes), np.zeros(classes)]), jac=True,
+                      method="L-BFGS-B", bounds=[(0.05, 20.0)] * classes + [(-20.0, 20.0)] * classes)
+    return result.x[:classes], result.x[classes:]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """softmax(scale * log p + bias), as one of ``CALIBRATIONS`` fit it."""
+
+    name: str
+    scale: np.ndarray  # per class
+    bias: np.ndarray  # per class
+
+    def __call__(self, proba: np.ndarray) -> np.ndarray:
+        return proba if self.name == "none" else rescaled(proba, self.scale, self.bias)
+
+    @property
+    def temperature(self) -> float:
+        """The temperature this calibration amounts to when its scale is shared (1 for none)."""
+        return float(1.0 / self.scale.mean())
+
+
+def fit_calibration(name: str, proba: np.ndarray, labels: np.ndarray) -> Calibration:
+    classes = proba.shape[1]
+    if name == "none":
+        return Calibration(name, np.ones(classes), np.zeros(classes))
+    if name == "temperature":
+        return Calibration(name, np.full(classes, 1.0 / fit_temperature(proba, labels)), np.zeros(classes))
+    if name == "vector":
+        return Calibration(name, *fit_vector_scaling(proba, labels))
+    raise ValueError(f"calibration {name!r}: one of {CALIBRATIONS}")
+
+
+def calibration_losses(proba: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
+                       candidates: list[str]) -> dict[str, float]:
+    """Each candidate's cross-validated log loss over these rows: every fold calibrated by the fit on the other
+    folds. Empty with fewer than two folds (nothing to hold out)."""
+    folds = np.unique(fold_of)
+    if len(folds) < 2:
+        return {}
+    losses = {}
+    for name in candidates:
+        held_out = np.zeros_like(proba)
+        for fold in folds:
+            inside = fold_of == fold
+            held_out[inside] = fit_calibration(name, proba[~inside], labels[~inside])(proba[inside])
+        losses[name] = multiclass_log_loss(labels, held_out)
+    return losses
+
+
+def choose_calibration(proba: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
+                       candidates: list[str]) -> tuple[Calibration, dict[str, float]]:
+    """The candidate with the lowest cross-validated loss (the first listed when one candidate or one fold: a fit
+    cannot be judged on the rows it was fit on), fit on every row; and each candidate's cross-validated loss."""
+    losses = calibration_losses(proba, labels, fold_of, candidates) if len(candidates) > 1 else {}
+    name = min(losses, key=losses.get) if losses else candidates[0]
+    return fit_calibration(name, proba, labels), losses
 
 
 def nearest(features: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
@@ -113,16 +195,20 @@ class BlendRecipe:
 
     space: str  # "probability" or "log"
     weights: np.ndarray  # per model
-    temperature: float
+    calibration: Calibration
     neighbour_space: str | None  # None: no smoothing
     neighbours: int
     neighbour_weight: float
     clip: float
     by_space: dict = field(default_factory=dict)  # blend space -> its weights, for the report
+    calibration_losses: dict = field(default_factory=dict)  # candidate -> its cross-validated loss, for the report
 
     def as_dict(self, models: list[str]) -> dict:
         return {"models": list(models), "blend": self.space, "weights": self.weights.round(6).tolist(),
-                "temperature": self.temperature, "neighbour_features": self.neighbour_space,
+                "calibration": self.calibration.name, "temperature": self.calibration.temperature,
+                "calibration_scale": self.calibration.scale.round(6).tolist(),
+                "calibration_bias": self.calibration.bias.round(6).tolist(),
+                "calibration_cv_log_loss": self.calibration_losses, "neighbour_features": self.neighbour_space,
                 "neighbours": self.neighbours, "neighbour_weight": self.neighbour_weight, "clip": self.clip}
 
 
@@ -130,7 +216,7 @@ def apply_steps(recipe: BlendRecipe, oofs: list[np.ndarray], near: dict[str, np.
     """The out-of-fold predictions after each step of ``recipe`` (every row; neighbours within a row's fold)."""
     steps = {f"blend_{space}": blend(oofs, weights, space) for space, weights in recipe.by_space.items()}
     steps["blend"] = blend(oofs, recipe.weights, recipe.space)
-    steps["calibrated"] = with_temperature(steps["blend"], recipe.temperature)
+    steps["calibrated"] = recipe.calibration(steps["blend"])
     smoothed = steps["calibrated"]
     if recipe.neighbour_space is not None:
         neighbours = neighbour_mean(smoothed, near[recipe.neighbour_space], recipe.neighbours)
@@ -139,15 +225,15 @@ def apply_steps(recipe: BlendRecipe, oofs: list[np.ndarray], near: dict[str, np.
     return steps
 
 
-def fit_recipe(oofs: list[np.ndarray], labels: np.ndarray, rows: np.ndarray, near: dict[str, np.ndarray],
-               settings: EnsembleParams) -> BlendRecipe:
+def fit_recipe(oofs: list[np.ndarray], labels: np.ndarray, fold_of: np.ndarray, rows: np.ndarray,
+               near: dict[str, np.ndarray], settings: EnsembleParams) -> BlendRecipe:
     """Every choice fit on the out-of-fold rows ``rows`` (a mask of whole folds) only."""
     fit_oofs, fit_labels = [oof[rows] for oof in oofs], labels[rows]
     by_space = {space: blend_weights(fit_oofs, fit_labels, space) for space in BLEND_SPACES}
     space = min(BLEND_SPACES, key=lambda s: multiclass_log_loss(fit_labels, blend(fit_oofs, by_space[s], s)))
     proba = blend(oofs, by_space[space], space)
-    temperature = fit_temperature(proba[rows], fit_labels) if settings.calibrate else 1.0
-    proba = with_temperature(proba, temperature)
+    calibration, calibration_cv = choose_calibration(proba[rows], fit_labels, fold_of[rows], settings.calibration)
+    proba = calibration(proba)
     chosen, k, weight = None, 0, 0.0
     if near and settings.neighbours:
         losses = {(name, k, float(w)): multiclass_log_loss(fit_labels, smooth(proba, neighbour_mean(proba, found, k),
@@ -156,7 +242,7 @@ def fit_recipe(oofs: list[np.ndarray], labels: np.ndarray, rows: np.ndarray, nea
         chosen, k, weight = min(losses, key=losses.get)
         proba = smooth(proba, neighbour_mean(proba, near[chosen], k), weight)
     clip = min(settings.clip_grid, key=lambda eps: multiclass_log_loss(fit_labels, clipped(proba[rows], eps)))
-    return BlendRecipe(space, by_space[space], temperature, chosen, k, weight, clip, by_space)
+    return BlendRecipe(space, by_space[space], calibration, chosen, k, weight, clip, by_space, calibration_cv)
 
 
 def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric) -> tuple:
@@ -178,19 +264,21 @@ def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric)
     folds = np.unique(p.fold_of)
     for fold in folds if len(folds) > 1 else ():  # one fold has no other folds to fit on: no nested score
         inside = p.fold_of == fold
-        steps = apply_steps(fit_recipe(p.oofs, p.labels, ~inside, near, settings), p.oofs, near)
+        steps = apply_steps(fit_recipe(p.oofs, p.labels, p.fold_of, ~inside, near, settings), p.oofs, near)
         for name, proba in steps.items():
             nested.setdefault(name, np.zeros_like(proba))[inside] = proba[inside]
-    recipe = fit_recipe(p.oofs, p.labels, np.ones(len(p.labels), bool), near, settings)
+    recipe = fit_recipe(p.oofs, p.labels, p.fold_of, np.ones(len(p.labels), bool), near, settings)
     in_sample = apply_steps(recipe, p.oofs, near)
     report = {f"{name}/cv_log_loss": metric(p.labels, proba) for name, proba in nested.items() if name != "final"}
     report["in_sample/cv_log_loss"] = metric(p.labels, in_sample["final"])
+    # What chose the calibration of the test predictions: each candidate's log loss, cross-validated over every row.
+    report.update({f"calibration/{name}/cv_log_loss": loss for name, loss in recipe.calibration_losses.items()})
     oof = nested.get("final", in_sample["final"])
     report["cv_log_loss"] = metric(p.labels, oof)
     # The recipe was fit on out-of-fold predictions, each made by one fold's models: apply it to each fold's test
     # predictions the same way, then combine the folds (a geometric mean, as for a blend).
-    per_fold = [with_temperature(blend([tests[k] for tests in p.tests], recipe.weights, recipe.space),
-                                 recipe.temperature) for k in range(len(p.tests[0]))]
+    per_fold = [recipe.calibration(blend([tests[k] for tests in p.tests], recipe.weights, recipe.space))
+                for k in range(len(p.tests[0]))]
     test = blend(per_fold, np.full(len(per_fold), 1 / len(per_fold)), "log")
     if recipe.neighbour_space is not None and recipe.neighbour_weight > 0:  # a weight of 0 needs no search
         test_near = nearest(p.spaces[recipe.neighbour_space][1], np.zeros(len(test)), recipe.neighbours)

@@ -179,6 +179,8 @@ class Recipe(Section):
     grad_clip: float = Field(ge=0.0, strict=False)  # max gradient norm; 0 turns clipping off
     ema_decay: float = Field(ge=0.0, lt=1.0, strict=False)  # EMA of weights; 0 turns it off
     augment_strength: float = Field(ge=0.0, le=2.0, strict=False)  # scales section augment; 0: none
+    # Each target mixed with the uniform distribution at this weight (timm's recipe: 0.1); 0: none
+    label_smoothing: float = Field(ge=0.0, lt=1.0, strict=False)
     seed: int = Field(ge=0)
 
 
@@ -227,7 +229,8 @@ class EnsembleParams(Section):
     """Blend, calibrate and post-process every model's predictions (pipeline/stages/ensemble.py)."""
 
     models: list[str] = Field(min_length=1)  # heads-<backbone> / finetune-<model> folders to blend
-    calibrate: bool  # fit a temperature on out-of-fold predictions
+    # Calibrations to choose among by cross-validation (pipeline/blending.py): none, temperature, vector.
+    calibration: list[Literal["none", "temperature", "vector"]] = Field(min_length=1)
     clip_grid: list[Annotated[float, Field(gt=0.0, lt=0.5, strict=False)]] = Field(min_length=1)
     # Test-neighbour smoothing: the k to choose from, out of fold (with the weight); [] turns it off.
     neighbours: list[Annotated[int, Field(ge=1, le=200)]]

@@ -137,11 +137,13 @@ class FoldImages:
     weights: torch.Tensor | None = None  # each training image's weight in the loss (pseudo-labels weigh less)
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy against class indices or class probabilities, as a weighted mean when weights are given."""
+def _loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,
+          label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against class indices or class probabilities (each smoothed toward uniform by
+    ``label_smoothing``), as a weighted mean when weights are given."""
     if weights is None:
-        return torch.nn.functional.cross_entropy(logits, targets)
-    per_image = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    per_image = torch.nn.functional.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
     return (per_image * weights).sum() / weights.sum()
 
 
@@ -205,7 +207,8 @@ class Trainer:
                 with self.feed.autocast():
                     logits = self.trained(inputs).float()
                 loss = _loss(logits, targets[indices].to(self.feed.device),
-                             None if weights is None else weights[indices].to(self.feed.device))
+                             None if weights is None else weights[indices].to(self.feed.device),
+                             self.recipe.label_smoothing)
                 if not torch.isfinite(loss):  # stop here: a NaN net would only write NaN predictions later
                     raise PipelineError(f"{label}: the training loss became {loss.item()} after {seen} images; "
                                         f"lower the learning rate (lr) or set grad_clip")

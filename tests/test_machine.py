@@ -125,6 +125,23 @@ def test_the_fp16_training_step_with_loss_scaling_runs_here_as_on_a_t4():
     assert _trainer(None).scaler is None  # float32 and bf16 need none
 
 
+def test_label_smoothing_of_the_recipe_is_the_loss_trained_on():
+    """timm's recipe smooths targets (0.1): the recipe's key reaches the loss, index and soft targets alike."""
+    losses = {}
+    for smoothing in (0.0, 0.3):
+        trainer = _trainer(None, lr=1e-12, ema_decay=0.0, label_smoothing=smoothing)  # a step changes nothing
+        data, targets = _batches(trainer)
+        trainer.model.eval()  # the same logits the training pass sees (no dropout, BatchNorm's running stats)
+        with torch.no_grad():
+            logits = torch.cat([trainer.model(inputs) for _, inputs in trainer.feed.inputs(data)])
+        trainer.trained.train = lambda mode=True: trainer.trained  # keep eval mode through train_epoch
+        losses[smoothing], _ = trainer.train_epoch(data, targets, "train")
+        log_p = logits.log_softmax(-1)
+        expected = -(1 - smoothing) * log_p[torch.arange(16), targets] - smoothing * log_p.mean(-1)
+        assert losses[smoothing] == pytest.approx(expected.mean().item(), rel=1e-4)
+    assert losses[0.3] != pytest.approx(losses[0.0], rel=1e-3)
+
+
 @pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")  # meta holds no data
 def test_a_checkpoint_names_no_device_and_resumes_on_another_one(tmp_path):
     """A checkpoint written on one device resumes on another: on a GPU ``torch.load(map_location=<the gpu>)`` put

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.config import EnsembleParams
 from pipeline import blending
-from pipeline.blending import (Predictions, blend, blend_weights, ensemble, fit_recipe, fit_temperature, nearest,
-                               neighbour_mean, with_temperature)
+from pipeline.blending import (Predictions, blend, blend_weights, choose_calibration, ensemble, fit_recipe,
+                               fit_temperature, nearest, neighbour_mean, rescaled, with_temperature)
 from pipeline.error_analysis import captions, gallery, loss_by, reliability, worst_rows
 from pipeline.errors import PipelineError
 from pipeline.metrics import multiclass_log_loss
@@ -77,7 +77,7 @@ def test_a_log_space_blend_is_a_renormalised_weighted_geometric_mean_and_is_chos
         proba[np.arange(400), labels] = 0.6
         proba[np.arange(400), (labels + shift) % 3] = 0.38
         models.append(proba)
-    settings = EnsembleParams(models=["a", "b"], calibrate=False, clip_grid=[1e-15], neighbours=[],
+    settings = EnsembleParams(models=["a", "b"], calibration=["none"], clip_grid=[1e-15], neighbours=[],
                               neighbour_features=["x"])
     oof, _, recipe, report, _ = ensemble(Predictions(models, [[m] for m in models], labels, np.zeros(400, int), {}),
                                       settings, multiclass_log_loss)  # one fold: the in-sample fit only
@@ -93,9 +93,10 @@ def test_smoothing_picks_the_k_and_weight_that_score_best_out_of_fold():
     proba[np.arange(600), labels] = 0.8
     noisy = rng.random(600) < 0.3  # a third of frames confidently wrong, each on its own
     proba[noisy] = np.roll(proba[noisy], 1, axis=1)
-    settings = EnsembleParams(models=["a"], calibrate=False, clip_grid=[1e-15], neighbours=[1, 9],
+    settings = EnsembleParams(models=["a"], calibration=["none"], clip_grid=[1e-15], neighbours=[1, 9],
                               neighbour_features=["pose"])
-    recipe = fit_recipe([proba], labels, np.ones(600, bool), {"pose": nearest(features, np.zeros(600), 9)}, settings)
+    recipe = fit_recipe([proba], labels, np.zeros(600, int), np.ones(600, bool),
+                        {"pose": nearest(features, np.zeros(600), 9)}, settings)
     assert (recipe.neighbours, recipe.neighbour_weight) == (9, pytest.approx(0.9, abs=0.25))
 
 
@@ -110,7 +111,7 @@ def test_the_ensemble_finds_neighbours_in_the_space_that_scores_best_out_of_fold
     pose = rng.normal(size=(60, 16))[takes] + rng.normal(scale=0.01, size=(600, 16))  # frames of a take together
     noise = rng.normal(size=(600, 16))  # neighbours that share nothing
     spaces = {"noise": (noise, noise[:60]), "pose": (pose, pose[:60])}
-    settings = EnsembleParams(models=["a"], calibrate=False, clip_grid=[1e-15], neighbours=[9],
+    settings = EnsembleParams(models=["a"], calibration=["none"], clip_grid=[1e-15], neighbours=[9],
                               neighbour_features=["noise", "pose"])
     _, _, recipe, report, _ = ensemble(Predictions([proba], [[proba[:60]]], labels, np.zeros(600, int), spaces),
                                     settings, multiclass_log_loss)
@@ -118,13 +119,60 @@ def test_the_ensemble_finds_neighbours_in_the_space_that_scores_best_out_of_fold
     assert report["in_sample/cv_log_loss"] < 0.7 * multiclass_log_loss(labels, proba)
 
 
+def _calibrated_model(seed: int, n: int = 800) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, probabilities right as often as they claim, fold of each row: 4 folds)."""
+    rng = np.random.default_rng(seed)
+    proba = _softmax(rng.normal(0, 1.5, (n, 3)))
+    labels = np.array([rng.choice(3, p=row) for row in proba])
+    return labels, proba, np.arange(n) % 4
+
+
+def test_a_temperature_is_chosen_when_every_fold_is_over_confident_alike():
+    labels, proba, fold_of = _calibrated_model(8)
+    sharp = rescaled(proba, 3.0)
+    calibration, losses = choose_calibration(sharp, labels, fold_of, ["none", "temperature", "vector"])
+    assert calibration.name in ("temperature", "vector") and calibration.temperature == pytest.approx(3, rel=0.2)
+    assert losses["temperature"] < 0.9 * losses["none"]
+
+
+def test_no_calibration_is_chosen_when_the_folds_disagree_though_a_temperature_fits_every_row_better():
+    """Held-out drivers differ: two folds over-confident, two under-confident. A temperature fit on all rows still
+    lowers their loss (it always can), but fit on three folds it pushes the fourth the wrong way."""
+    labels, proba, fold_of = _calibrated_model(9)
+    mixed = np.where((fold_of < 2)[:, None], rescaled(proba, 2.5), rescaled(proba, 0.4))
+    calibration, losses = choose_calibration(mixed, labels, fold_of, ["none", "temperature", "vector"])
+    assert calibration.name == "none" and losses["none"] < min(losses["temperature"], losses["vector"])
+    in_sample = multiclass_log_loss(labels, with_temperature(mixed, fit_temperature(mixed, labels)))
+    assert in_sample < multiclass_log_loss(labels, mixed)
+
+
+def test_vector_scaling_is_chosen_for_a_model_that_under_rates_one_class():
+    labels, proba, fold_of = _calibrated_model(10)
+    biased = rescaled(proba, 1.0, np.array([-1.5, 0.0, 0.0]))  # class 0's odds cut by e^1.5 everywhere
+    calibration, losses = choose_calibration(biased, labels, fold_of, ["none", "temperature", "vector"])
+    assert calibration.name == "vector" and losses["vector"] < losses["temperature"] - 0.02
+    assert calibration.bias[0] - calibration.bias[1:].mean() == pytest.approx(1.5, abs=0.4)
+
+
+def test_the_ensemble_reports_each_calibrations_cross_validated_loss_and_calibrates_test_alike():
+    labels, proba, fold_of = _calibrated_model(11)
+    sharp = rescaled(proba, 3.0)
+    _, test, recipe, report, _ = ensemble(Predictions([sharp], [[sharp[:8]] * 4], labels, fold_of, {}), NESTED_ONE,
+                                          multiclass_log_loss)
+    assert {"calibration/none/cv_log_loss", "calibration/temperature/cv_log_loss",
+            "calibration/vector/cv_log_loss"} <= set(report)
+    assert report["calibrated/cv_log_loss"] < 0.9 * report["blend/cv_log_loss"]
+    np.testing.assert_allclose(test, recipe.calibration(sharp[:8]), atol=1e-9)  # one fold model's test rows
+
+
 def _noise_models(seed: int, n: int = 40, models: int = 4):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 3, n), [rng.dirichlet(np.ones(3) * 0.7, n) for _ in range(models)], np.arange(n) % 4
 
 
-NESTED = EnsembleParams(models=["a", "b", "c", "d"], calibrate=True, clip_grid=[1e-15, 0.01, 0.1], neighbours=[],
-                        neighbour_features=["x"])
+NESTED = EnsembleParams(models=["a", "b", "c", "d"], calibration=["none", "temperature", "vector"],
+                        clip_grid=[1e-15, 0.01, 0.1], neighbours=[], neighbour_features=["x"])
+NESTED_ONE = NESTED.model_copy(update={"models": ["a"], "clip_grid": [1e-15]})
 
 
 def test_nested_cv_does_not_credit_choices_fit_on_the_scored_rows():
@@ -146,7 +194,7 @@ def test_a_folds_nested_predictions_never_depend_on_its_own_labels(smoothing):
     # Weak models, and a space where an image's neighbours share its class: smoothing there pays, so it is chosen.
     models = [_softmax(np.eye(3)[labels] * 0.8 + rng.normal(0, 1.0, (80, 3))) for _ in range(2)]
     space = np.eye(3)[labels] * 3 + rng.normal(0, 0.3, (80, 3))
-    settings = EnsembleParams(models=["a", "b"], calibrate=True, clip_grid=[1e-15, 0.01],
+    settings = EnsembleParams(models=["a", "b"], calibration=["none", "temperature", "vector"], clip_grid=[1e-15, 0.01],
                               neighbours=[3, 5] if smoothing else [], neighbour_features=["pose"])
     relabelled = labels.copy()
     relabelled[fold_of == 0] = (labels[fold_of == 0] + 1) % 3
@@ -215,7 +263,7 @@ def test_a_neighbour_weight_of_zero_skips_the_search_among_test_images(monkeypat
     searched, real = [], blending.nearest
     monkeypatch.setattr(blending, "nearest", lambda features, groups, k: searched.append(len(features)) or
                         real(features, groups, k))
-    settings = EnsembleParams(models=["a"], calibrate=False, clip_grid=[1e-15], neighbours=[3],
+    settings = EnsembleParams(models=["a"], calibration=["none"], clip_grid=[1e-15], neighbours=[3],
                               neighbour_features=["random"])
     spaces = {"random": (rng.normal(size=(80, 4)), rng.normal(size=(8, 4)))}
     _, test, recipe, _, _ = ensemble(Predictions([sure], [[sure[:8]] * 4], labels, fold_of, spaces), settings,

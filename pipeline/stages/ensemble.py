@@ -1,7 +1,7 @@
 """ensemble stage: one calibrated prediction from every model's out-of-fold and test probabilities.
 
-Blend, temperature, test-neighbour smoothing and clipping (pipeline/blending.py), each fit on out-of-fold
-predictions only, never on the leaderboard. The reported ``cv_log_loss`` is nested: each fold's rows are
+Blend, calibration (none, a temperature or vector scaling, chosen by cross-validation), test-neighbour smoothing
+and clipping (pipeline/blending.py), each fit on out-of-fold predictions only, never on the leaderboard. The reported ``cv_log_loss`` is nested: each fold's rows are
 predicted by choices fit on the other folds, so CV does not flatter the choices made on it;
 ``in_sample/cv_log_loss`` shows what choosing on the scored rows would have claimed. Test predictions use the
 choices fit on every row.
@@ -64,7 +64,7 @@ def neighbour_space(spec: CompetitionSpec, folds: pd.DataFrame, source: str) -> 
 def log_errors(live: Live, spec: CompetitionSpec, folds: pd.DataFrame, labels: np.ndarray, blended: np.ndarray,
                oof: np.ndarray) -> None:
     """The error-analysis plots (dvc.yaml's ``plots`` draws them) of the nested out-of-fold predictions ``oof``;
-    ``blended`` is the same before temperature, smoothing and clipping."""
+    ``blended`` is the same before calibration, smoothing and clipping."""
     names = np.array(spec.classes)
     # dvc.yaml's titles say "worst first": the bars keep the order written.
     live.log_plot("per_group", loss_by(folds.group, labels, oof, "group", MAX_GROUPS), x="log_loss", y="group")
@@ -113,8 +113,8 @@ def main_for() -> None:
         log_errors(live, spec, folds, labels, by_step["blend"], oof)
     for key, value in report.items():
         log.info("%-45s %.4f", key, value)
-    log.info("%s blend, weights %s, temperature %.3f, %d neighbours in %s at weight %.2f, clip %g",
-             recipe["blend"], recipe["weights"], recipe["temperature"], recipe["neighbours"],
+    log.info("%s blend, weights %s, calibration %s (temperature %.3f), %d neighbours in %s at weight %.2f, clip %g",
+             recipe["blend"], recipe["weights"], recipe["calibration"], recipe["temperature"], recipe["neighbours"],
              recipe["neighbour_features"], recipe["neighbour_weight"], recipe["clip"])
 
 
