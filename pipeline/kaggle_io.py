@@ -3,19 +3,31 @@
 Credentials are read where the client reads them: ``KAGGLE_API_TOKEN`` or
 ``~/.kaggle/access_token``; ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``; or
 ``kaggle.json`` in ``KAGGLE_CONFIG_DIR``, ``~/.kaggle`` or ``~/.config/kaggle``.
+
+A refusal says Kaggle's own reason (from the answer's body, with any URL or token taken out); HTTP 429 (too many
+requests) is tried again after Kaggle's ``Retry-After`` or a doubling wait. Calls the client has no method for
+(one submission by its reference, a competition's settings) go through its own SDK client, as its methods do.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from pipeline.errors import PipelineError
 from pipeline.progress import bars_shown
 
+log = logging.getLogger(__name__)
 PAGES, PAGE_SIZE = 50, 20  # 1,000 submissions: more than a competition allows in its lifetime
+TRIES = 6  # on HTTP 429; waits of 2, 4, 8, 16, 32 s between them unless Kaggle says how long (Retry-After)
+REASON_CHARS = 200
+T = TypeVar("T")
 HOW_TO_AUTHENTICATE = (
     "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), "
     "or save kaggle.json from https://www.kaggle.com/settings to ~/.kaggle/kaggle.json with chmod 600"
@@ -52,51 +64,124 @@ def authenticated_api():
     return api
 
 
+def scrubbed(text: str) -> str:
+    """``text`` on one line, at most ``REASON_CHARS``, with every URL (a signed storage URL carries its signature)
+    and every token-like string taken out: safe to print."""
+    text = re.sub(r"\S+://\S+", "<url>", " ".join(str(text).split()))
+    for secret in filter(None, (os.environ.get("KAGGLE_KEY"), os.environ.get("KAGGLE_API_TOKEN"))):
+        text = text.replace(secret, "<redacted>")
+    return re.sub(r"[A-Za-z0-9_\-+/=]{32,}", "<redacted>", text)[:REASON_CHARS]
+
+
+def kaggle_reason(response) -> str:
+    """Kaggle's own words for a refusal, from the answer's body (its JSON ``message``, else the text), scrubbed."""
+    if response is None:
+        return ""
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text or ""
+    while isinstance(body, dict):  # {"message": ...}, {"error": {"message": ...}}
+        body = body.get("message") or body.get("error") or body.get("detail") or ""
+    text = str(body).strip()
+    return "" if text.startswith("<") else scrubbed(text)  # an HTML error page says nothing a line can hold
+
+
 def _explain(error: Exception, competition: str, action: str = "download") -> PipelineError:
     import requests
 
-    status = getattr(getattr(error, "response", None), "status_code", None)
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    reason = kaggle_reason(response)
+    said = f": Kaggle says {reason!r}" if reason else ""
     if status in (401, 403):
-        return PipelineError(f"Kaggle refused access to {competition} (HTTP {status}): check your credentials "
+        return PipelineError(f"Kaggle refused access to {competition} (HTTP {status}){said}: check your credentials "
                              f"and accept the rules at https://www.kaggle.com/competitions/{competition}/rules")
     if status == 404:
-        return PipelineError(f"Kaggle has no competition named {competition!r} (HTTP 404)")
+        return PipelineError(f"Kaggle has no competition named {competition!r} (HTTP 404){said}")
+    if status == 429:
+        return PipelineError(f"Kaggle kept answering 'too many requests' (HTTP 429) to {action} {competition}, "
+                             f"{TRIES} tries{said}: wait a while and run it again")
     if isinstance(error, requests.ConnectionError):
         return PipelineError(f"cannot reach Kaggle to {action} {competition}: no network connection")
-    return PipelineError(f"Kaggle refused to {action} {competition}: {type(error).__name__} (HTTP {status})")
+    return PipelineError(f"Kaggle refused to {action} {competition}: {type(error).__name__} (HTTP {status}){said}")
+
+
+def _retry_after(response, attempt: int) -> float:
+    """Seconds before the next try: Kaggle's ``Retry-After`` (in seconds) when it gives one, else 2, 4, 8, ..."""
+    value = (getattr(response, "headers", None) or {}).get("Retry-After", "")
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return float(2 ** (attempt + 1))
+
+
+def calling_kaggle(call: Callable[[], T], competition: str, action: str) -> T:
+    """``call()``, tried again on HTTP 429 (Kaggle's rate limit) up to ``TRIES`` times; any other failure, or the
+    last 429, as one line (``_explain``)."""
+    import requests
+
+    tries = 0
+    while True:
+        try:
+            return call()
+        except requests.RequestException as error:
+            response, tries = getattr(error, "response", None), tries + 1
+            if getattr(response, "status_code", None) != 429 or tries == TRIES:
+                raise _explain(error, competition, action) from None
+            wait = _retry_after(response, tries - 1)
+            log.info("Kaggle: too many requests (HTTP 429) to %s %s; trying again in %.0f s", action, competition,
+                     wait)
+            time.sleep(wait)
 
 
 def download_competition(competition: str, target_dir: Path) -> Path:
     """Download the competition's bundle zip into ``target_dir`` and return its path."""
-    import requests
-
     api = authenticated_api()
-    try:
-        # The client draws its own bar of bytes on a terminal.
-        api.competition_download_files(competition, path=str(target_dir), force=True, quiet=not bars_shown())
-    except requests.RequestException as error:
-        raise _explain(error, competition) from None
+    # The client draws its own bar of bytes on a terminal.
+    calling_kaggle(lambda: api.competition_download_files(competition, path=str(target_dir), force=True,
+                                                          quiet=not bars_shown()), competition, "download")
     bundle = target_dir / f"{competition}.zip"
     if not bundle.is_file():
         raise PipelineError(f"{target_dir}: the Kaggle client wrote no {bundle.name}")
     return bundle
 
 
-def submit_file(competition: str, path: Path, message: str) -> str:
-    """Upload a submission CSV (start a blob upload, send the file, create the submission); Kaggle's answer."""
-    import requests
+@dataclass(frozen=True)
+class Submitted:
+    """Kaggle's answer to a new submission: its reference (what to wait on) and its message."""
 
+    ref: int
+    message: str
+
+
+def submit_file(competition: str, path: Path, message: str) -> Submitted:
+    """Upload a submission CSV (start a blob upload, send the file, create the submission)."""
     api = authenticated_api()
-    try:
+
+    def submit():
         with contextlib.redirect_stdout(io.StringIO()) as printed:
-            response = api.competition_submit(str(path), message, competition, quiet=True)
-    except requests.RequestException as error:
-        raise _explain(error, competition, "submit to") from None
+            return api.competition_submit(str(path), message, competition, quiet=True), printed.getvalue()
+
+    response, printed = calling_kaggle(submit, competition, "submit to")
     answer = getattr(response, "message", "") or ""
     if answer == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
-        detail = " ".join(printed.getvalue().split())[:200]
+        detail = scrubbed(printed)
         raise PipelineError(f"{path}: the upload to Kaggle failed{': ' + detail if detail else ''}")
-    return answer
+    return Submitted(int(getattr(response, "ref", 0) or 0), answer)
+
+
+def submits_notebooks_only(competition: str) -> bool:
+    """Whether the competition accepts only notebooks (a code competition): a CSV upload cannot enter it."""
+    from kagglesdk.competitions.types.competition_api_service import ApiGetCompetitionRequest
+
+    api = authenticated_api()
+    request = ApiGetCompetitionRequest()
+    request.competition_name = competition
+    with api.build_kaggle_client() as kaggle:
+        found = calling_kaggle(lambda: kaggle.competitions.competition_api_client.get_competition(request),
+                               competition, "look up")
+    return bool(found.is_kernels_submissions_only)
 
 
 @dataclass(frozen=True)
@@ -120,22 +205,34 @@ def _score(text) -> float | None:
         return None
 
 
+def _submission(item) -> Submission:
+    return Submission(int(item.ref), item.date.isoformat(timespec="seconds") if item.date else "",
+                      item.file_name or "", item.description or "", str(item.status.name).lower(),
+                      _score(item.public_score), _score(item.private_score), item.error_description or "")
+
+
 def list_submissions(competition: str) -> list[Submission]:
     """Every submission of the competition (this account's team), newest first."""
-    import requests
-
     api = authenticated_api()
     found = []
-    try:
-        for page in range(1, PAGES + 1):
-            listed = api.competition_submissions(competition, page_number=page, page_size=PAGE_SIZE) or []
-            for item in listed:
-                found.append(Submission(
-                    int(item.ref), item.date.isoformat(timespec="seconds") if item.date else "",
-                    item.file_name or "", item.description or "", str(item.status.name).lower(),
-                    _score(item.public_score), _score(item.private_score), item.error_description or ""))
-            if len(listed) < PAGE_SIZE:
-                break
-    except requests.RequestException as error:
-        raise _explain(error, competition, "list the submissions of") from None
+    for page in range(1, PAGES + 1):
+        listed = calling_kaggle(lambda: api.competition_submissions(competition, page_number=page,
+                                                                    page_size=PAGE_SIZE),
+                                competition, "list the submissions of") or []
+        found.extend(_submission(item) for item in listed)
+        if len(listed) < PAGE_SIZE:
+            break
     return found
+
+
+def get_submission(competition: str, ref: int) -> Submission:
+    """One submission, by the reference its create call returned (a message can repeat; a reference cannot)."""
+    from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
+
+    api = authenticated_api()
+    request = ApiGetSubmissionRequest()
+    request.ref = ref
+    with api.build_kaggle_client() as kaggle:
+        item = calling_kaggle(lambda: kaggle.competitions.competition_api_client.get_submission(request),
+                              competition, f"look up submission {ref} of")
+    return _submission(item)

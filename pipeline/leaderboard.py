@@ -24,7 +24,7 @@ from pipeline.atomic import atomic_file
 from pipeline.competitions import load_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.kaggle_io import Submission, list_submissions
+from pipeline.kaggle_io import Submission, get_submission, list_submissions
 from pipeline.paths import metrics_dir
 from pipeline.progress import progress
 
@@ -35,31 +35,33 @@ HISTORY = metrics_dir("leaderboard") / "submissions.json"
 MESSAGE = re.compile(r"^(?P<commit>\S+)(?: (?!cv=)(?P<experiment>\S+))?(?: cv=(?P<cv>[0-9.]+))?(?: (?P<file>\S+))?$")
 
 
-def wait_for_score(competition: str, message: str, timeout: float, poll: float) -> Submission:
-    """The newest submission with ``message``, once Kaggle has scored it; a one-line error when Kaggle reports an
-    error or ``timeout`` seconds pass (a submission not listed yet counts as not scored yet)."""
+def wait_for_score(competition: str, ref: int, timeout: float, poll: float) -> Submission:
+    """Submission ``ref`` (the reference its create call returned), once Kaggle has scored it; a one-line error when
+    Kaggle reports an error or ``timeout`` seconds pass."""
     started = time.monotonic()
     with progress(total=None, desc="waiting for Kaggle's score", unit="check") as bar:
         while True:
-            mine = [s for s in list_submissions(competition) if s.message == message]
-            if mine and mine[0].status == "error":
-                raise PipelineError(f"Kaggle could not score {mine[0].file}: {mine[0].error or 'scoring error'}")
-            if mine and mine[0].status == "complete":
-                return mine[0]
+            mine = get_submission(competition, ref)
+            if mine.status == "error":
+                raise PipelineError(f"Kaggle could not score {mine.file or f'submission {ref}'}: "
+                                    f"{mine.error or 'scoring error'}")
+            if mine.status == "complete":
+                return mine
             if time.monotonic() - started + poll > timeout:
-                what = mine[0].file if mine else f"the submission {message!r}"
-                raise PipelineError(f"Kaggle has not scored {what} after {timeout:.0f} s; "
-                                    f"`python -m pipeline.leaderboard` records the score once it has")
+                raise PipelineError(f"Kaggle has not scored {mine.file or f'submission {ref}'} after {timeout:.0f} s "
+                                    f"(submission {ref}); `python -m pipeline.leaderboard` records the score once it "
+                                    f"has")
             bar.update(1)
             time.sleep(poll)
 
 
-def record(submission: Submission | None, message: str, file: str, path: Path = RECORD) -> dict:
-    """Write metrics/leaderboard/metrics.json for this workspace's submission (pending when ``submission`` is
-    None, or not yet scored)."""
-    row = {"message": message, "file": file, "status": submission.status if submission else "pending"}
+def record(submission: Submission | None, message: str, file: str, ref: int, path: Path = RECORD) -> dict:
+    """Write metrics/leaderboard/metrics.json for this workspace's submission ``ref`` (pending when ``submission``
+    is None, or not yet scored)."""
+    row = {"message": message, "file": file, "submission": ref,
+           "status": submission.status if submission else "pending"}
     if submission is not None:
-        row.update(date=submission.date, submission=submission.ref)
+        row.update(date=submission.date)
         row.update({key: value for key, value in (("lb_public", submission.public), ("lb_private", submission.private))
                     if value is not None})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,9 +93,9 @@ def main() -> None:
         tmp.write_text(json.dumps(rows, indent=2) + "\n")
     if RECORD.is_file():  # a wait that timed out: the score may be there now
         pending = json.loads(RECORD.read_text())
-        scored = [s for s in submissions if s.message == pending.get("message") and s.status == "complete"]
+        scored = [s for s in submissions if s.ref == pending.get("submission") and s.status == "complete"]
         if pending.get("status") != "complete" and scored:
-            record(scored[0], pending["message"], pending["file"])
+            record(scored[0], pending["message"], pending["file"], scored[0].ref)
             log.info("%s: scored %s", RECORD, scored[0].public)
     for row in rows:
         log.info("%s %-8s %-12s cv %.4f  public %.4f%s", row["date"][:10], row["commit"], row["experiment"] or "-",

@@ -4,6 +4,8 @@ pipeline.submit`` checks a file with it before uploading.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 
@@ -16,6 +18,12 @@ def read_submission(path, id_column: str) -> pd.DataFrame:
     """A submission-shaped CSV (ours, the sample submission, solution.csv), the ids as text (Dogs vs. Cats ids are
     numbers, and must not become floats)."""
     return pd.read_csv(path, dtype={id_column: str})
+
+
+def file_sha256(path) -> str:
+    """The file's SHA-256 (hex): the submission stage records it, the submit command checks it before uploading."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def to_submission(ids, proba: np.ndarray, spec: CompetitionSpec) -> pd.DataFrame:

@@ -14,8 +14,8 @@ from pipeline import leaderboard, submit
 from pipeline.competitions import STATE_FARM
 from pipeline.errors import PipelineError
 from pipeline.paths import ensemble_dir, raw_dir
-from pipeline.submission_format import score, validate_submission
-from tests.conftest import GIT_IDENTITY, put_competition, run
+from pipeline.submission_format import file_sha256, score, validate_submission
+from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
 API = "https://api.kaggle.com/v1/competitions.CompetitionApiService/"
 UPLOAD = "https://www.kaggle.com/api/v1/blobs/upload/resumable?token=xyz"
@@ -56,9 +56,13 @@ def test_local_scoring_splits_public_and_private_like_kaggle():
     assert scores["leaderboard_log_loss"] == pytest.approx((-math.log(0.8) - 2 * math.log(0.1)) / 3)
 
 
+MADE = f"{STATE_FARM.slug}-0ed37b6d.csv"  # the content-named file the submission stage wrote beside latest.csv
+
+
 def _kaggle(repo, monkeypatch, tmp_path, experiment: str = "drop03", save: bool = True):
-    """``repo`` as after `dvc exp run -n <experiment>`: a submission and its metrics in the workspace, saved as that
-    experiment (``save``); Kaggle credentials in the environment, none on disk."""
+    """``repo`` as after `dvc exp run -n <experiment>`: a submission and its metrics in the workspace (with the file's
+    SHA-256, as the submission stage records it), saved as that experiment (``save``); Kaggle credentials in the
+    environment, none on disk."""
     monkeypatch.chdir(repo)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KAGGLE_USERNAME", "pipeline-tester")
@@ -66,7 +70,8 @@ def _kaggle(repo, monkeypatch, tmp_path, experiment: str = "drop03", save: bool 
     for key, value in GIT_IDENTITY.items():
         monkeypatch.setenv(key, value)
     sample = pd.read_csv(repo / raw_dir(STATE_FARM.slug) / "sample_submission.csv")
-    (repo / "submissions" / "latest.csv").write_text(sample.to_csv(index=False))
+    latest = repo / "submissions" / "latest.csv"
+    latest.write_text(sample.to_csv(index=False))
     (repo / ensemble_dir(STATE_FARM.slug)).mkdir(parents=True)  # what the submission stage was made from
     (repo / ensemble_dir(STATE_FARM.slug) / "test.csv").write_text(sample.to_csv(index=False))
     for stage in ("ensemble", "submission"):
@@ -74,40 +79,59 @@ def _kaggle(repo, monkeypatch, tmp_path, experiment: str = "drop03", save: bool 
         (repo / "metrics" / stage / "metrics.json").write_text(json.dumps({"cv_log_loss": 0.5}))
     run(["git", "add", "metrics"], repo)
     run(["git", "commit", "-qm", "the baseline's metrics, committed with its dvc.lock"], repo)
-    (repo / "metrics" / "submission" / "metrics.json").write_text(
-        json.dumps({"cv_log_loss": 0.4321, "experiment": experiment}))
+    (repo / "metrics" / "submission" / "metrics.json").write_text(json.dumps(
+        {"cv_log_loss": 0.4321, "experiment": experiment, "file": MADE, "sha256": file_sha256(latest)}))
     if save:
         run(DVC + ["exp", "save", "-n", experiment, "submission"], repo)
 
 
-def _upload(create_status: int = 200) -> None:
+def _upload(create_status: int = 200, create_body: dict | None = None, notebooks_only: bool = False,
+            ref: int = 41) -> None:
+    """Kaggle's answers to a CSV submission: the competition's settings, the blob upload, the create call (which
+    returns the new submission's reference)."""
+    responses.add(responses.POST, API + "GetCompetition", json={"ref": STATE_FARM.slug,
+                                                               "isKernelsSubmissionsOnly": notebooks_only})
     responses.add(responses.POST, API + "StartSubmissionUpload", json={"token": "blob-token", "createUrl": UPLOAD},
                   match=[responses.matchers.json_params_matcher(
                       {"competitionName": STATE_FARM.slug, "fileName": "latest.csv"}, strict_match=False)])
     responses.add(responses.PUT, UPLOAD, status=200)
-    responses.add(responses.POST, API + "CreateSubmission", json={"message": "Successfully submitted"},
-                  status=create_status)
+    responses.add(responses.POST, API + "CreateSubmission",
+                  json=create_body or {"message": "Successfully submitted", "ref": ref}, status=create_status)
 
 
-def _leaderboard(*states: tuple[str, str]) -> None:
-    """Kaggle's ListSubmissions answering with the submission just created, in each of ``states`` (status, public
-    score) in turn, the last one for good."""
-    answers = iter(states)
-    last = [states[-1]]
+def _row(ref: int, status: str, public: str, description: str, day: str = "29") -> dict:
+    return {"ref": ref, "status": status, "description": description, "fileName": "latest.csv",
+            "date": f"2026-11-{day}T20:00:00Z", "publicScore": public,
+            "errorDescription": "Submission file has 79726 rows, expected 79727" if status == "ERROR" else ""}
+
+
+def _created_message() -> str:
+    created = next(c for c in responses.calls if c.request.url.endswith("CreateSubmission"))
+    return json.loads(created.request.body)["submissionDescription"]
+
+
+def _scoring(*states: tuple[str, str], ref: int = 41, throttled: int = 0) -> None:
+    """Kaggle's GetSubmission answering for submission ``ref`` in each of ``states`` (status, public score) in
+    turn, the last one for good, after ``throttled`` answers of HTTP 429; and ListSubmissions listing it above
+    older submissions."""
+    answers, last, refusals = iter(states), [states[-1]], [throttled]
+
+    def one(request):
+        if refusals[0]:
+            refusals[0] -= 1
+            return 429, {"Retry-After": "0"}, json.dumps({"message": "Too many requests"})
+        assert json.loads(request.body)["ref"] == ref
+        status, public = last[0] = next(answers, last[0])
+        return 200, {}, json.dumps(_row(ref, status, public, _created_message()))
 
     def listing(request):
-        created = next(c for c in responses.calls if c.request.url.endswith("CreateSubmission"))
-        status, public = last[0] = next(answers, last[0])
-        row = {"ref": 41, "status": status, "description": json.loads(created.request.body)["submissionDescription"],
-               "fileName": "latest.csv", "date": "2026-11-29T20:00:00Z", "publicScore": public,
-               "errorDescription": "Submission file has 79726 rows, expected 79727" if status == "ERROR" else ""}
-        older = [{"ref": 17, "status": "COMPLETE", "description": description, "fileName": "latest.csv",
-                  "date": f"2026-11-{day}T09:00:00Z", "publicScore": public}
+        older = [_row(17, "COMPLETE", public, description, day)
                  for day, description, public in (("28", "a1b2c3d base cv=0.5100 latest.csv", "0.48710"),
                                                   ("27", "b2c3d4e cv=0.6000 latest.csv", "0.58000"),  # no experiment
                                                   ("26", "my first try by hand", "0.90000"))]  # no CV: left out
-        return 200, {}, json.dumps({"submissions": [row, *older]})
+        return 200, {}, json.dumps({"submissions": [_row(ref, *last[0], _created_message()), *older]})
 
+    responses.add_callback(responses.POST, API + "GetSubmission", callback=one)
     responses.add_callback(responses.POST, API + "ListSubmissions", callback=listing)
 
 
@@ -117,20 +141,21 @@ def test_submit_uploads_waits_for_the_score_and_saves_it_with_the_experiment(rep
     put_competition(repo_copy, tiny_competition, frames=False)
     _kaggle(repo_copy, monkeypatch, tmp_path)
     _upload()
-    _leaderboard(("PENDING", ""), ("PENDING", ""), ("COMPLETE", "0.45670"))
+    _scoring(("PENDING", ""), ("PENDING", ""), ("COMPLETE", "0.45670"))
     monkeypatch.setattr("sys.argv", ["submit", "--poll", "0.01"])
     caplog.set_level("INFO")
     submit.main()
     methods = [c.request.method for c in responses.calls]
-    assert methods[:3] == ["POST", "PUT", "POST"] and responses.calls[1].request.url == UPLOAD
-    created = json.loads(responses.calls[2].request.body)
+    assert methods[:4] == ["POST", "POST", "PUT", "POST"] and responses.calls[2].request.url == UPLOAD
+    created = json.loads(responses.calls[3].request.body)
     assert created["blobFileTokens"] == "blob-token"
     commit = submit._git("rev-parse", "--short", "HEAD")
     message = created["submissionDescription"]
-    assert message.startswith(commit) and "drop03 cv=0.4321 latest.csv" in message
-    assert sum(c.request.url.endswith("ListSubmissions") for c in responses.calls) == 3  # until it was scored
+    assert message.startswith(commit) and f"drop03 cv=0.4321 {MADE}" in message
+    assert sum(c.request.url.endswith("GetSubmission") for c in responses.calls) == 3  # until it was scored
     recorded = json.loads((repo_copy / "metrics" / "leaderboard" / "metrics.json").read_text())
     assert recorded["lb_public"] == 0.4567 and recorded["status"] == "complete" and recorded["message"] == message
+    assert recorded["submission"] == 41 and recorded["file"] == MADE
     assert "lb_private" not in recorded  # the competition has not closed
     # The experiment that made the file now carries its leaderboard score beside its CV.
     table = json.loads(run(DVC + ["exp", "show", "--json"], repo_copy).stdout)
@@ -155,7 +180,8 @@ def test_submit_uploads_waits_for_the_score_and_saves_it_with_the_experiment(rep
     ("no credentials", "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY"),
     ("rejected", "Kaggle refused to submit to state-farm-distracted-driver-detection: HTTPError (HTTP 400)"),
     ("scoring error", "Kaggle could not score latest.csv: Submission file has 79726 rows, expected 79727"),
-    ("timeout", "Kaggle has not scored latest.csv after 0 s; `python -m pipeline.leaderboard` records the score"),
+    ("timeout", "Kaggle has not scored latest.csv after 0 s (submission 41); `python -m pipeline.leaderboard` "
+                "records the score"),
 ])
 @responses.activate
 def test_a_failed_submission_or_score_is_one_line_and_leaves_the_other_metrics(repo_copy, tiny_competition,
@@ -170,20 +196,143 @@ def test_a_failed_submission_or_score_is_one_line_and_leaves_the_other_metrics(r
         monkeypatch.delenv("KAGGLE_USERNAME")
         monkeypatch.delenv("KAGGLE_KEY")
     _upload(create_status=400 if failure == "rejected" else 200)
-    _leaderboard(("ERROR", "") if failure == "scoring error" else ("PENDING", ""))
+    _scoring(("ERROR", "") if failure == "scoring error" else ("PENDING", ""))
     monkeypatch.setattr("sys.argv", ["submit", "--poll", "0.01", "--wait", "0.05" if failure == "timeout" else "5"])
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        submit.main()
-    lines = capsys.readouterr().err.strip().splitlines()
+    lines = _refused(capsys)
     errors = [line for line in lines if line.startswith("error:")]
-    assert exit_.value.code == 2 and len(errors) == 1 and message in errors[0], lines
+    assert len(errors) == 1 and message in errors[0], lines
     assert FAKE_KEY not in "\n".join(lines)
     assert (repo_copy / "metrics" / "submission" / "metrics.json").read_bytes() == before
     if failure in ("no credentials", "rejected"):
         assert recorded.read_bytes() == empty  # nothing reached Kaggle
     else:
         assert "lb_public" not in json.loads(recorded.read_text())  # pending, or Kaggle's error: no score
+
+
+def _refused(capsys) -> list[str]:
+    """submit.main()'s stderr lines, once it has exited with status 2."""
+    with pytest.raises(SystemExit) as exit_:
+        submit.main()
+    assert exit_.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def _uploads() -> list[str]:
+    return [c.request.url for c in responses.calls if "Upload" in c.request.url or c.request.method == "PUT"]
+
+
+@pytest.mark.parametrize("left_there", ["older file", "sample run"])
+@responses.activate
+def test_submit_refuses_a_file_the_experiment_did_not_make_before_any_call(repo_copy, tiny_competition, monkeypatch,
+                                                                          tmp_path, capsys, left_there):
+    """latest.csv left by an earlier run (a data.sample run writes none; `dvc exp apply` restores the metrics, not the
+    uncached file) would go up under this experiment's CV: refused, unless named as a file of no experiment."""
+    put_competition(repo_copy, tiny_competition, frames=False)
+    _kaggle(repo_copy, monkeypatch, tmp_path, save=False)
+    metrics = repo_copy / "metrics" / "submission" / "metrics.json"
+    if left_there == "older file":
+        latest = repo_copy / "submissions" / "latest.csv"
+        older = pd.read_csv(latest)
+        older[CLASSES] = np.eye(10)[np.arange(len(older)) % 10] * 0.9 + 0.01  # another, valid, prediction
+        older.to_csv(latest, index=False)
+    else:
+        metrics.write_text(json.dumps({"cv_log_loss": 0.61, "experiment": "quick", "file": "", "sha256": ""}))
+    _upload()
+    _scoring(("COMPLETE", "0.70000"))
+    monkeypatch.setattr("sys.argv", ["submit", "--poll", "0.01"])
+    [line] = _refused(capsys)
+    assert line.startswith("error: submissions/latest.csv: not the file this workspace's run made") and \
+        "--message" in line, line
+    assert len(responses.calls) == 0  # nothing asked of Kaggle
+
+    # Named by the user, it goes up as a file of no experiment: shown, saved with none.
+    recorded = repo_copy / "metrics" / "leaderboard" / "metrics.json"
+    empty, described = recorded.read_bytes(), metrics.read_bytes()
+    monkeypatch.setattr("sys.argv", ["submit", "--poll", "0.01", "-m", "an old file, by hand"])
+    submit.main()
+    assert _created_message() == "an old file, by hand" and len(_uploads()) == 2
+    assert recorded.read_bytes() == empty and metrics.read_bytes() == described
+
+
+@responses.activate
+def test_the_wait_follows_the_reference_kaggle_returned_not_the_message(repo_copy, tiny_competition, monkeypatch,
+                                                                      tmp_path):
+    """A resubmission repeats its message: the older submission with the same message, scored long ago, must not be
+    taken for the new one."""
+    put_competition(repo_copy, tiny_competition, frames=False)
+    _kaggle(repo_copy, monkeypatch, tmp_path)
+    _upload(ref=42)
+    scored_before = {"ref": 41, "status": "COMPLETE", "publicScore": "0.99990"}
+    answers = iter([("PENDING", ""), ("COMPLETE", "0.45670")])
+
+    def by_ref(request):
+        asked = json.loads(request.body)["ref"]
+        if asked == 41:
+            return 200, {}, json.dumps(_row(41, "COMPLETE", scored_before["publicScore"], _created_message(), "28"))
+        return 200, {}, json.dumps(_row(42, *next(answers), _created_message()))
+
+    responses.add_callback(responses.POST, API + "GetSubmission", callback=by_ref)
+    responses.add(responses.POST, API + "ListSubmissions", json={"submissions": []})  # as if not listed yet
+    monkeypatch.setattr("sys.argv", ["submit", "--poll", "0.01"])
+    submit.main()
+    recorded = json.loads((repo_copy / "metrics" / "leaderboard" / "metrics.json").read_text())
+    assert (recorded["submission"], recorded["lb_public"]) == (42, 0.4567)
+    asked = [json.loads(c.request.body)["ref"] for c in responses.calls if c.request.url.endswith("GetSubmission")]
+    assert asked == [42, 42]
+
+
+@responses.activate
+def test_kaggle_saying_too_many_requests_is_waited_out(repo_copy, tiny_competition, monkeypatch, tmp_path, caplog):
+    put_competition(repo_copy, tiny_competition, frames=False)
+    _kaggle(repo_copy, monkeypatch, tmp_path)
+    _upload()
+    _scoring(("COMPLETE", "0.45670"), throttled=3)
+    monkeypatch.setattr("sys.argv", ["submit", "--poll", "0.01"])
+    caplog.set_level("INFO")
+    submit.main()
+    assert json.loads((repo_copy / "metrics" / "leaderboard" / "metrics.json").read_text())["lb_public"] == 0.4567
+    assert caplog.text.count("too many requests (HTTP 429)") == 3
+
+
+@responses.activate
+def test_kaggles_own_reason_for_a_refusal_is_shown_without_urls_or_tokens(repo_copy, tiny_competition, monkeypatch,
+                                                                        tmp_path, capsys):
+    put_competition(repo_copy, tiny_competition, frames=False)
+    _kaggle(repo_copy, monkeypatch, tmp_path, save=False)
+    signed = ("https://storage.googleapis.com/kaggle-competitions-submissions/upload?X-Goog-Signature="
+              "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928")
+    _upload(create_status=400, create_body={"code": 400, "message": f"Your team has used its 5 submissions today; try "
+                                                                    f"again in 3 hours. Upload was {signed} with "
+                                                                    f"token blob-token-{FAKE_KEY}{FAKE_KEY}"})
+    monkeypatch.setattr("sys.argv", ["submit", "--poll", "0.01"])
+    [line] = _refused(capsys)
+    assert "(HTTP 400): Kaggle says 'Your team has used its 5 submissions today; try again in 3 hours." in line
+    assert "X-Goog-Signature" not in line and "storage.googleapis" not in line and FAKE_KEY not in line
+
+
+@responses.activate
+def test_a_notebook_only_competition_refuses_a_csv_before_the_upload(repo_copy, tiny_competition, monkeypatch,
+                                                                    tmp_path, capsys):
+    put_competition(repo_copy, tiny_competition, frames=False)
+    _kaggle(repo_copy, monkeypatch, tmp_path, save=False)
+    _upload(notebooks_only=True)
+    monkeypatch.setattr("sys.argv", ["submit"])
+    [line] = _refused(capsys)
+    assert "accepts only notebooks" in line and "python -m pipeline.kernel push" in line
+    assert _uploads() == []
+
+
+@responses.activate
+def test_own_data_is_refused_before_any_network_call(repo_copy, tiny_competition, monkeypatch, tmp_path, capsys):
+    put_competition(repo_copy, tiny_competition, frames=False)
+    _kaggle(repo_copy, monkeypatch, tmp_path, save=False)
+    set_params(repo_copy, competition="own-data")
+    monkeypatch.setattr("sys.argv", ["submit"])
+    [line] = _refused(capsys)
+    assert line == ("error: params.yaml: competition: own-data is not a Kaggle competition, there is nothing to submit "
+                    "to; its local scores are in metrics/submission/metrics.json")
+    assert len(responses.calls) == 0
 
 
 def test_submit_refuses_an_invalid_file_before_any_upload(repo_copy, tiny_competition, monkeypatch, capsys):

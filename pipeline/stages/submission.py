@@ -27,7 +27,7 @@ from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.predictions import read_table
-from pipeline.submission_format import read_submission, score, to_submission, validate_submission
+from pipeline.submission_format import file_sha256, read_submission, score, to_submission, validate_submission
 from pipeline.paths import SUBMISSIONS, ensemble_dir, metrics_dir, raw_dir
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def main_for() -> None:
     target = SUBMISSIONS / f"{spec.slug}-{content_hash(table)}.csv"
     cv = json.loads((metrics_dir("ensemble") / "metrics.json").read_text())["cv_log_loss"]
     with Live(str(metrics_dir("submission")), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        live.summary.update(cv_log_loss=cv, experiment=os.environ.get("DVC_EXP_NAME", ""), file="")
+        # file and sha256: what `python -m pipeline.submit` checks it uploads (empty: this run wrote no submission)
+        live.summary.update(cv_log_loss=cv, experiment=os.environ.get("DVC_EXP_NAME", ""), file="", sha256="")
         if sampled:  # the fast.ai way: a sample proves the pipeline and the idea, the full run gets submitted
             log.info("data.sample=%g: a sample run (%d of %d test images); CV log loss %.4f; no submission written",
                      params.data.sample, len(ids), len(sample), cv)
@@ -72,7 +73,7 @@ def main_for() -> None:
             log.info("no test images: CV log loss %.4f; no submission written", cv)
         else:
             write_submission(table, sample, spec, target)
-            live.summary["file"] = target.name
+            live.summary.update(file=target.name, sha256=file_sha256(target))
         solution_path = raw / spec.solution_csv
         if solution_path.is_file() and len(table):  # hidden labels: a stand-in's, or the user's own hold-out
             scores = score(table, read_submission(solution_path, spec.submission_id), spec)
