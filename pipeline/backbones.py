@@ -105,9 +105,12 @@ class RegionNet(torch.nn.Module):
 
 
 def create_classifier(name: str, regions: int, num_classes: int, drop_rate: float,
-                      param_key: str = "backbone") -> torch.nn.Module:
+                      param_key: str = "backbone", pretrained: bool = True) -> torch.nn.Module:
     """The pretrained backbone with a new ``num_classes`` head: a plain timm model for one region (the whole frame
-    or one crop), a ``RegionNet`` over one shared backbone for several."""
+    or one crop), a ``RegionNet`` over one shared backbone for several. ``pretrained=False``: the same shape
+    without ImageNet's weights, for a fine-tuned net's own (a Kaggle notebook has no weights package)."""
     if regions == 1:
-        return create_backbone(name, num_classes=num_classes, drop_rate=drop_rate, param_key=param_key)
-    return RegionNet(create_backbone(name, num_classes=0, param_key=param_key), regions, num_classes, drop_rate)
+        return create_backbone(name, num_classes=num_classes, pretrained=pretrained, param_key=param_key,
+                               drop_rate=drop_rate)
+    return RegionNet(create_backbone(name, num_classes=0, pretrained=pretrained, param_key=param_key), regions,
+                     num_classes, drop_rate)

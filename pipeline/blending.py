@@ -204,12 +204,25 @@ class BlendRecipe:
     calibration_losses: dict = field(default_factory=dict)  # candidate -> its cross-validated loss, for the report
 
     def as_dict(self, models: list[str]) -> dict:
+        """blend.json: every number the test prediction uses, in full (``from_dict`` gives the same recipe back:
+        a Kaggle notebook predicts with it, pipeline/inference.py); the weights rounded too, for reading."""
         return {"models": list(models), "blend": self.space, "weights": self.weights.round(6).tolist(),
                 "calibration": self.calibration.name, "temperature": self.calibration.temperature,
                 "calibration_scale": self.calibration.scale.round(6).tolist(),
                 "calibration_bias": self.calibration.bias.round(6).tolist(),
                 "calibration_cv_log_loss": self.calibration_losses, "neighbour_features": self.neighbour_space,
-                "neighbours": self.neighbours, "neighbour_weight": self.neighbour_weight, "clip": self.clip}
+                "neighbours": self.neighbours, "neighbour_weight": self.neighbour_weight, "clip": self.clip,
+                "exact": {"weights": self.weights.tolist(), "calibration_scale": self.calibration.scale.tolist(),
+                          "calibration_bias": self.calibration.bias.tolist()}}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "BlendRecipe":
+        exact = saved["exact"]
+        calibration = Calibration(saved["calibration"], np.array(exact["calibration_scale"]),
+                                  np.array(exact["calibration_bias"]))
+        return cls(saved["blend"], np.array(exact["weights"]), calibration, saved["neighbour_features"],
+                   saved["neighbours"], saved["neighbour_weight"], saved["clip"],
+                   calibration_losses=saved["calibration_cv_log_loss"])
 
 
 def apply_steps(recipe: BlendRecipe, oofs: list[np.ndarray], near: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -275,12 +288,19 @@ def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric)
     report.update({f"calibration/{name}/cv_log_loss": loss for name, loss in recipe.calibration_losses.items()})
     oof = nested.get("final", in_sample["final"])
     report["cv_log_loss"] = metric(p.labels, oof)
+    test_space = p.spaces[recipe.neighbour_space][1] if recipe.neighbour_space is not None else None
+    return oof, test_prediction(recipe, p.tests, test_space), recipe, report, nested or in_sample
+
+
+def test_prediction(recipe: BlendRecipe, tests: list[list[np.ndarray]], space: np.ndarray | None) -> np.ndarray:
+    """The test probabilities ``recipe`` makes of every model's per-fold test predictions (``tests[model][fold]``),
+    with neighbours found among the test rows in ``space`` (the recipe's neighbour space; None without one)."""
     # The recipe was fit on out-of-fold predictions, each made by one fold's models: apply it to each fold's test
     # predictions the same way, then combine the folds (a geometric mean, as for a blend).
-    per_fold = [recipe.calibration(blend([tests[k] for tests in p.tests], recipe.weights, recipe.space))
-                for k in range(len(p.tests[0]))]
+    per_fold = [recipe.calibration(blend([fold_tests[k] for fold_tests in tests], recipe.weights, recipe.space))
+                for k in range(len(tests[0]))]
     test = blend(per_fold, np.full(len(per_fold), 1 / len(per_fold)), "log")
     if recipe.neighbour_space is not None and recipe.neighbour_weight > 0:  # a weight of 0 needs no search
-        test_near = nearest(p.spaces[recipe.neighbour_space][1], np.zeros(len(test)), recipe.neighbours)
+        test_near = nearest(space, np.zeros(len(test)), recipe.neighbours)
         test = smooth(test, neighbour_mean(test, test_near, recipe.neighbours), recipe.neighbour_weight)
-    return oof, clipped(test, recipe.clip), recipe, report, nested or in_sample
+    return clipped(test, recipe.clip)

@@ -70,7 +70,9 @@ def scrubbed(text: str) -> str:
     text = re.sub(r"\S+://\S+", "<url>", " ".join(str(text).split()))
     for secret in filter(None, (os.environ.get("KAGGLE_KEY"), os.environ.get("KAGGLE_API_TOKEN"))):
         text = text.replace(secret, "<redacted>")
-    return re.sub(r"[A-Za-z0-9_\-+/=]{32,}", "<redacted>", text)[:REASON_CHARS]
+    # A key, a token, a signature: 32 or more such characters with a digit among them (a slug has none).
+    return re.sub(r"[A-Za-z0-9_\-+/=]{32,}", lambda m: "<redacted>" if re.search(r"\d", m[0]) else m[0],
+                  text)[:REASON_CHARS]
 
 
 def kaggle_reason(response) -> str:

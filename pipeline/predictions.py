@@ -95,14 +95,15 @@ def load_embeddings(folder: Path, folds: pd.DataFrame) -> tuple[np.ndarray, np.n
         fold_folder = folder / fold_name(fold)
         if not (fold_folder / "oof_embeddings.npy").is_file():
             raise PipelineError(f"{fold_folder}/oof_embeddings.npy: missing; only fine-tuned models write embeddings")
-        part = _unit(np.load(fold_folder / "oof_embeddings.npy"))
+        part = unit_length(np.load(fold_folder / "oof_embeddings.npy"))
         train = np.zeros((len(folds), part.shape[1]), np.float32) if train is None else train
         ids = pd.read_csv(fold_folder / "oof.csv", dtype={"img": str}, usecols=["img"], keep_default_na=False).img
         train[pd.Series(range(len(folds)), index=folds.img).loc[ids].to_numpy()] = part
-        tests.append(_unit(np.load(fold_folder / "test_embeddings.npy")))
+        tests.append(unit_length(np.load(fold_folder / "test_embeddings.npy")))
     return train, np.mean(tests, 0)
 
 
-def _unit(embeddings: np.ndarray) -> np.ndarray:
+def unit_length(embeddings: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (float32): how embeddings enter a cosine neighbour space."""
     embeddings = embeddings.astype(np.float32)
     return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)

@@ -241,12 +241,32 @@ def ingest(source_path: Path, out_dir: Path, spec: CompetitionSpec, max_unpacked
         if source.names(root + archive_name) == [root + archive_name]:
             _copy_member(source, root + archive_name, out_dir / archive_name)
             continue
-        # Unzipped by the user: imgs/train/... (State Farm), train/train/... or train/... (Dogs vs. Cats).
         prefixes = [prefix for archive, prefix in ((spec.train_archive, spec.train_prefix),
                                                    (spec.test_archive, spec.test_prefix)) if archive == archive_name]
-        unzipped = root + archive_name.removesuffix(".zip") + "/"
-        image_root = unzipped if source.names(unzipped + prefixes[0]) else root
+        image_root = _unzipped_root(source, root, archive_name, prefixes[0])
         members = [m for prefix in prefixes for m in source.names(image_root + prefix)]
-        if not members:
-            raise PipelineError(f"{source.path}: no {archive_name} and no {image_root + prefixes[0]} images found")
         pack_members(source, members, image_root, out_dir / archive_name)
+
+
+def _unzipped_root(source: ImageArchive, root: str, archive_name: str, prefix: str) -> str:
+    """Where an archive's members lie once unzipped (by the user, or by Kaggle under /kaggle/input):
+    imgs/train/... (State Farm), train/train/... or train/... (Dogs vs. Cats)."""
+    unzipped = root + archive_name.removesuffix(".zip") + "/"
+    image_root = unzipped if source.names(unzipped + prefix) else root
+    if not source.names(image_root + prefix):
+        raise PipelineError(f"{source.path}: no {archive_name} and no {image_root + prefix} images found")
+    return image_root
+
+
+def test_images(source_path: Path, spec: CompetitionSpec) -> ImageArchive:
+    """The archive in which the competition's test images lie as ``spec.test_member(id)``, read in place from a
+    folder in Kaggle's layout (the test zip, or its unzipped folder): what a notebook finds under
+    /kaggle/input/<competition>. Nothing is copied."""
+    source = ImageArchive(source_path)
+    if source.is_zip:
+        raise PipelineError(f"{source_path}: expected the competition's folder, as Kaggle mounts it")
+    root = _find_root(source, spec)
+    if source.names(root + spec.test_archive) == [root + spec.test_archive]:
+        return ImageArchive(source.path / (root + spec.test_archive))
+    image_root = _unzipped_root(source, root, spec.test_archive, spec.test_prefix)
+    return ImageArchive(source.path / image_root) if image_root else source

