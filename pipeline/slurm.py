@@ -31,6 +31,7 @@ pipeline/machine.py). docs/slurm.md has the same flow on a real cluster.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -230,6 +231,13 @@ def run_task(folder: Path, kind: str, index: str) -> None:
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, cancelled)
+    if kind == "fold":
+        experiment, model, fold = plan.fold_tasks()[int(index)]
+        done = fold_results(plan, plan.experiments[experiment]["name"]) / f"finetune@{model}-{fold}"
+        if done.is_dir():  # trained and pushed by an earlier send of the same sweep at the same commit
+            log.info("%s: finetune@%s-%d trained before (%s); nothing to do", name, model, fold, done)
+            _write_status(folder, name, state="done", restored=str(done), ended=time.time())
+            return
     scratch = Path(tempfile.mkdtemp(prefix=f"pipeline-{plan.run}-{name}-"))
     try:
         clone = scratch / "repo"
@@ -302,8 +310,12 @@ def check_params(plan: Plan, clone: Path) -> None:
     load_params(clone / "params.yaml")
 
 
-def _fold_results(plan: Plan, experiment: str) -> Path:
-    return Path(plan.folder) / "results" / experiment
+def fold_results(plan: Plan, experiment: str) -> Path:
+    """Where the trained folds of ``experiment`` wait for its experiment task: beside the runs, keyed by the commit
+    and the experiment's overrides, so that the same sweep sent again finds the folds it trained before."""
+    overrides = next(e["overrides"] for e in plan.experiments if e["name"] == experiment)
+    key = hashlib.sha256(json.dumps(sorted(overrides)).encode()).hexdigest()[:16]
+    return Path(plan.folder).parent / "results" / plan.commit / key
 
 
 def export_fold(plan: Plan, clone: Path, experiment: str, stage: str) -> None:
@@ -311,7 +323,7 @@ def export_fold(plan: Plan, clone: Path, experiment: str, stage: str) -> None:
     (not in DVC's cache), into the run's folder, after its outputs were pushed. The run-cache cannot carry it: DVC
     keeps none for a stage with persistent outputs (the fold's checkpoints persist so a killed run resumes)."""
     lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"][stage]
-    target = _fold_results(plan, experiment) / stage
+    target = fold_results(plan, experiment) / stage
     partial = target.with_name(f".{stage}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -330,7 +342,7 @@ def import_folds(plan: Plan, clone: Path, experiment: str) -> None:
     `dvc exp run` finds the stage unchanged and pulls its outputs from the remote) and its uncached files."""
     lock_path = clone / "dvc.lock"
     lock = yaml.safe_load(lock_path.read_text()) if lock_path.is_file() else {"schema": "2.0", "stages": {}}
-    for result in sorted(_fold_results(plan, experiment).glob("finetune@*")):
+    for result in sorted(fold_results(plan, experiment).glob("finetune@*")):
         lock["stages"][result.name] = yaml.safe_load((result / "lock.yaml").read_text())
         for path in result.rglob("*"):
             if path.is_file() and path.name != "lock.yaml":
