@@ -31,7 +31,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from pipeline.competitions import load_spec
@@ -39,9 +38,8 @@ from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.inference import MANIFEST, write_bundle
 from pipeline.kaggle_io import authenticated_api, calling_kaggle, scrubbed
-from pipeline.leaderboard import RECORD, record, wait_for_score
+from pipeline.leaderboard import RECORD, record, wait_for_score, wait_until
 from pipeline.paths import metrics_dir
-from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 KERNEL = Path("kernel")
@@ -192,14 +190,15 @@ def upload_dataset(api, folder: Path, competition: str, notes: str, poll: float,
             f"create the dataset {ref} for")
     if getattr(answer, "error", None):
         raise PipelineError(f"Kaggle refused the dataset {ref}: {scrubbed(answer.error)}")
-    started = time.monotonic()
-    with progress(total=None, desc=f"waiting for dataset {ref}", unit="check") as bar:
-        while (status := str(calling_kaggle(lambda: _quietly(lambda: api.dataset_status(ref)), competition,
-                                            f"look up the dataset {ref} for"))).lower() != "ready":
-            if time.monotonic() - started + poll > timeout:
-                raise PipelineError(f"dataset {ref} not ready after {timeout:.0f} s (status {status})")
-            bar.update(1)
-            time.sleep(poll)
+    status = [""]
+
+    def ready() -> bool | None:
+        status[0] = str(calling_kaggle(lambda: _quietly(lambda: api.dataset_status(ref)), competition,
+                                       f"look up the dataset {ref} for"))
+        return True if status[0].lower() == "ready" else None
+
+    wait_until(ready, f"waiting for dataset {ref}", poll, timeout,
+               lambda: f"dataset {ref} not ready after {timeout:.0f} s (status {status[0]})")
     return ref
 
 
@@ -212,24 +211,21 @@ def run_notebook(api, folder: Path, competition: str, poll: float, timeout: floa
     if getattr(pushed, "error", None):
         raise PipelineError(f"Kaggle refused the notebook {ref}: {scrubbed(pushed.error)}")
     version = int(pushed.version_number)
-    started = time.monotonic()
-    with progress(total=None, desc=f"waiting for notebook {ref} v{version}", unit="check") as bar:
-        while True:
-            answer = calling_kaggle(lambda: _quietly(lambda: api.kernels_status(ref)), competition,
-                                    f"look up the notebook {ref} for")
-            status = str(getattr(answer.status, "name", answer.status)).lower()
-            if status.endswith("complete"):
-                return ref, version
-            if status.endswith(("error", "cancel_acknowledged", "cancel_requested")):
-                raise PipelineError(f"notebook {ref} v{version} did not finish ({status}): "
-                                    f"{scrubbed(answer.failure_message or 'no reason given')}; its log is on Kaggle "
-                                    f"(`kaggle kernels output {ref}`)")
-            if time.monotonic() - started + poll > timeout:
-                raise PipelineError(f"notebook {ref} v{version} still {status} after {timeout:.0f} s; submit it by "
-                                    f"hand when it ends: kaggle competitions submit {competition} -k {ref} "
-                                    f"-v {version} -f {SUBMISSION_FILE} -m \"...\"")
-            bar.update(1)
-            time.sleep(poll)
+    status = [""]
+
+    def ran() -> tuple[str, int] | None:
+        answer = calling_kaggle(lambda: _quietly(lambda: api.kernels_status(ref)), competition,
+                                f"look up the notebook {ref} for")
+        status[0] = str(getattr(answer.status, "name", answer.status)).lower()
+        if status[0].endswith(("error", "cancel_acknowledged", "cancel_requested")):
+            raise PipelineError(f"notebook {ref} v{version} did not finish ({status[0]}): "
+                                f"{scrubbed(answer.failure_message or 'no reason given')}; its log is on Kaggle "
+                                f"(`kaggle kernels output {ref}`)")
+        return (ref, version) if status[0].endswith("complete") else None
+
+    return wait_until(ran, f"waiting for notebook {ref} v{version}", poll, timeout, lambda: (
+        f"notebook {ref} v{version} still {status[0]} after {timeout:.0f} s; submit it by hand when it ends: "
+        f"kaggle competitions submit {competition} -k {ref} -v {version} -f {SUBMISSION_FILE} -m \"...\""))
 
 
 def push(owner: str, message: str | None, wait: float, poll: float) -> dict:

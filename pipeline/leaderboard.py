@@ -19,6 +19,7 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from pipeline.atomic import atomic_file
 from pipeline.competitions import load_spec
@@ -30,29 +31,41 @@ from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 RECORD = metrics_dir("leaderboard") / "metrics.json"
+T = TypeVar("T")
 HISTORY = metrics_dir("leaderboard") / "submissions.json"
 # What the submit command writes: "<commit> [<experiment>] [cv=<CV>] <file>" (no experiment outside `dvc exp run`).
 MESSAGE = re.compile(r"^(?P<commit>\S+)(?: (?!cv=)(?P<experiment>\S+))?(?: cv=(?P<cv>[0-9.]+))?(?: (?P<file>\S+))?$")
 
 
+def wait_until(look: Callable[[], T | None], desc: str, poll: float, timeout: float,
+               too_late: Callable[[], str]) -> T:
+    """``look()`` every ``poll`` seconds, with a progress line, until it returns something (it raises when what it
+    waits for failed); after ``timeout`` seconds, a one-line error saying ``too_late()``."""
+    started = time.monotonic()
+    with progress(total=None, desc=desc, unit="check") as bar:
+        while (found := look()) is None:
+            if time.monotonic() - started + poll > timeout:
+                raise PipelineError(too_late())
+            bar.update(1)
+            time.sleep(poll)
+    return found
+
+
 def wait_for_score(competition: str, ref: int, timeout: float, poll: float) -> Submission:
     """Submission ``ref`` (the reference its create call returned), once Kaggle has scored it; a one-line error when
     Kaggle reports an error or ``timeout`` seconds pass."""
-    started = time.monotonic()
-    with progress(total=None, desc="waiting for Kaggle's score", unit="check") as bar:
-        while True:
-            mine = get_submission(competition, ref)
-            if mine.status == "error":
-                raise PipelineError(f"Kaggle could not score {mine.file or f'submission {ref}'}: "
-                                    f"{mine.error or 'scoring error'}")
-            if mine.status == "complete":
-                return mine
-            if time.monotonic() - started + poll > timeout:
-                raise PipelineError(f"Kaggle has not scored {mine.file or f'submission {ref}'} after {timeout:.0f} s "
-                                    f"(submission {ref}); `python -m pipeline.leaderboard` records the score once it "
-                                    f"has")
-            bar.update(1)
-            time.sleep(poll)
+    seen: list[Submission] = []
+
+    def scored() -> Submission | None:
+        seen[:] = [get_submission(competition, ref)]
+        if seen[0].status == "error":
+            raise PipelineError(f"Kaggle could not score {seen[0].file or f'submission {ref}'}: "
+                                f"{seen[0].error or 'scoring error'}")
+        return seen[0] if seen[0].status == "complete" else None
+
+    return wait_until(scored, "waiting for Kaggle's score", poll, timeout, lambda: (
+        f"Kaggle has not scored {seen[0].file or f'submission {ref}'} after {timeout:.0f} s (submission {ref}); "
+        f"`python -m pipeline.leaderboard` records the score once it has"))
 
 
 def record(submission: Submission | None, message: str, file: str, ref: int, path: Path = RECORD) -> dict:
