@@ -255,9 +255,11 @@ def run_task(folder: Path, kind: str, index: str) -> None:
             if command[0] in OWN_STEPS:
                 OWN_STEPS[command[0]](plan, clone, *command[1:])
                 continue
-            done = subprocess.run(dvc + command, cwd=clone, env=env)
+            argv = [*dvc, *command]
+            done = subprocess.run(argv, cwd=clone, env=env)
             if done.returncode != 0:
-                _write_status(folder, name, state="failed", step=step, exit=done.returncode, ended=time.time())
+                _write_status(folder, name, state="failed", step=step, exit=done.returncode, ended=time.time(),
+                              error=dvc_error(folder / "logs" / f"{name}.log"))
                 sys.exit(done.returncode)
         _write_status(folder, name, state="done", ended=time.time())
     except PipelineError as error:
@@ -265,6 +267,13 @@ def run_task(folder: Path, kind: str, index: str) -> None:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def dvc_error(log_file: Path) -> str:
+    """DVC's own reason for a failed step: the last ``ERROR:`` line its command wrote to the task's log (Slurm's
+    output file), so that the failure reads in one line without opening the log."""
+    lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
+    return next((line.removeprefix("ERROR:").strip() for line in reversed(lines) if line.startswith("ERROR")), "")
 
 
 def task_commands(plan: Plan, kind: str, index: str, clone: Path) -> list[tuple[str, list[str]]]:

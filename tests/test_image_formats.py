@@ -130,7 +130,10 @@ def _mixed_folders(root: Path) -> dict:
             "own_data": {"train_dir": str(root / "train"), "test_dir": str(root / "test")},
             # Plain stratified folds: a class's flat images are all near-duplicates of each other, so grouping them
             # (group_by: auto) would hold out a whole class per fold and leave nothing to learn it from.
-            "folds": {"n_splits": 2, "group_by": "given"}, "finetune": {"folds": [0, 1]}, "ensemble": {"models": ["heads-tf_efficientnet_lite0"]}}
+            "folds": {"n_splits": 2, "group_by": "given"}, "finetune": {"folds": [0, 1]},
+            # A temperature always: with two folds, nested CV leaves each outer fold's recipe one inner fold, where
+            # no calibration can be judged, so the default list would fall back to its first entry (none).
+            "ensemble": {"models": ["heads-tf_efficientnet_lite0"], "calibration": ["temperature"]}}
 
 
 def test_own_data_in_every_format_runs_to_a_submission(repo_copy, tmp_path, run_stage):

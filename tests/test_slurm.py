@@ -43,7 +43,8 @@ def test_a_sweep_runs_as_slurm_jobs_each_fold_a_task_and_comes_home(cluster, sen
     logs = {path.name: path.read_text() for path in (repo / ".slurm" / "sweep" / "logs").glob("*.log")}
     assert sent.returncode == 2, sent.stderr + "".join(logs.values())[-3000:]
     errors = [line for line in sent.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "sweep: 3 task(s) did not finish" in errors[0], sent.stderr
+    assert len(errors) == 1 and "sweep: 3 task(s) did not finish" in errors[0], sent.stderr + "".join(
+        text[-2000:] for name, text in logs.items() if name.startswith("experiment-"))
     assert "sweep fold-4 (job" in sent.stderr and "failed at params" in sent.stderr  # dropout=1.0
     assert "sweep experiment-sweep-dropout-1.0" in sent.stderr and "never started: fold-4 did not finish" in sent.stderr
     assert sum("Running stage 'frames'" in text for text in logs.values()) == 1  # once, by prepare
@@ -58,3 +59,12 @@ def test_a_sweep_runs_as_slurm_jobs_each_fold_a_task_and_comes_home(cluster, sen
         assert data["params"]["params.yaml"]["data"]["dropout"] == float(name.rsplit("-", 1)[1])
         assert data["metrics"]["metrics/submission/metrics.json"]["data"]["cv_log_loss"] > 0
     assert [e["overrides"] for e in plan.experiments] == [["dropout=0.2"], ["dropout=0.5"], ["dropout=1.0"]]
+
+
+def test_a_failed_dvc_step_reads_as_dvc_s_own_reason(tmp_path):
+    """A task whose DVC command failed is reported with DVC's last ``ERROR:`` line from the task's log."""
+    log_file = tmp_path / "experiment-x.log"
+    log_file.write_text("Running stage 'folds':\nERROR: first\nsome traceback\n"
+                        "ERROR: failed to pull data from the cloud - Checkout failed for following targets:\n")
+    assert slurm.dvc_error(log_file) == "failed to pull data from the cloud - Checkout failed for following targets:"
+    assert slurm.dvc_error(tmp_path / "none.log") == ""
