@@ -122,17 +122,18 @@ def _remote_url(name_or_url: str, cwd: Path) -> str:
     return str(Path(url).resolve()) if Path(url).exists() else url
 
 
-def _dvc_remote_url(name_or_url: str, cwd: Path) -> str:
-    """The DVC remote the tasks push to: a name of `dvc remote list` (default: the default remote) or a URL."""
-    listed = {parts[0]: parts[1] for parts in (line.split() for line in _run(
-        [sys.executable, "-m", "dvc", "remote", "list"], cwd).splitlines()) if len(parts) >= 2}
+def dvc_remote_url(name_or_url: str, cwd: Path) -> str:
+    """The DVC remote the tasks push to: a remote's name (default: the default remote) or a URL. Read from DVC's
+    own merged config (local paths made absolute there), not from `dvc remote list`, which wraps long paths."""
+    from dvc.repo import Repo
+
+    with Repo(str(cwd)) as repo:
+        remotes, default = repo.config["remote"], repo.config["core"].get("remote", "")
+    name_or_url = name_or_url or default
     if not name_or_url:
-        default = _run([sys.executable, "-m", "dvc", "remote", "default"], cwd).strip()
-        if not default:
-            raise PipelineError("no DVC remote: the tasks share the frame cache, the features and the folds through "
-                                "one (`dvc remote add -d <name> <url>`, or --dvc-remote)")
-        name_or_url = default
-    url = listed.get(name_or_url, name_or_url)
+        raise PipelineError("no DVC remote: the tasks share the frame cache, the features and the folds through "
+                            "one (`dvc remote add -d <name> <url>`, or --dvc-remote)")
+    url = remotes[name_or_url]["url"] if name_or_url in remotes else name_or_url
     return str(Path(url).resolve()) if Path(url).exists() else url
 
 
@@ -168,7 +169,7 @@ def send(overrides: list[str], by_fold: bool, resources: list[str], git_remote: 
     for sub in ("logs", "status"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     identity = git_identity(repo)
-    plan = Plan(run, str(folder), commit, url, _dvc_remote_url(dvc_remote, repo), sys.executable,
+    plan = Plan(run, str(folder), commit, url, dvc_remote_url(dvc_remote, repo), sys.executable,
                 experiments_of(overrides, run), list(params.finetune.models),
                 list(params.finetune.folds) if by_fold else None, identity)
     plan.save()

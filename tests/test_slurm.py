@@ -68,3 +68,18 @@ def test_a_failed_dvc_step_reads_as_dvc_s_own_reason(tmp_path):
                         "ERROR: failed to pull data from the cloud - Checkout failed for following targets:\n")
     assert slurm.dvc_error(log_file) == "failed to pull data from the cloud - Checkout failed for following targets:"
     assert slurm.dvc_error(tmp_path / "none.log") == ""
+
+
+def test_the_remote_is_read_whole_however_long_its_path(tmp_path):
+    """`dvc remote list` wraps a long path over two lines; the tasks must get the whole URL, relative ones made
+    absolute, so that every task pushes to and pulls from the same place."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    run(["git", "init", "-q"], repo)
+    run(DVC + ["init", "-q"], repo)
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 4) / "dvc-remote"
+    run(DVC + ["remote", "add", "-d", "storage", str(deep)], repo)
+    run(DVC + ["remote", "add", "other", "../elsewhere"], repo)
+    assert slurm.dvc_remote_url("", repo) == str(deep)
+    assert slurm.dvc_remote_url("other", repo) == str((tmp_path / "elsewhere").resolve())
+    assert slurm.dvc_remote_url("s3://bucket/cache", repo) == "s3://bucket/cache"
