@@ -57,10 +57,18 @@ def run(args: list[str], cwd: Path, env: dict | None = None, check: bool = True)
 SLOW_FIXTURES = {"repo_copy", "run_stage", "tiny_competition", "tiny_dogs_vs_cats"}
 
 
+# The files that take longest (each minutes of a 2-core machine), run first: with `--dist loadfile` a worker takes
+# a whole file, and a long one taken last keeps one worker busy while the other has nothing left (~1 minute).
+LONGEST_FIRST = ["test_dvc_pipeline.py", "test_competitions.py", "test_slurm.py", "test_parallel.py",
+                 "test_determinism.py", "test_finetune.py"]
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order kept
 
 
 def run_stage_in(repo: Path, stage: str, *args: str) -> tuple[int, list[str]]:
