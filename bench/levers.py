@@ -1,0 +1,140 @@
+"""The quality levers on real photos, one committed row at a time: a named list of `dvc exp run`s, in order, each
+appending its row to a table the moment it ends.
+
+Run it in a clone of the project at a commit (``dvc exp`` needs one), alone on the machine, with the development
+set given as a local copy of the competition:
+
+    python bench/levers.py --data ../shared/data/statefarm-dev --table /path/to/main/docs/levers.csv
+
+Each row is the default plus its overrides (params.yaml is reset to the commit's before every row, so rows do
+not leak into each other). A row already in the table is skipped, so when work resumes the list is picked up at
+the first row without a result; commit the table as rows arrive. ``{size}`` in an override is the fine-tuning
+size whose row scored the best nested CV so far (the resolution ladder decides it, the later rows use it).
+
+A row records the ensemble's nested CV and its fine-tuned net's CV, the unseen drivers' log loss (all, public,
+private) scored against the local copy's solution.csv, wall and CPU seconds (all the processes of the run), the
+threads a fine-tuning stage used and the commit. A failed row is recorded with its return code, no figures, and
+the list stops: the log says why.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# The resolution ladder first (the issue's order); each later row builds on the best size of the ladder.
+SIZE_ROWS = {"default": 128, "ft160": 160, "ft192": 192, "ft224": 224}
+ROWS: dict[str, list[str]] = {
+    "default": [],
+    "ft160": ["finetune.models.lite0.image_size=160"],
+    "ft192": ["finetune.models.lite0.image_size=192"],
+    "ft224": ["finetune.models.lite0.image_size=224"],
+    "e8": ["finetune.models.lite0.image_size={size}", "finetune.models.lite0.epochs=8"],
+    "lite1": ["finetune.models.lite0.image_size={size}", "finetune.models.lite0.backbone=tf_efficientnet_lite1"],
+    "pseudo": ["finetune.models.lite0.image_size={size}", "pseudo.models=[lite0]",
+               "ensemble.models=[heads-tf_efficientnet_lite0,finetune-lite0,pseudo-lite0]"],
+    "regions": ["finetune.models.lite0.image_size={size}", "+finetune.models.lite0.regions=[full,head,hands]"],
+    "views4": ["finetune.models.lite0.image_size={size}", "finetune.test_views=[full,zoom,left,right]"],
+}
+FIELDS = ["row", "overrides", "nested_cv", "finetune_cv", "unseen", "unseen_public", "unseen_private",
+          "fold_log_loss", "wall_s", "cpu_s", "threads", "cores", "commit", "finished", "returncode"]
+
+
+def read_table(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def best_size(done: list[dict]) -> int | None:
+    """The fine-tuning size of the ladder row with the lowest nested CV (the honest figure, not the unseen one)."""
+    scored = [(float(r["nested_cv"]), SIZE_ROWS[r["row"]]) for r in done if r["row"] in SIZE_ROWS and r["nested_cv"]]
+    return min(scored)[1] if scored else None
+
+
+def overrides_of(name: str, done: list[dict]) -> list[str]:
+    size = best_size(done)
+    if any("{size}" in o for o in ROWS[name]) and size is None:
+        raise SystemExit(f"row {name}: needs the best fine-tuning size, and no ladder row has a result yet")
+    return [o.replace("{size}", str(size)) for o in ROWS[name]]
+
+
+def metrics(path: str) -> dict:
+    p = Path(path)
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def run_row(name: str, overrides: list[str], data: Path, logs: Path) -> dict:
+    subprocess.run(["git", "checkout", "HEAD", "--", "params.yaml"], check=True)
+    subprocess.run(["dvc", "exp", "remove", name], capture_output=True)  # a failed earlier try of this row
+    cmd = ["dvc", "exp", "run", "-n", name, "-S", "data.source=local", "-S", f"data.local_path={data}"]
+    for o in overrides:
+        cmd += ["-S", o]
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"[{datetime.datetime.now():%H:%M}] {name}: {' '.join(cmd)}", flush=True)
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    with (logs / f"{name}.log").open("w") as log:
+        returncode = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    row = {"row": name, "overrides": " ".join(overrides), "wall_s": round(wall), "cpu_s": round(cpu),
+           "cores": os.cpu_count(), "commit": commit, "returncode": returncode,
+           "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    if returncode == 0:
+        ensemble, submission = metrics("metrics/ensemble/metrics.json"), metrics("metrics/submission/metrics.json")
+        folds = [metrics(f"metrics/finetune-lite0-fold{k}/metrics.json") for k in range(4)]
+        row |= {"nested_cv": round(ensemble["cv_log_loss"], 4),
+                "finetune_cv": round(ensemble.get("finetune-lite0/cv_log_loss", float("nan")), 4),
+                "unseen": round(submission["leaderboard_log_loss"], 4),
+                "unseen_public": round(submission["public_log_loss"], 4),
+                "unseen_private": round(submission["private_log_loss"], 4),
+                "fold_log_loss": " ".join(f"{f['fold_log_loss']:.3f}" for f in folds if "fold_log_loss" in f),
+                "threads": folds[0].get("threads", "")}
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="the local copy of the competition")
+    parser.add_argument("--table", type=Path, default=Path("docs/levers.csv"))
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated, in order (default: all)")
+    parser.add_argument("--logs", type=Path, default=Path("/tmp/levers"))
+    args = parser.parse_args()
+    names = args.rows.split(",")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        sys.exit(f"--rows: unknown row {unknown[0]!r} (rows: {', '.join(ROWS)})")
+    for name in names:
+        done = read_table(args.table)
+        if any(r["row"] == name and r["nested_cv"] for r in done):
+            print(f"{name}: in {args.table} already", flush=True)
+            continue
+        row = run_row(name, overrides_of(name, done), args.data.resolve(), args.logs)
+        append_row(args.table, row)
+        print(f"[{datetime.datetime.now():%H:%M}] {name}: {json.dumps(row)}", flush=True)
+        if row["returncode"] != 0:
+            sys.exit(f"{name}: dvc exp run failed ({row['returncode']}), see {args.logs / (name + '.log')}")
+
+
+if __name__ == "__main__":
+    main()
