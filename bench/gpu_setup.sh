@@ -12,14 +12,17 @@ gpu_environment() {  # $1: the repository, $2: the work folder
   fi
   export PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   if ! command -v python >/dev/null; then  # dvc.yaml's commands say `python`
-    mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python && export PATH="/tmp/bin:$PATH"
+    # A wrapper, not a symlink: a venv's interpreter linked from outside its folder no longer finds the venv's
+    # packages (every stage died with "No module named 'numpy'" on the first GPU box).
+    mkdir -p /tmp/bin && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/bin/python
+    chmod +x /tmp/bin/python && export PATH="/tmp/bin:$PATH"
   fi
 }
 
 gpu_workdir() {  # $1: the repository, $2: the work folder, $3..$5: train drivers, test drivers, frames per class
   local repo=$1 work=$2
   rm -rf "$work" && mkdir -p "$work"
-  cp -r "$repo"/pipeline "$repo"/dvc.yaml "$repo"/params.yaml "$repo"/.dvcignore "$work"/
+  cp -r "$repo"/pipeline "$repo"/competitions "$repo"/dvc.yaml "$repo"/params.yaml "$repo"/.dvcignore "$work"/
   mkdir -p "$work/.dvc" "$work/submissions" && cp "$repo"/.dvc/config "$work/.dvc/"
   (cd "$work" && python3 -m pipeline.preset "$repo/presets/gpu.yaml" && python3 - "$3" "$4" "$5" <<'PY'
 import sys, yaml

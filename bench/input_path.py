@@ -23,6 +23,7 @@ import statistics
 import time
 from typing import Callable
 
+import pipeline.offline  # noqa: F401  (first: it keeps albumentations from calling PyPI)
 import albumentations as A
 import cv2
 import numpy as np

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pipeline.offline  # noqa: F401  (first: it keeps albumentations from calling PyPI)
 import albumentations as A
 import cv2
 

@@ -27,13 +27,14 @@ from scipy.optimize import minimize, minimize_scalar
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.config import EnsembleParams
-from pipeline.metrics import KAGGLE_EPS, kaggle_proba, multiclass_log_loss
+from pipeline.metrics import KAGGLE_EPS, METRICS, Metric, fit_thresholds, graded, kaggle_proba, multiclass_log_loss
 from pipeline.progress import progress
 
 NEIGHBOUR_WEIGHTS = np.linspace(0.0, 0.9, 10)
 BLEND_SPACES = ("probability", "log")
 CALIBRATIONS = ("none", "temperature", "vector")
-Metric = Callable[[np.ndarray, np.ndarray], float]  # (labels, probabilities) -> loss
+Score = Callable[[np.ndarray, np.ndarray], float]  # (labels, probabilities) -> the competition's metric
+LOG_LOSS = METRICS["multiclass_log_loss"]
 
 
 def blend(probas: list[np.ndarray], weights: np.ndarray, space: str = "probability") -> np.ndarray:
@@ -121,9 +122,9 @@ def fit_calibration(name: str, proba: np.ndarray, labels: np.ndarray) -> Calibra
 
 
 def calibration_losses(proba: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
-                       candidates: list[str]) -> dict[str, float]:
-    """Each candidate's cross-validated log loss over these rows: every fold calibrated by the fit on the other
-    folds. Empty with fewer than two folds (nothing to hold out)."""
+                       candidates: list[str], metric: Metric = LOG_LOSS) -> dict[str, float]:
+    """Each candidate's cross-validated loss (``metric.loss``) over these rows: every fold calibrated by the fit
+    on the other folds (a fit minimises log loss, whatever the metric). Empty with fewer than two folds."""
     folds = np.unique(fold_of)
     if len(folds) < 2:
         return {}
@@ -133,15 +134,15 @@ def calibration_losses(proba: np.ndarray, labels: np.ndarray, fold_of: np.ndarra
         for fold in folds:
             inside = fold_of == fold
             held_out[inside] = fit_calibration(name, proba[~inside], labels[~inside])(proba[inside])
-        losses[name] = multiclass_log_loss(labels, held_out)
+        losses[name] = metric.loss(labels, held_out)
     return losses
 
 
 def choose_calibration(proba: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
-                       candidates: list[str]) -> tuple[Calibration, dict[str, float]]:
+                       candidates: list[str], metric: Metric = LOG_LOSS) -> tuple[Calibration, dict[str, float]]:
     """The candidate with the lowest cross-validated loss (the first listed when one candidate or one fold: a fit
     cannot be judged on the rows it was fit on), fit on every row; and each candidate's cross-validated loss."""
-    losses = calibration_losses(proba, labels, fold_of, candidates) if len(candidates) > 1 else {}
+    losses = calibration_losses(proba, labels, fold_of, candidates, metric) if len(candidates) > 1 else {}
     name = min(losses, key=losses.get) if losses else candidates[0]
     return fit_calibration(name, proba, labels), losses
 
@@ -202,6 +203,7 @@ class BlendRecipe:
     clip: float
     by_space: dict = field(default_factory=dict)  # blend space -> its weights, for the report
     calibration_losses: dict = field(default_factory=dict)  # candidate -> its cross-validated loss, for the report
+    thresholds: tuple = ()  # an ordinal metric's cuts of the expected grade (pipeline/metrics.py); () for the others
 
     def as_dict(self, models: list[str]) -> dict:
         """blend.json: every number the test prediction uses, in full (``from_dict`` gives the same recipe back:
@@ -212,6 +214,7 @@ class BlendRecipe:
                 "calibration_bias": self.calibration.bias.round(6).tolist(),
                 "calibration_cv_log_loss": self.calibration_losses, "neighbour_features": self.neighbour_space,
                 "neighbours": self.neighbours, "neighbour_weight": self.neighbour_weight, "clip": self.clip,
+                **({"thresholds": list(self.thresholds)} if self.thresholds else {}),
                 "exact": {"weights": self.weights.tolist(), "calibration_scale": self.calibration.scale.tolist(),
                           "calibration_bias": self.calibration.bias.tolist()}}
 
@@ -222,7 +225,7 @@ class BlendRecipe:
                                   np.array(exact["calibration_bias"]))
         return cls(saved["blend"], np.array(exact["weights"]), calibration, saved["neighbour_features"],
                    saved["neighbours"], saved["neighbour_weight"], saved["clip"],
-                   calibration_losses=saved["calibration_cv_log_loss"])
+                   calibration_losses=saved["calibration_cv_log_loss"], thresholds=tuple(saved.get("thresholds", ())))
 
 
 def apply_steps(recipe: BlendRecipe, oofs: list[np.ndarray], near: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -235,30 +238,36 @@ def apply_steps(recipe: BlendRecipe, oofs: list[np.ndarray], near: dict[str, np.
         neighbours = neighbour_mean(smoothed, near[recipe.neighbour_space], recipe.neighbours)
         smoothed = steps["neighbours"] = smooth(smoothed, neighbours, recipe.neighbour_weight)
     steps["final"] = clipped(smoothed, recipe.clip)
+    if recipe.thresholds:  # the class the submission will hold, as a one-hot row (its expected grade is the class)
+        steps["decided"] = np.eye(steps["final"].shape[1])[graded(steps["final"], recipe.thresholds)]
     return steps
 
 
 def fit_recipe(oofs: list[np.ndarray], labels: np.ndarray, fold_of: np.ndarray, rows: np.ndarray,
-               near: dict[str, np.ndarray], settings: EnsembleParams) -> BlendRecipe:
-    """Every choice fit on the out-of-fold rows ``rows`` (a mask of whole folds) only."""
+               near: dict[str, np.ndarray], settings: EnsembleParams, metric: Metric = LOG_LOSS) -> BlendRecipe:
+    """Every choice fit on the out-of-fold rows ``rows`` (a mask of whole folds) only. Weights, temperatures and
+    scales minimise log loss (smooth, and proper for every metric); which blend space, calibration, neighbours
+    and clip win is ``metric.loss``'s call, and an ordinal metric's thresholds are fit last."""
     fit_oofs, fit_labels = [oof[rows] for oof in oofs], labels[rows]
     by_space = {space: blend_weights(fit_oofs, fit_labels, space) for space in BLEND_SPACES}
-    space = min(BLEND_SPACES, key=lambda s: multiclass_log_loss(fit_labels, blend(fit_oofs, by_space[s], s)))
+    space = min(BLEND_SPACES, key=lambda s: metric.loss(fit_labels, blend(fit_oofs, by_space[s], s)))
     proba = blend(oofs, by_space[space], space)
-    calibration, calibration_cv = choose_calibration(proba[rows], fit_labels, fold_of[rows], settings.calibration)
+    calibration, calibration_cv = choose_calibration(proba[rows], fit_labels, fold_of[rows], settings.calibration,
+                                                     metric)
     proba = calibration(proba)
     chosen, k, weight = None, 0, 0.0
     if near and settings.neighbours:
-        losses = {(name, k, float(w)): multiclass_log_loss(fit_labels, smooth(proba, neighbour_mean(proba, found, k),
-                                                                              w)[rows])
+        losses = {(name, k, float(w)): metric.loss(fit_labels, smooth(proba, neighbour_mean(proba, found, k), w)[rows])
                   for name, found in near.items() for k in settings.neighbours for w in NEIGHBOUR_WEIGHTS}
         chosen, k, weight = min(losses, key=losses.get)
         proba = smooth(proba, neighbour_mean(proba, near[chosen], k), weight)
-    clip = min(settings.clip_grid, key=lambda eps: multiclass_log_loss(fit_labels, clipped(proba[rows], eps)))
-    return BlendRecipe(space, by_space[space], calibration, chosen, k, weight, clip, by_space, calibration_cv)
+    clip = min(settings.clip_grid, key=lambda eps: metric.loss(fit_labels, clipped(proba[rows], eps)))
+    thresholds = fit_thresholds(fit_labels, clipped(proba[rows], clip)) if metric.ordinal else ()
+    return BlendRecipe(space, by_space[space], calibration, chosen, k, weight, clip, by_space, calibration_cv,
+                       thresholds)
 
 
-def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric) -> tuple:
+def ensemble(predictions: Predictions, settings: EnsembleParams, score: Score, metric: Metric = LOG_LOSS) -> tuple:
     """The pure core: (nested out-of-fold probabilities, test probabilities, recipe, report, steps).
 
     Nested CV: fold k's rows are predicted by the recipe fit on the other folds, and every step's report
@@ -266,9 +275,10 @@ def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric)
     ``in_sample/cv_log_loss`` is the recipe fit on every row scored on the same rows: how much choosing on the
     scored rows would have flattered. That all-rows recipe is applied to each fold's test predictions, which are
     then combined across folds (a geometric mean); held-out images find neighbours within their own fold (drivers
-    unseen by its models), test images within the test set. Steps are fit on multi-class log loss and reported in
-    the competition's metric. ``steps`` holds the nested out-of-fold probabilities after each step (``blend``,
-    ``calibrated``, ..., ``final``; in-sample with one fold), for error analysis.
+    unseen by its models), test images within the test set. Steps are chosen by ``metric`` (the competition's;
+    keys ``cv_<metric.key>``) and reported by ``score``. ``steps`` holds the nested out-of-fold probabilities after
+    each step (``blend``, ``calibrated``, ..., ``final``, and an ordinal metric's ``decided`` classes; in-sample
+    with one fold), for error analysis.
     """
     p = predictions
     near = {name: nearest(train, p.fold_of, max(settings.neighbours)) for name, (train, _) in p.spaces.items()
@@ -277,17 +287,19 @@ def ensemble(predictions: Predictions, settings: EnsembleParams, metric: Metric)
     folds = np.unique(p.fold_of)
     for fold in folds if len(folds) > 1 else ():  # one fold has no other folds to fit on: no nested score
         inside = p.fold_of == fold
-        steps = apply_steps(fit_recipe(p.oofs, p.labels, p.fold_of, ~inside, near, settings), p.oofs, near)
+        steps = apply_steps(fit_recipe(p.oofs, p.labels, p.fold_of, ~inside, near, settings, metric), p.oofs, near)
         for name, proba in steps.items():
             nested.setdefault(name, np.zeros_like(proba))[inside] = proba[inside]
-    recipe = fit_recipe(p.oofs, p.labels, p.fold_of, np.ones(len(p.labels), bool), near, settings)
+    recipe = fit_recipe(p.oofs, p.labels, p.fold_of, np.ones(len(p.labels), bool), near, settings, metric)
     in_sample = apply_steps(recipe, p.oofs, near)
-    report = {f"{name}/cv_log_loss": metric(p.labels, proba) for name, proba in nested.items() if name != "final"}
-    report["in_sample/cv_log_loss"] = metric(p.labels, in_sample["final"])
-    # What chose the calibration of the test predictions: each candidate's log loss, cross-validated over every row.
-    report.update({f"calibration/{name}/cv_log_loss": loss for name, loss in recipe.calibration_losses.items()})
+    cv, last = f"cv_{metric.key}", "decided" if metric.ordinal else "final"
+    report = {f"{name}/{cv}": score(p.labels, proba) for name, proba in nested.items() if name not in ("final", last)}
+    report[f"in_sample/{cv}"] = score(p.labels, in_sample[last])
+    # What chose the calibration of the test predictions: each candidate's loss, cross-validated over every row.
+    report.update({f"calibration/{name}/{cv}": -loss if metric.higher_is_better else loss
+                   for name, loss in recipe.calibration_losses.items()})
     oof = nested.get("final", in_sample["final"])
-    report["cv_log_loss"] = metric(p.labels, oof)
+    report[cv] = score(p.labels, nested.get(last, in_sample[last]))
     test_space = p.spaces[recipe.neighbour_space][1] if recipe.neighbour_space is not None else None
     return oof, test_prediction(recipe, p.tests, test_space), recipe, report, nested or in_sample
 

@@ -177,11 +177,20 @@ class Recipe(Section):
     warmup_epochs: float = Field(ge=0.0, strict=False)
     freeze_epochs: int = Field(ge=0)  # progressive unfreezing: only the head learns for this many epochs
     grad_clip: float = Field(ge=0.0, strict=False)  # max gradient norm; 0 turns clipping off
-    ema_decay: float = Field(ge=0.0, lt=1.0, strict=False)  # EMA of weights; 0 turns it off
+    ema_decay: float = Field(ge=0.0, lt=1.0, strict=False)  # EMA of weights, a fixed decay per step; 0: see below
+    # EMA of weights as a half-life in epochs of this run's steps, with timm's warm-up (pipeline/training.py's
+    # ema_settings): the same on any dataset size; 0 turns it off. Give ema_decay or ema_half_life, not both.
+    ema_half_life: float = Field(ge=0.0, le=100.0, strict=False)
     augment_strength: float = Field(ge=0.0, le=2.0, strict=False)  # scales section augment; 0: none
     # Each target mixed with the uniform distribution at this weight (timm's recipe: 0.1); 0: none
     label_smoothing: float = Field(ge=0.0, lt=1.0, strict=False)
     seed: int = Field(ge=0)
+
+    @pydantic.model_validator(mode="after")
+    def _one_ema(self) -> "Recipe":
+        if self.ema_decay and self.ema_half_life:
+            raise ValueError("ema_decay and ema_half_life are both set; give one and set the other to 0")
+        return self
 
 
 # The same keys, each optional: finetune.defaults and every finetune.models entry set some of them.
@@ -267,6 +276,8 @@ def _one_line(error: pydantic.ValidationError, source: Path, prefix: str = "") -
         return f"{source}: {key}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     if first["type"] == "missing":
         return f"{source}: {key}: missing key"
+    if first["type"] == "value_error" and isinstance(first.get("input"), dict):  # a check across a section's keys
+        return f"{source}: {key}: {first['msg'].removeprefix('Value error, ')}"
     return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
 
 
@@ -287,7 +298,10 @@ def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
         except pydantic.ValidationError as error:
             message = _one_line(error, source, f"finetune.models.{model}")
             raise PipelineError(message.replace("missing key", "missing key (set it there or in finetune.defaults)"))
-    _check_competition(params, load_spec(params.competition, source=source), source)
+    # A notebook's flat bundle has the run's description beside its params.yaml (pipeline/inference.py).
+    beside = source.parent / f"{params.competition}.yaml"
+    spec = load_spec(params.competition, source=source, **({"folder": source.parent} if beside.is_file() else {}))
+    _check_competition(params, spec, source)
     _check_models(params, source)
     return params
 

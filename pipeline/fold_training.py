@@ -131,11 +131,11 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
         write_trained_on(out, list(trained_ids), pseudo.ids if pseudo is not None else [])
         if pseudo is not None:
             (out / "teacher.json").write_text(json.dumps(pseudo.teacher, indent=2) + "\n")
-    live.summary["fold_log_loss"] = images.score(oof)
+    live.summary[f"fold_{spec.scorer.key}"] = images.score(oof)
     live.summary["threads"] = machine["threads"]  # beside the score in `dvc exp show`: it moves the last digits
     live.end()
-    log.info("%s fold %d: held-out log loss %.4f with %d test view(s); wrote %s", name, fold,
-             live.summary["fold_log_loss"], len(views), fold_dir(spec.slug, name, fold))
+    log.info("%s fold %d: held-out %s %.4f with %d test view(s); wrote %s", name, fold, spec.metric,
+             live.summary[f"fold_{spec.scorer.key}"], len(views), fold_dir(spec.slug, name, fold))
 
 
 def trained_under(trainer: Trainer, augment_on: str) -> dict:

@@ -12,6 +12,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import pipeline.offline  # noqa: F401  (first: it keeps albumentations from calling PyPI)
 import albumentations as A
 import cv2
 import numpy as np

@@ -1,7 +1,8 @@
 """A trained run as a bundle of files, and its submission predicted from that bundle alone: what the notebook of a
 code competition runs offline on Kaggle (pipeline/kernel.py builds both and sends them).
 
-The bundle is one flat folder (a Kaggle dataset keeps files, not folders): the run's ``params.yaml``, the
+The bundle is one flat folder (a Kaggle dataset keeps files, not folders): the run's ``params.yaml``, its
+competition's description (``<slug>.yaml``, from competitions/), the
 ensemble's ``blend.json``, the frame cache's ``frames.json``, ``run.json`` (where the run came from and the SHA-256
 of its own submission), each heads fold's ``heads-<backbone>-fold<k>.pt``, each fine-tuned fold's
 ``finetune-<model>-fold<k>.pt`` (its ``final.pt``) and the ImageNet weights of each frozen backbone
@@ -28,7 +29,7 @@ import torch
 from pipeline.atomic import atomic_file
 from pipeline.backbones import create_backbone, create_classifier, data_config
 from pipeline.blending import BlendRecipe, test_prediction
-from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.competitions import DESCRIPTIONS, CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
 from pipeline.cores import share
 from pipeline.device_views import view_images
@@ -77,6 +78,7 @@ def write_bundle(params: Params, out: Path, source: dict) -> dict:
     folds = sorted(int(f) for f in load_folds(spec.slug).fold.unique())
     out.mkdir(parents=True)
     shutil.copyfile("params.yaml", out / "params.yaml")
+    shutil.copyfile(DESCRIPTIONS / f"{spec.slug}.yaml", out / f"{spec.slug}.yaml")  # the competition, described
     shutil.copyfile(ensemble_dir(spec.slug) / "blend.json", out / "blend.json")
     shutil.copyfile(frames_dir(spec.slug) / "frames.json", out / "frames.json")
     gpu = False
@@ -170,7 +172,7 @@ def fine_tuned_predictions(bundle: Path, params: Params, spec: CompetitionSpec, 
         config = data_config(net)
         feed = Feed.on(device, recipe.batch_size, params.finetune.workers, config["mean"], config["std"],
                        params.finetune.amp)
-        trainer = Trainer(net, recipe.model_copy(update={"ema_decay": 0.0}), feed, 1)  # the weights are the EMA's
+        trainer = Trainer(net, recipe.model_copy(update={"ema_decay": 0.0, "ema_half_life": 0.0}), feed, 1)  # the weights are the EMA's
         trained_on = saved.get("machine", {}).get("augment_on", "cpu")
         on = trained_on if device.type == "cuda" else "cpu"
         proba, embedded = trainer.predict([frames], np.arange(len(frames)), list(params.finetune.test_views),
@@ -191,7 +193,7 @@ def predict_submission(bundle: Path, competition: Path, out: Path, work: Path) -
     """The bundle's run predicted on the test images of ``competition`` (a folder in Kaggle's layout), written to
     ``out`` as the competition's submission; ``work`` (created) holds the frames and features meanwhile."""
     params = load_params(bundle / "params.yaml")
-    spec = load_spec(params.competition, raw=competition)
+    spec = load_spec(params.competition, raw=competition, folder=bundle)
     manifest = json.loads((bundle / MANIFEST).read_text())
     saved_recipe = json.loads((bundle / "blend.json").read_text())
     recipe = BlendRecipe.from_dict(saved_recipe)
@@ -216,7 +218,7 @@ def predict_submission(bundle: Path, competition: Path, out: Path, work: Path) -
             spaces[model] = np.mean([unit_length(e.astype(np.float16)) for e in embedded], 0)
         tests.append([as_stored(p, spec, ids, work) for p in per_fold])
     proba = as_stored(test_prediction(recipe, tests, spaces.get(recipe.neighbour_space)), spec, ids, work)
-    table = to_submission(ids, proba, spec)
+    table = to_submission(ids, proba, spec, recipe.thresholds)
     with atomic_file(out) as tmp:
         table.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
     log.info("wrote %s (%d rows); the run's own submission was %s", out, len(table), manifest["submission"])

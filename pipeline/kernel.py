@@ -37,6 +37,7 @@ from pipeline.competitions import load_spec
 from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.inference import MANIFEST, write_bundle
+from pipeline.submission_format import recorded_cv
 from pipeline.kaggle_io import authenticated_api, calling_kaggle, scrubbed
 from pipeline.leaderboard import RECORD, record, wait_for_score, wait_until
 from pipeline.paths import metrics_dir
@@ -132,7 +133,7 @@ def build(owner: str, out: Path = KERNEL) -> dict:
                             f"none); run `dvc repro` first")
     dataset_slug, notebook_slug = slugs(spec.slug)
     commit = _git("rev-parse", "--short", "HEAD") or "no-commit"
-    source = {"commit": commit, "experiment": made.get("experiment", ""), "cv_log_loss": made.get("cv_log_loss")}
+    source = {"commit": commit, "experiment": made.get("experiment", ""), "cv_log_loss": recorded_cv(made)}
     if out.exists():
         shutil.rmtree(out)
     manifest = write_bundle(params, out / "dataset", source)

@@ -83,15 +83,16 @@ def record(submission: Submission | None, message: str, file: str, ref: int, pat
     return row
 
 
-def history(submissions: list[Submission]) -> list[dict]:
-    """A row per scored submission whose message carries a CV (the submit command's), oldest first."""
+def history(submissions: list[Submission], metric: str = "") -> list[dict]:
+    """A row per scored submission whose message carries a CV (the submit command's), oldest first; ``metric``
+    (its name and direction) goes in every row, where the plot's tooltip shows it."""
     rows = []
     for sub in reversed(submissions):
         match = MESSAGE.match(sub.message.strip())
         if sub.public is None or not match or not match["cv"]:
             continue
         rows.append({"date": sub.date, "commit": match["commit"], "experiment": match["experiment"] or "",
-                     "cv_log_loss": float(match["cv"]), "lb_public": sub.public,
+                     "cv": float(match["cv"]), "lb_public": sub.public, "metric": metric,
                      **({"lb_private": sub.private} if sub.private is not None else {}), "file": sub.file})
     return rows
 
@@ -100,7 +101,7 @@ def history(submissions: list[Submission]) -> list[dict]:
 def main() -> None:
     spec = load_spec(load_params().competition)
     submissions = list_submissions(spec.slug)
-    rows = history(submissions)
+    rows = history(submissions, f"{spec.metric} ({spec.scorer.direction})")
     HISTORY.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(HISTORY) as tmp:
         tmp.write_text(json.dumps(rows, indent=2) + "\n")
@@ -112,7 +113,7 @@ def main() -> None:
             log.info("%s: scored %s", RECORD, scored[0].public)
     for row in rows:
         log.info("%s %-8s %-12s cv %.4f  public %.4f%s", row["date"][:10], row["commit"], row["experiment"] or "-",
-                 row["cv_log_loss"], row["lb_public"],
+                 row["cv"], row["lb_public"],
                  f"  private {row['lb_private']:.4f}" if "lb_private" in row else "")
     log.info("%d of %d submissions carry a CV; wrote %s (`dvc plots show`)", len(rows), len(submissions), HISTORY)
 

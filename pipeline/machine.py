@@ -101,6 +101,18 @@ def fold_processes(setting: int | str, visible_gpus: int, under_torchrun: bool) 
     return max(visible_gpus, 1) if setting == "auto" else int(setting)
 
 
+def devices_refusal(setting: int | str, visible_gpus: int) -> str | None:
+    """Why ``finetune.devices`` cannot run here, or None. More processes than the GPUs present are refused, not
+    clamped: each rank trains on its share of every epoch, so the process count is part of the recipe, and a
+    run that quietly trained in fewer would not be the one its params describe. On a machine with no GPU the
+    processes are CPU ranks (gloo), as many as asked."""
+    if setting != "auto" and visible_gpus and int(setting) > visible_gpus:
+        return (f"params.yaml: finetune.devices: {setting} processes asked for, and this machine shows "
+                f"{visible_gpus} GPU{'s' if visible_gpus > 1 else ''}; set it to auto (one per GPU) or at most "
+                f"{visible_gpus}")
+    return None
+
+
 def process_group_backend(gpus: bool) -> str:
     """torch.distributed's backend: NCCL between GPUs, gloo between CPU processes (how the tests run DDP)."""
     return "nccl" if gpus else "gloo"

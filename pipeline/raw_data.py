@@ -17,6 +17,7 @@ import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 
 from pipeline.competitions import CompetitionSpec
@@ -47,12 +48,14 @@ def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None
     The archive and the labels (CSV or file names) are checked against each other image for image.
     """
     archive = ImageArchive(raw / spec.train_archive, max_unpacked_bytes)
+    if spec.labels_in_csv_rows:
+        return _with_user_groups(_listed_images(raw, spec, archive), raw, spec)
     found: dict[str, tuple[str, str]] = {}  # image id -> (class, member)
-    expected = (f"{spec.train_prefix}<{'|'.join(spec.classes)}>/<image>.jpg" if spec.labels_from == "csv"
+    expected = (f"{spec.train_prefix}<{'|'.join(spec.classes)}>/<image>.jpg" if spec.labels_from == "class_folders"
                 else f"{spec.train_prefix}<{'|'.join(spec.classes)}>.<n>.jpg")
     for member in archive.names(spec.train_prefix):
         parts = PurePosixPath(member[len(spec.train_prefix):]).parts
-        if spec.labels_from == "csv":
+        if spec.labels_from == "class_folders":
             image, label = ("/".join(parts) if spec.train_ids == "path" else parts[-1]), parts[0]
             ok = len(parts) == 2 and label in spec.classes
         else:
@@ -72,10 +75,12 @@ def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None
     labels = _read_csv(path, spec.labels_columns)
     ids = labels[spec.id_column]
     if ids.duplicated().any():
-        raise PipelineError(f"{path}: image {ids[ids.duplicated()].iloc[0]!r} is listed more than once")
-    unknown = sorted(set(labels[spec.label_column]) - set(spec.classes))
-    if unknown:
-        raise PipelineError(f"{path}: unknown class {unknown[0]!r}; expected one of {list(spec.classes)}")
+        raise PipelineError(f"{path}: row {_row(ids.duplicated())}: image {ids[ids.duplicated()].iloc[0]!r} is "
+                            f"listed more than once")
+    unknown = ~labels[spec.label_column].isin(spec.classes)
+    if unknown.any():
+        raise PipelineError(f"{path}: row {_row(unknown)}: unknown class {labels[spec.label_column][unknown].iloc[0]!r}; "
+                            f"expected one of {list(spec.classes)}")
     _same_images(found, set(ids), f"{archive.path}:{spec.train_prefix}", path)
     table = pd.DataFrame({"img": ids, "label": labels[spec.label_column],
                           "group": labels[spec.group_column] if spec.group_column else ""})
@@ -83,12 +88,66 @@ def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None
         if found[image][0] != label:
             raise PipelineError(f"{path}: {image} is labelled {label} but lies in "
                                 f"{spec.train_prefix}{found[image][0]}/")
-    blank = table.group == ""
-    if blank.any() and not blank.all():
-        raise PipelineError(f"{path}: {table.img[blank].iloc[0]} has no {spec.group_column}; give every image "
-                            f"one, or none")
+    _check_groups(table, path, spec)
     table["member"] = [found[image][1] for image in table.img]
     return _with_user_groups(table.sort_values("img", ignore_index=True), raw, spec)
+
+
+def _row(mask: pd.Series) -> int:
+    """The CSV line of the first row where ``mask`` holds (line 1 is the header)."""
+    return int(np.argmax(mask.to_numpy())) + 2
+
+
+def _check_groups(table: pd.DataFrame, path: Path, spec: CompetitionSpec) -> None:
+    blank = table.group == ""
+    if blank.any() and not blank.all():
+        raise PipelineError(f"{path}: row {_row(blank)}: {table.img[blank].iloc[0]} has no {spec.group_column}; "
+                            f"give every image one, or none")
+
+
+def _listed_images(raw: Path, spec: CompetitionSpec, archive: ImageArchive) -> pd.DataFrame:
+    """The labels CSV's rows (id_column: id and class; one_hot: id and a 0/1 column per class), each naming an
+    image ``<train folder><id><suffix>`` of the archive. The folder may hold images the CSV does not list (Plant
+    Pathology keeps its test images beside the train images); every image listed must be there."""
+    path = raw / spec.labels_csv
+    labels = _read_csv(path, spec.labels_columns)
+    ids = labels[spec.id_column]
+    if (ids == "").any():
+        raise PipelineError(f"{path}: row {_row(ids == '')}: empty {spec.id_column}")
+    if ids.duplicated().any():
+        raise PipelineError(f"{path}: row {_row(ids.duplicated())}: {spec.id_column} {ids[ids.duplicated()].iloc[0]!r} "
+                            f"is listed more than once")
+    if spec.labels_from == "one_hot":
+        marks = labels[list(spec.classes)]
+        not_binary = ~marks.isin(["0", "1", "0.0", "1.0"]).all(axis=1)
+        if not_binary.any():
+            raise PipelineError(f"{path}: row {_row(not_binary)}: the class columns {list(spec.classes)} hold "
+                                f"{marks[not_binary].iloc[0].tolist()}; expected 0 or 1 in each")
+        ones = marks.isin(["1", "1.0"])
+        not_one = ones.sum(axis=1) != 1
+        if not_one.any():
+            raise PipelineError(f"{path}: row {_row(not_one)}: {ids[not_one].iloc[0]} has "
+                                f"{int(ones[not_one].iloc[0].sum())} classes marked 1; expected exactly one "
+                                f"(one label per image)")
+        label = ones.to_numpy().argmax(1)
+        classes = pd.Series(np.array(spec.classes)[label], index=labels.index)
+    else:
+        classes = labels[spec.label_column]
+        unknown = ~classes.isin(spec.classes)
+        if unknown.any():
+            raise PipelineError(f"{path}: row {_row(unknown)}: unknown class {classes[unknown].iloc[0]!r} in "
+                                f"{spec.label_column}; expected one of {list(spec.classes)}")
+    members = ids.map(spec.train_member)
+    present = set(archive.names(spec.train_prefix))
+    missing = ~members.isin(present)
+    if missing.any():
+        raise PipelineError(f"{path}: row {_row(missing)}: {spec.id_column} {ids[missing].iloc[0]!r} has no image "
+                            f"{members[missing].iloc[0]} in {archive.path}; {int(missing.sum())} listed image(s) "
+                            f"missing")
+    table = pd.DataFrame({"img": ids, "label": classes,
+                          "group": labels[spec.group_column] if spec.group_column else "", "member": members})
+    _check_groups(table, path, spec)
+    return table.sort_values("img", ignore_index=True)
 
 
 def _with_user_groups(table: pd.DataFrame, raw: Path, spec: CompetitionSpec) -> pd.DataFrame:
@@ -156,13 +215,16 @@ def check_competition_files(raw: Path, spec: CompetitionSpec, max_unpacked_bytes
     nested = [m for m in test_files if "/" in m]
     if nested:
         raise PipelineError(f"{archive.path}: unexpected member {spec.test_prefix + nested[0]!r}")
-    _same_images(set(test_files), {i + spec.test_suffix for i in test_ids}, f"{archive.path}:{spec.test_prefix}",
-                 raw / spec.sample_submission)
+    expected = {i + spec.test_suffix for i in test_ids}
+    if (spec.train_archive, spec.train_prefix) == (spec.test_archive, spec.test_prefix):
+        # one folder for both (Plant Pathology): every test id's image is there; the rest are the train images
+        test_files = sorted(expected & set(test_files))
+    _same_images(set(test_files), expected, f"{archive.path}:{spec.test_prefix}", raw / spec.sample_submission)
     if (raw / spec.solution_csv).is_file():
         check_solution(raw / spec.solution_csv, spec, test_ids)
     if len(train) == 0:
         raise PipelineError(f"{raw / spec.train_archive}: no train images")
-    return {"train": len(train), "test": len(test_files)}
+    return {"train": len(train), "test": len(test_ids)}
 
 
 def check_solution(path: Path, spec: CompetitionSpec, test_ids: list[str]) -> None:
@@ -244,7 +306,7 @@ def ingest(source_path: Path, out_dir: Path, spec: CompetitionSpec, max_unpacked
         prefixes = [prefix for archive, prefix in ((spec.train_archive, spec.train_prefix),
                                                    (spec.test_archive, spec.test_prefix)) if archive == archive_name]
         image_root = _unzipped_root(source, root, archive_name, prefixes[0])
-        members = [m for prefix in prefixes for m in source.names(image_root + prefix)]
+        members = [m for prefix in dict.fromkeys(prefixes) for m in source.names(image_root + prefix)]
         pack_members(source, members, image_root, out_dir / archive_name)
 
 

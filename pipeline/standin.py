@@ -24,14 +24,15 @@ import io
 import multiprocessing
 import os
 import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
-from pipeline.competitions import DOGS_VS_CATS, OWN_DATA, STATE_FARM, CompetitionSpec, load_spec
+from pipeline.competitions import DESCRIPTIONS, OWN_DATA, CompetitionSpec, load_spec
 from pipeline.config import OwnDataParams, StandinParams
+from pipeline.errors import PipelineError
 from pipeline.images import ZipWriter
 from pipeline.own_data import ingest_own_data
 from pipeline.progress import progress
@@ -40,26 +41,46 @@ from pipeline.standin_scene import TRANSITIONS, draw_frame, frame_pose, random_l
 
 @dataclass(frozen=True)
 class Style:
-    """How a competition's stand-in differs from State Farm's."""
+    """How a competition's stand-in differs from State Farm's: its description's ``standin`` section."""
 
     poses: dict[str, str]  # class -> the scene pose that draws it (State Farm's c0..c9 are the poses themselves)
     varying_size: bool = False  # Kaggle's Dogs vs. Cats photos come in every size
     # A driver is filmed in every class; a pet is a cat or a dog: each take is then a subject of its own.
     subject_per_take: bool = False
     transitions: float = TRANSITIONS  # frames caught between poses; a photo of a dog never looks like a cat
+    extension: str = ".jpg"  # the image files' format where the ids do not say it (.jpg, .png, .tif)
+    # Past the scene's ten poses, classes 10-19 are pose 0-9 in a car of a second colour, and so on.
+    shades: dict[str, int] = field(default_factory=dict)
 
 
-STYLES = {
-    STATE_FARM.slug: Style({c: c for c in STATE_FARM.classes}),
-    DOGS_VS_CATS.slug: Style({"cat": "c0", "dog": "c9"}, varying_size=True, subject_per_take=True, transitions=0.0),
-    OWN_DATA.slug: Style({"drinking": "c6", "phone": "c2", "radio": "c5", "safe": "c0"}),
-}
+POSES = tuple(f"c{i}" for i in range(10))
+SHADES = ((0, 0, 0), (150, 40, 40), (40, 130, 60), (40, 60, 150), (150, 130, 30), (120, 40, 130))
+FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def style_of(spec: CompetitionSpec) -> Style:
+    """The stand-in's style from the description; by default class k is pose k (mod 10)."""
+    given = dict(spec.standin)
+    poses = given.pop("poses", None) or {c: POSES[k % len(POSES)] for k, c in enumerate(spec.classes)}
+    unknown = sorted(set(given) - {"varying_size", "subject_per_take", "transitions", "extension"})
+    bad_pose = sorted(set(poses.values()) - set(POSES))
+    where = f"{DESCRIPTIONS / spec.slug}.yaml: standin"
+    if unknown:
+        raise PipelineError(f"{where}: unknown key {unknown[0]!r}")
+    if bad_pose:
+        raise PipelineError(f"{where}.poses: {bad_pose[0]!r} is not one of {', '.join(POSES)}")
+    if (spec.classes and set(poses) != set(spec.classes)) or len(poses) > len(POSES) * len(SHADES):
+        raise PipelineError(f"{where}.poses: name each class once ({len(POSES) * len(SHADES)} classes at most)")
+    shades = {c: k // len(POSES) for k, c in enumerate(poses)}
+    return Style(poses, shades=shades, **given)
 
 
 def _render(task: tuple) -> bytes:
-    seed, driver_index, class_index, frame, frames, pose, width, height, style, quality = task
+    seed, driver_index, class_index, frame, frames, pose, shade, width, height, style, quality, fmt = task
     look_seed = [seed, driver_index, class_index] if style.subject_per_take else [seed, driver_index]
     look = random_look(np.random.default_rng(look_seed))
+    if shade:
+        look = replace(look, interior=SHADES[shade])
     take = random_take(np.random.default_rng([seed, driver_index, class_index]))
     rng = np.random.default_rng([seed, driver_index, class_index, frame])
     if style.varying_size:
@@ -69,7 +90,7 @@ def _render(task: tuple) -> bytes:
     image = draw_frame(look, frame_pose(pose, look, take, time, rng, style.transitions), take, time, (width, height),
                        rng)
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
+    image.save(buffer, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
     return buffer.getvalue()
 
 
@@ -91,25 +112,33 @@ def plan_images(classes, params: StandinParams) -> pd.DataFrame:
     return table
 
 
-def _name_images(table: pd.DataFrame, spec: CompetitionSpec, seed: int) -> pd.DataFrame:
+def _name_images(table: pd.DataFrame, spec: CompetitionSpec, seed: int, style: Style) -> pd.DataFrame:
     """File names, test ids and archive members as the competition has them."""
     train = table.split == "train"
     if spec.labels_from == "file_name":  # Dogs vs. Cats: train/<class>.<n>.jpg; test/<id>.jpg, ids 1..N shuffled
         table["img"] = [f"{c}.{n}.jpg" for c, n in zip(table.classname, table.number)]
         table.loc[~train, "img"] = [str(i + 1) for i in np.random.default_rng([seed, 2]).permutation((~train).sum())]
+    elif spec.labels_in_csv_rows:  # hashes, as Aerial Cactus and APTOS name their images; the file's type in the
+        # id where the description appends no suffix (Aerial Cactus: 0004be2cfeaba1c0361d39e2b000257b.jpg)
+        hashes = np.random.default_rng([seed, 3]).choice(16 ** 8, size=len(table), replace=False)
+        table["img"] = [f"{h:08x}{n:05d}" for h, n in zip(hashes, table.number)]
+        table.loc[train, "img"] += "" if spec.train_suffix else style.extension
+        table.loc[~train, "img"] += "" if spec.test_suffix else style.extension
     else:
-        table["img"] = [f"img_{n}.jpg" for n in table.number]
-    folder = table.classname + "/" if spec.labels_from == "csv" else ""
-    table["member"] = (spec.train_prefix + folder + table.img).where(train, spec.test_prefix + table.img
-                                                                     + spec.test_suffix)
+        table["img"] = [f"img_{n}{style.extension}" for n in table.number]
+    folder = table.classname + "/" if spec.labels_from == "class_folders" else ""
+    suffix = spec.train_suffix if spec.labels_in_csv_rows else ""
+    table["member"] = (spec.train_prefix + folder + table.img + suffix).where(
+        train, spec.test_prefix + table.img + spec.test_suffix)
     return table
 
 
 def _render_all(table: pd.DataFrame, spec: CompetitionSpec, params: StandinParams, workers: int | None):
     """(member, JPEG bytes) in the table's order."""
-    style = STYLES[spec.slug]
+    style = style_of(spec)
     tasks = [(params.seed, r.driver_index, r.class_index, r.frame, params.frames_per_class, style.poses[r.classname],
-              params.width, params.height, style, params.jpeg_quality) for r in table.itertuples()]
+              style.shades[r.classname], params.width, params.height, style, params.jpeg_quality,
+              FORMATS.get(PurePosixPath(r.member).suffix.lower(), "JPEG")) for r in table.itertuples()]
     # Every core: 102k full-count frames take ~1,355 s on 2 cores, so ~85 s on a 16-core GPU machine.
     workers = workers or len(os.sched_getaffinity(0))
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -119,9 +148,11 @@ def _render_all(table: pd.DataFrame, spec: CompetitionSpec, params: StandinParam
 
 def _write_sample(test: pd.DataFrame, spec: CompetitionSpec, classes, out_dir: Path) -> None:
     sample = pd.DataFrame({spec.submission_id: test["img"]})
-    if spec.positive_class:
-        sample["label"] = 0.5
-    for classname in ([] if spec.positive_class else classes):
+    if spec.submission_values == "positive":
+        sample[spec.submission_column] = 0.5
+    elif spec.submission_values == "class":
+        sample[spec.submission_column] = classes[0]
+    for classname in (classes if spec.submission_values == "probabilities" else []):
         sample[classname] = 1.0 / len(classes)
     sample.to_csv(out_dir / spec.sample_submission, index=False)
 
@@ -137,8 +168,9 @@ def _write_solution(test: pd.DataFrame, spec: CompetitionSpec, params: StandinPa
 
 def write_standin(out_dir: Path, spec: CompetitionSpec, params: StandinParams, workers: int | None = None) -> None:
     """Render every image and write the competition's files into ``out_dir``."""
-    classes = tuple(STYLES[spec.slug].poses)
-    table = _name_images(plan_images(classes, params), spec, params.seed)
+    style = style_of(spec)
+    classes = tuple(style.poses)
+    table = _name_images(plan_images(classes, params), spec, params.seed, style)
     table = table.sort_values("member", ignore_index=True)
     if spec.ingest_from == "class_folders":
         _write_own_data(out_dir, table, params, workers)
@@ -147,8 +179,17 @@ def write_standin(out_dir: Path, spec: CompetitionSpec, params: StandinParams, w
         archives = {name: stack.enter_context(ZipWriter(out_dir / name)) for name in spec.archives}
         for member, jpeg in _render_all(table, spec, params, workers):
             archives[spec.train_archive if member.startswith(spec.train_prefix) else spec.test_archive].add(member, jpeg)
-    if spec.labels_csv:
-        train = table[table["split"] == "train"].sort_values(["subject", "classname", "img"])
+    train = table[table["split"] == "train"]
+    if spec.labels_from == "one_hot":
+        labels = pd.DataFrame({spec.id_column: train["img"]})
+        for classname in classes:
+            labels[classname] = (train["classname"] == classname).astype(int)
+        labels.sort_values(spec.id_column).to_csv(out_dir / spec.labels_csv, index=False)
+    elif spec.labels_in_csv_rows:
+        labels = train.rename(columns={"img": spec.id_column, "classname": spec.label_column})
+        labels.sort_values(spec.id_column)[list(spec.labels_columns)].to_csv(out_dir / spec.labels_csv, index=False)
+    elif spec.labels_csv:
+        train = train.sort_values(["subject", "classname", "img"])
         train = train.rename(columns={"img": spec.id_column, "classname": spec.label_column,
                                       "subject": spec.group_column})
         train[list(spec.labels_columns)].to_csv(out_dir / spec.labels_csv, index=False)

@@ -22,28 +22,38 @@ def read_submission(path, id_column: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype={id_column: str})
 
 
+def recorded_cv(made: dict) -> float | None:
+    """The CV a run's submission metrics recorded (``cv_log_loss``, ``cv_roc_auc``, ...: the metric's key)."""
+    return next((value for key, value in made.items() if key.startswith("cv_") and key != "cv_over_private"), None)
+
+
 def file_sha256(path) -> str:
     """The file's SHA-256 (hex): the submission stage records it, the submit command checks it before uploading."""
     with open(path, "rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def to_submission(ids, proba: np.ndarray, spec: CompetitionSpec) -> pd.DataFrame:
-    """Per-class probabilities -> the competition's columns (binary: the positive class's probability)."""
+def to_submission(ids, proba: np.ndarray, spec: CompetitionSpec, thresholds=()) -> pd.DataFrame:
+    """Per-class probabilities -> the competition's columns: a column per class, the positive class's probability,
+    or the class the metric decides on (the most probable; an ordinal metric's cut at the ensemble's thresholds)."""
     table = pd.DataFrame({spec.submission_id: list(ids)})
-    if spec.positive_class:
-        table["label"] = proba[:, spec.classes.index(spec.positive_class)]
+    if spec.submission_values == "positive":
+        table[spec.submission_column] = proba[:, spec.classes.index(spec.positive_class)]
+    elif spec.submission_values == "class":
+        table[spec.submission_column] = np.array(spec.classes)[spec.scorer.decide(proba, thresholds)]
     else:
         table[list(spec.classes)] = proba
     return table
 
 
 def from_submission(table: pd.DataFrame, spec: CompetitionSpec) -> np.ndarray:
-    """The competition's columns -> per-class probabilities [n, classes]."""
-    if spec.positive_class:
-        positive = table["label"].to_numpy(dtype=float)
+    """The competition's columns -> per-class probabilities [n, classes] (a class: its one-hot row)."""
+    if spec.submission_values == "positive":
+        positive = table[spec.submission_column].to_numpy(dtype=float)
         both = np.stack([1 - positive, positive], 1)
         return both if spec.classes.index(spec.positive_class) == 1 else both[:, ::-1]
+    if spec.submission_values == "class":
+        return np.eye(len(spec.classes))[spec.class_indices(table[spec.submission_column].astype(str))]
     return table[list(spec.classes)].to_numpy(dtype=float)
 
 
@@ -61,25 +71,35 @@ def validate_submission(table: pd.DataFrame, sample: pd.DataFrame, spec: Competi
     extra = sorted(set(ids) - expected)
     if extra:
         raise PipelineError(f"{where}: {len(extra)} image(s) not in the sample submission, e.g. {extra[0]!r}")
+    if spec.submission_values == "class":
+        given = table[spec.submission_column].astype(str)
+        unknown = ~given.isin(spec.classes)
+        if unknown.any():
+            raise PipelineError(f"{where}: row {int(np.argmax(unknown.to_numpy()))}: {spec.submission_column} "
+                                f"{given[unknown].iloc[0]!r} is not a class ({', '.join(spec.classes)})")
+        return
     values = table[list(spec.submission_columns[1:])].to_numpy(dtype=float)
     if not np.isfinite(values).all():
         raise PipelineError(f"{where}: non-finite probabilities in row {int(np.nonzero(~np.isfinite(values))[0][0])}")
     if (values < 0).any() or (values > 1).any():
         raise PipelineError(f"{where}: probabilities outside [0, 1]")
     sums = values.sum(1)
-    if not spec.positive_class and not np.allclose(sums, 1.0, atol=1e-4):
+    if spec.submission_values == "probabilities" and not np.allclose(sums, 1.0, atol=1e-4):
         raise PipelineError(f"{where}: row {int(np.argmax(np.abs(sums - 1)))} sums to {sums.max():.4f}, not 1")
 
 
 def score(table: pd.DataFrame, solution: pd.DataFrame, spec: CompetitionSpec) -> dict[str, float]:
-    """The competition's metric on Kaggle's public and private parts of the test set, as the leaderboard shows it."""
+    """The competition's metric on Kaggle's public and private parts of the test set, as the leaderboard shows it
+    (``leaderboard_<key>``, ``public_<key>``, ``private_<key>``; key: log_loss, roc_auc, kappa, ...)."""
     truth = solution[[spec.submission_id, spec.label_column, "Usage"]].rename(columns={spec.label_column: "truth"})
-    merged = truth.astype({spec.submission_id: str}).merge(table.astype({spec.submission_id: str}),
-                                                           on=spec.submission_id, validate="one_to_one")
+    merged = truth.astype({spec.submission_id: str, "truth": str}).merge(
+        table.astype({spec.submission_id: str}), on=spec.submission_id, validate="one_to_one")
     labels, proba = spec.class_indices(merged.truth), from_submission(merged, spec)
-    scores = {"leaderboard_log_loss": competition_metric(spec, labels, proba)}
+    key = spec.scorer.key
+    # A submitted class is already decided: its one-hot row decides the same class again (its grade is the class).
+    scores = {f"leaderboard_{key}": competition_metric(spec, labels, proba)}
     for usage in ("Public", "Private"):
         part = (merged.Usage == usage).to_numpy()
         if part.any():  # a sample run's few test images may all fall on one side
-            scores[f"{usage.lower()}_log_loss"] = competition_metric(spec, labels[part], proba[part])
+            scores[f"{usage.lower()}_{key}"] = competition_metric(spec, labels[part], proba[part])
     return scores

@@ -34,7 +34,7 @@ from pipeline.errors import PipelineError, cli
 from pipeline.kaggle_io import submit_file, submits_notebooks_only
 from pipeline.leaderboard import RECORD, record, wait_for_score
 from pipeline.paths import SUBMISSIONS, metrics_dir, raw_dir
-from pipeline.submission_format import file_sha256, read_submission, validate_submission
+from pipeline.submission_format import file_sha256, read_submission, recorded_cv, validate_submission
 
 log = logging.getLogger(__name__)
 SUBMISSION_METRICS = metrics_dir("submission") / "metrics.json"
@@ -57,7 +57,7 @@ def default_message(made: dict) -> str:
     if _git("status", "--porcelain", "--untracked-files=no"):
         commit += "-dirty"
     # The submission stage recorded the experiment it ran in (DVC_EXP_NAME, set by `dvc exp run`).
-    experiment, cv = made.get("experiment", ""), made.get("cv_log_loss")
+    experiment, cv = made.get("experiment", ""), recorded_cv(made)
     parts = [commit, experiment, f"cv={cv:.4f}" if cv is not None else "", made.get("file", "")]
     return " ".join(p for p in parts if p)
 
@@ -129,7 +129,7 @@ def save_experiment(name: str) -> None:
     saved = subprocess.run([sys.executable, "-m", "dvc", "exp", "save", "--force", "-n", name,
                             "--include-untracked", str(RECORD), "submission"], capture_output=True, text=True)
     if saved.returncode == 0:
-        log.info("saved with experiment %s: `dvc exp show` lists lb_public beside cv_log_loss", name)
+        log.info("saved with experiment %s: `dvc exp show` lists lb_public beside the CV", name)
     else:  # the score is recorded in the workspace either way
         detail = (saved.stderr.strip().splitlines() or ["?"])[-1]
         log.warning("warning: could not save the score with experiment %s (%s); `dvc exp save -f -n %s` does",

@@ -40,9 +40,9 @@ from pipeline.cores import give_back
 from pipeline.device_views import view_images
 from pipeline.errors import PipelineError
 from pipeline.image_data import Feed
-from pipeline.machine import ddp_device_ids, fold_processes, needs_loss_scaling, process_group_backend
+from pipeline.machine import ddp_device_ids, devices_refusal, fold_processes, needs_loss_scaling, process_group_backend
 from pipeline.progress import progress
-from pipeline.training import pick_device, warmup_cosine_factor
+from pipeline.training import ema_settings, pick_device, warmup_cosine_factor
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,10 @@ log = logging.getLogger(__name__)
 def spread_over_devices(setting: int | str, module: str, args: list[str]) -> bool:
     """Run this command as one process per device, under ``torchrun``, and wait for them: True. False when the fold
     trains in one process (``auto``: one GPU or none), or when this process already is one of torchrun's."""
-    world = fold_processes(setting, torch.cuda.device_count(), "WORLD_SIZE" in os.environ)
+    visible_gpus = torch.cuda.device_count()
+    if refusal := devices_refusal(setting, visible_gpus):
+        raise PipelineError(refusal)
+    world = fold_processes(setting, visible_gpus, "WORLD_SIZE" in os.environ)
     if world <= 1:
         return False
     log.info("%s %s: %d processes, one per device (DistributedDataParallel)", module, " ".join(args), world)
@@ -167,7 +170,9 @@ class Trainer:
         # One factor per group, chosen by the group's name: freezing never depends on the groups' order.
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [body_factor if group["name"] == "body" else curve for group in groups])
-        self.ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
+        ema = ema_settings(recipe.ema_decay, recipe.ema_half_life, steps_per_epoch)
+        self.ema = ModelEmaV3(model, **ema) if ema else None
+        self.ema_counts_steps = bool(ema and ema.get("use_warmup"))  # timm's warm-up reads the step
         self.scaler = torch.amp.GradScaler(feed.device.type) if needs_loss_scaling(feed.precision) else None
         self.trained = model
         if distributed.world > 1:
@@ -235,8 +240,8 @@ class Trainer:
         else:
             self.optimizer.step()
         self.schedule.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        if self.ema is not None:  # the scheduler's count of steps, which a resumed run restores with it
+            self.ema.update(self.model, step=self.schedule.last_epoch if self.ema_counts_steps else None)
 
     def predict(self, frames: Sequence[np.ndarray], rows: Sequence[int], views: Sequence[str],
                 label: str = "predict", on: str = "cpu") -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:

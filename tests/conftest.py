@@ -12,6 +12,8 @@ import os
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pipeline.offline  # noqa: F401,E402  (the tests are processes of the project too: nothing calls out)
+
 import shutil
 import subprocess
 import sys
@@ -31,7 +33,7 @@ from pipeline.stages.frames import decode_frames
 from pipeline.standin import write_standin
 
 REPO = Path(__file__).resolve().parents[1]
-REPO_FILES = ["pipeline", "submissions/README.md", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
+REPO_FILES = ["pipeline", "competitions", "submissions/README.md", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
               ".dvc/.gitignore", "metrics/leaderboard"]  # the leaderboard's files as a fresh clone has them: empty
 # `dvc exp run` commits; a fresh CI machine has no git identity of its own.
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "pipeline-tests", "GIT_AUTHOR_EMAIL": "tests@pipeline.local",
@@ -180,3 +182,13 @@ def replace_member(archive: Path, member: str, data: bytes) -> None:
     with zipfile.ZipFile(archive, "w") as new:
         for name, content in members.items():
             new.writestr(name, content)
+
+
+def pytest_runtest_logreport(report):
+    """With PIPELINE_TRACEBACKS=<file> (bench/gpu_check.sh), each failure's traceback is appended the moment it
+    fails, so a run cut off by its time limit still says why what failed failed. Under xdist the controller writes
+    (it receives every worker's reports), not the workers."""
+    path = os.environ.get("PIPELINE_TRACEBACKS")
+    if path and report.failed and not os.environ.get("PYTEST_XDIST_WORKER"):
+        with open(path, "a") as file:
+            file.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")

@@ -57,7 +57,7 @@ DAMAGE = {
     "unknown class folder": (lambda f: _rewrite_archive(f, lambda m: m.update({"train/c10/img_0.jpg": b"x"})),
                              "imgs.zip: unexpected member 'train/c10/img_0.jpg'"),
     "unknown class in the CSV": (lambda f: _edit_csv(f / LABELS, lambda t: t.assign(classname=t.classname.where(
-        t.index > 0, "c11"))), f"{LABELS}: unknown class 'c11'"),
+        t.index > 0, "c11"))), f"{LABELS}: row 2: unknown class 'c11'"),
     "image listed twice": (lambda f: _edit_csv(f / LABELS, lambda t: pd.concat([t, t.iloc[:1]])),
                            "is listed more than once"),
     "image in two class folders": (lambda f: _rewrite_archive(f, lambda m: m.update(

@@ -123,6 +123,14 @@ def test_every_stage_depends_on_exactly_the_modules_its_command_imports(every_st
     assert problems == []
 
 
+def test_every_stage_that_reads_the_competition_depends_on_its_description(every_stage):
+    # A description is the competition (its files, labels, metric, submission): editing it re-runs what read it.
+    description = f"competitions/{load_yaml(REPO / 'params.yaml')['competition']}.yaml"
+    missing = [name for name, (_, deps) in sorted(every_stage.items())
+               if "pipeline/competitions.py" in deps and description not in deps]
+    assert missing == []
+
+
 def _md5(path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -146,7 +154,7 @@ def test_the_committed_lock_records_the_current_code_and_params_of_every_stage(s
             continue
         for dep in entry.get("deps", []):
             path = REPO / dep["path"]
-            if dep["path"].startswith("pipeline/") and (not path.is_file() or _md5(path) != dep["md5"]):
+            if dep["path"].startswith(("pipeline/", "competitions/")) and (not path.is_file() or _md5(path) != dep["md5"]):
                 stale.append(f"{name}: {dep['path']} changed")
         for key, value in entry.get("params", {}).get("params.yaml", {}).items():
             if _param(params, key) != value:

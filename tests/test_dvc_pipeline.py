@@ -135,7 +135,7 @@ def branch_reads(reproduced, tmp_path_factory) -> Path:
     repo, _, _ = reproduced
     copy = tmp_path_factory.mktemp("sampled") / "repo"
     copy.mkdir()
-    for name in ("pipeline", "params.yaml", "data/raw"):
+    for name in ("pipeline", "competitions", "params.yaml", "data/raw"):
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (repo / name).is_dir() else shutil.copy)(repo / name, copy / name)
     set_params(copy, data={"sample": 0.5})

@@ -19,11 +19,20 @@ import torch
 from pipeline.competitions import STATE_FARM
 from pipeline.paths import checkpoint_dir, fold_dir
 from pipeline.trainer import Checkpoint
+from pipeline.training import pick_device
 from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
 MODEL = "finetune-lite0"
 FOLD0 = ("lite0", "--fold", "0")
 FINETUNE = [sys.executable, "-m", "pipeline.stages.finetune", *FOLD0]
+
+
+def resume_tolerance(device_type: str) -> tuple[float, bool]:
+    """How close a resumed run's predictions must come to an uninterrupted one's, and whether the weights must be the
+    same bytes. On a CPU, under one thread count, they are. On a GPU cuDNN's algorithm choice and atomic adds make
+    two uninterrupted runs differ in the last bits, which four epochs grow; the resumed run must still land where
+    the fresh one does, within what a GPU's arithmetic allows."""
+    return (1e-4, True) if device_type == "cpu" else (2e-2, False)
 
 
 def _prepare(repo, tiny_competition, **finetune):
@@ -77,11 +86,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     (fresh / "data" / "folds").mkdir(parents=True)
     os.symlink(repo_copy / "data" / "folds" / STATE_FARM.slug, fresh / "data" / "folds" / STATE_FARM.slug)
     assert run_stage(fresh, "finetune", *FOLD0)[0] == 0
+    atol, same_bytes = resume_tolerance(pick_device().type)  # where the stage trained
     for resumed_table, fresh_table in zip(_fold0(repo_copy), _fold0(fresh)):
-        pd.testing.assert_frame_equal(resumed_table, fresh_table, atol=1e-4)
-    # Under the same thread count (OMP_NUM_THREADS, recorded in final.pt) the weights are the same bytes.
+        pd.testing.assert_frame_equal(resumed_table, fresh_table, atol=atol, rtol=0)
+    # On a CPU, under the same thread count (OMP_NUM_THREADS, recorded in final.pt), the weights are the same bytes.
     final = [(repo / checkpoint_dir(STATE_FARM.slug, MODEL, 0) / "final.pt").read_bytes() for repo in (repo_copy, fresh)]
-    assert final[0] == final[1]
+    assert final[0] == final[1] or not same_bytes
 
     # Other test-time views: the finished run predicts again with its final weights, it does not train again.
     before = _fold0(repo_copy)

@@ -80,6 +80,17 @@ def test_workers_threads_processes_and_pinning_per_rank():
     assert machine.fold_processes("auto", 0, under_torchrun=False) == 1
     assert machine.fold_processes("auto", 8, under_torchrun=True) == 1
     assert machine.fold_processes(2, 0, under_torchrun=False) == 2
+
+
+def test_more_processes_than_the_gpus_present_are_refused_in_one_line_and_cpu_ranks_are_not():
+    # As on the one-GPU H200 box where test_parallel asked for two: refused before torchrun starts two ranks.
+    refusal = machine.devices_refusal(2, 1)
+    assert refusal == ("params.yaml: finetune.devices: 2 processes asked for, and this machine shows 1 GPU; set it "
+                       "to auto (one per GPU) or at most 1")
+    assert machine.devices_refusal(8, 4).endswith("shows 4 GPUs; set it to auto (one per GPU) or at most 4")
+    assert machine.devices_refusal(2, 2) is None and machine.devices_refusal(1, 8) is None
+    assert machine.devices_refusal("auto", 1) is None
+    assert machine.devices_refusal(4, 0) is None  # no GPU: CPU ranks over gloo, as many as asked
     assert machine.pin_memory("cuda") and not machine.pin_memory("cpu")
     assert machine.process_group_backend(True) == "nccl" and machine.process_group_backend(False) == "gloo"
     assert machine.ddp_device_ids("cuda", 3) == [3] and machine.ddp_device_ids("cpu", None) is None
@@ -140,6 +151,20 @@ def test_label_smoothing_of_the_recipe_is_the_loss_trained_on():
         expected = -(1 - smoothing) * log_p[torch.arange(16), targets] - smoothing * log_p.mean(-1)
         assert losses[smoothing] == pytest.approx(expected.mean().item(), rel=1e-4)
     assert losses[0.3] != pytest.approx(losses[0.0], rel=1e-3)
+
+
+def test_an_ema_half_life_follows_the_net_from_the_first_step_and_counts_steps_across_a_resume():
+    trainer = _trainer(None, ema_decay=0.0, ema_half_life=1.0)  # 4 steps an epoch: a half-life of 4 steps
+    assert trainer.ema.decay == pytest.approx(0.5 ** 0.25)
+    data, targets = _batches(trainer)
+    trainer.train_epoch(data, targets, "train")  # 4 steps: the mean of the 4, the starting weights gone
+    assert trainer.schedule.last_epoch == 4
+    ema, net = dict(trainer.ema.module.named_parameters()), dict(trainer.model.named_parameters())
+    assert not torch.equal(ema["classifier.weight"], net["classifier.weight"])
+    resumed = _trainer(None, ema_decay=0.0, ema_half_life=1.0)
+    resumed.load_state_dict(trainer.state_dict())
+    assert resumed.schedule.last_epoch == 4  # the step timm's warm-up reads goes on from there
+    assert resumed.ema.get_decay(resumed.schedule.last_epoch + 1) == pytest.approx(4 / 5)  # (k - 1) / k, under 0.84
 
 
 @pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")  # meta holds no data

@@ -27,7 +27,9 @@ def test_finetune_devices_spreads_one_fold_over_two_processes_and_writes_the_usu
     put_competition(repo_copy, tiny_competition)
     set_params(repo_copy, finetune={"devices": 2, "augment_on": "device"})
     run([sys.executable, "-m", "pipeline.stages.folds"], repo_copy)
-    result = run([sys.executable, "-m", "pipeline.stages.finetune", "lite0", "--fold", "0"], repo_copy)
+    # Two CPU ranks (gloo) whatever this machine has: on a one-GPU box two would be refused (machine.devices_refusal).
+    result = run([sys.executable, "-m", "pipeline.stages.finetune", "lite0", "--fold", "0"], repo_copy,
+                 env={"CUDA_VISIBLE_DEVICES": ""})
     assert "2 processes, one per device" in result.stderr
     folder = repo_copy / fold_dir(STATE_FARM.slug, "finetune-lite0", 0)
     oof, test = pd.read_csv(folder / "oof.csv"), pd.read_csv(folder / "test.csv")

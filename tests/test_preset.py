@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
+from timm.utils import ModelEmaV3
 
 from pipeline.preset import apply_preset
+from pipeline.training import ema_settings
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_PRESET = REPO / "presets" / "gpu.yaml"
@@ -46,3 +49,32 @@ def test_a_preset_that_would_not_run_is_refused_in_one_line_and_params_yaml_is_l
         "error: params.yaml + big.yaml: finetune.models.lite0.image_size: 320 is larger than frames.size (224), the "
         "size the frame cache is decoded for; raise frames.size to at least 320"]
     assert (tmp_path / "params.yaml").read_bytes() == before
+
+
+def _averaged(ema_arguments: dict, steps: int, start: float, marker) -> float:
+    """What timm's EMA holds after ``steps`` updates of a one-weight net that starts at ``start`` and holds
+    ``marker(step)`` after each step, updated as pipeline/trainer.py updates it."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    net.weight.data.fill_(start)
+    ema = ModelEmaV3(net, **ema_arguments)
+    for step in range(1, steps + 1):
+        net.weight.data.fill_(marker(step))
+        ema.update(net, step=step if ema_arguments.get("use_warmup") else None)
+    return ema.module.weight.item()
+
+
+def test_the_gpu_presets_ema_averages_the_same_late_share_of_a_small_run_and_of_a_large_one():
+    _, params = apply_preset(GPU_PRESET, REPO / "params.yaml")
+    recipe = params.finetune.recipe("lite0")
+    # A fold of the development set (~1,430 training photos at batch 128: 11 steps an epoch, 66 in all) and of
+    # State Farm's 22,424 (16,800 a fold: 131 steps an epoch).
+    shares, positions = {}, {}
+    for steps_per_epoch in (11, 131):
+        arguments = ema_settings(recipe.ema_decay, recipe.ema_half_life, steps_per_epoch)
+        steps = steps_per_epoch * recipe.epochs
+        shares[steps_per_epoch] = _averaged(arguments, steps, 1.0, lambda step: 0.0)  # the starting weights' part
+        positions[steps_per_epoch] = _averaged(arguments, steps, 0.0, lambda step: step / steps)  # where in the run
+    assert recipe.epochs * 11 == 66 and shares[11] < 0.01 and shares[131] < 0.01
+    assert positions[11] > 0.6 and abs(positions[11] - positions[131]) < 0.05
+    # What the preset had before: a decay of 0.998 per step kept most of the starting weights after 66 steps.
+    assert _averaged({"decay": 0.998}, 66, 1.0, lambda step: 0.0) > 0.85

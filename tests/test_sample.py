@@ -56,7 +56,7 @@ def test_a_sample_run_reports_cv_on_the_sample_and_writes_no_submission(repo_cop
     features = load_feature_set(repo_copy / features_dir(STATE_FARM.slug, "tf_efficientnet_lite0"))
     assert sorted(features.train_ids) == sorted(train.img) and features.test_ids == list(test.img)
     [said] = [line for line in logs["submission"] if "no submission written" in line]
-    assert said.startswith("data.sample=0.6: a sample run (24 of 40 test images); CV log loss ")
+    assert said.startswith("data.sample=0.6: a sample run (24 of 40 test images); CV multiclass_log_loss ")
     assert not list((repo_copy / "submissions").glob("*.csv"))
     metrics = json.loads((repo_copy / "metrics" / "submission" / "metrics.json").read_text())
     assert metrics["file"] == "" and metrics["cv_log_loss"] > 0 and "leaderboard_log_loss" in metrics

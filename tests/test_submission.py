@@ -171,8 +171,9 @@ def test_submit_uploads_waits_for_the_score_and_saves_it_with_the_experiment(rep
     monkeypatch.setattr("sys.argv", ["leaderboard"])
     leaderboard.main()
     points = json.loads((repo_copy / "metrics" / "leaderboard" / "submissions.json").read_text())
-    assert [(p["experiment"], p["cv_log_loss"], p["lb_public"]) for p in points] == \
+    assert [(p["experiment"], p["cv"], p["lb_public"]) for p in points] == \
         [("", 0.6, 0.58), ("base", 0.51, 0.4871), ("drop03", 0.4321, 0.4567)]  # oldest first
+    assert {p["metric"] for p in points} == {"multiclass_log_loss (lower is better)"}  # the plot says which way is up
     assert "CV against the public leaderboard" in run(DVC + ["plots", "show", "--json"], repo_copy).stdout
 
 

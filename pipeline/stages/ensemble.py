@@ -1,8 +1,10 @@
 """ensemble stage: one calibrated prediction from every model's out-of-fold and test probabilities.
 
 Blend, calibration (none, a temperature or vector scaling, chosen by cross-validation), test-neighbour smoothing
-and clipping (pipeline/blending.py), each fit on out-of-fold predictions only, never on the leaderboard. The reported ``cv_log_loss`` is nested: each fold's rows are
-predicted by choices fit on the other folds, so CV does not flatter the choices made on it;
+and clipping (pipeline/blending.py), each fit on out-of-fold predictions only, never on the leaderboard, and each
+chosen by the competition's metric (an ordinal one's thresholds fit last). The reported ``cv_log_loss``
+(``cv_<key>`` of the metric: ``cv_roc_auc``, ``cv_kappa``, ...; ``metric`` names it and its direction) is nested:
+each fold's rows are predicted by choices fit on the other folds, so CV does not flatter the choices made on it;
 ``in_sample/cv_log_loss`` shows what choosing on the scored rows would have claimed. Test predictions use the
 choices fit on every row.
 
@@ -93,10 +95,10 @@ def main_for() -> None:
         oof, fold_tests = load_model(predictions_dir(spec.slug, model), folds, spec.classes, test_ids)
         oofs.append(oof.to_numpy())
         tests.append([test.to_numpy() for test in fold_tests])
-        report[f"{model}/cv_log_loss"] = competition_metric(spec, labels, oofs[-1])
+        report[f"{model}/cv_{spec.scorer.key}"] = competition_metric(spec, labels, oofs[-1])
     spaces = {name: neighbour_space(spec, folds, name) for name in neighbour_candidates(settings)}
     oof, test, fitted, steps, by_step = ensemble(Predictions(oofs, tests, labels, folds.fold.to_numpy(), spaces),
-                                                 settings, functools.partial(competition_metric, spec))
+                                                 settings, functools.partial(competition_metric, spec), spec.scorer)
     report.update(steps)
     report["cv_accuracy"] = accuracy(labels, oof)
     recipe = fitted.as_dict(settings.models)
@@ -107,12 +109,16 @@ def main_for() -> None:
         write_table(out / "test.csv", spec.classes, test_ids, test)
         (out / "blend.json").write_text(json.dumps(recipe, indent=2) + "\n")
         live.summary.update(report)
+        # The metric's name and direction beside its figures in `dvc exp show` (higher is better for AUC, kappa)
+        live.summary["metric"] = f"{spec.metric} ({spec.scorer.direction})"
         names = np.array(spec.classes)
-        live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[oof.argmax(1)].tolist(),
+        decided = by_step.get("decided", oof).argmax(1)  # the classes a submission would hold
+        live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[decided].tolist(),
                               name="oof_confusion.json")
         log_errors(live, spec, folds, labels, by_step["blend"], oof)
     for key, value in report.items():
         log.info("%-45s %.4f", key, value)
+    log.info("metric: %s, %s", spec.metric, spec.scorer.direction)
     log.info("%s blend, weights %s, calibration %s (temperature %.3f), %d neighbours in %s at weight %.2f, clip %g",
              recipe["blend"], recipe["weights"], recipe["calibration"], recipe["temperature"], recipe["neighbours"],
              recipe["neighbour_features"], recipe["neighbour_weight"], recipe["clip"])

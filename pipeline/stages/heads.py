@@ -139,7 +139,7 @@ def main_for(backbone: str) -> None:
     folds = load_folds(spec.slug).set_index("img").loc[features.train_ids].reset_index()
     labels = spec.class_indices(folds.label)
     fold_of = folds.fold.to_numpy()
-    model_name = f"heads-{backbone}"
+    model_name, key = f"heads-{backbone}", spec.scorer.key
     setup = HeadSetup(len(spec.classes), settings, params.dropout)
     oof = np.zeros((len(labels), len(spec.classes)))
     with atomic_dir(predictions_dir(spec.slug, model_name)) as out, \
@@ -151,18 +151,19 @@ def main_for(backbone: str) -> None:
                        test_proba)
             torch.save({"state_dict": head.state_dict(), "backbone": backbone, "dropout": params.dropout,
                         "heads": settings.model_dump(), "classes": list(spec.classes)}, out / fold_name(fold) / "head.pt")
-            fold_loss = competition_metric(spec, labels[held_out], oof_proba)
-            live.summary[f"fold{fold}_log_loss"] = fold_loss
-            log.info("%s fold %d: log loss %.4f, accuracy %.3f", model_name, fold, fold_loss,
+            fold_score = competition_metric(spec, labels[held_out], oof_proba)
+            live.summary[f"fold{fold}_{key}"] = fold_score
+            log.info("%s fold %d: %s %.4f, accuracy %.3f", model_name, fold, spec.metric, fold_score,
                      accuracy(labels[held_out], oof_proba))
-        cv_loss = competition_metric(spec, labels, oof)
-        live.summary.update(cv_log_loss=cv_loss, cv_accuracy=accuracy(labels, oof))
+        cv_score = competition_metric(spec, labels, oof)
+        live.summary.update({f"cv_{key}": cv_score, "cv_accuracy": accuracy(labels, oof)})
         if settings.random_split_check:
             random_oof = random_split_oof(features, labels, len(np.unique(fold_of)), setup)
-            live.summary["random_split_cv_log_loss"] = competition_metric(spec, labels, random_oof)
-            log.info("%s random-split CV log loss %.4f (driver split %.4f)", model_name,
-                     live.summary["random_split_cv_log_loss"], cv_loss)
-        log.info("%s: CV log loss %.4f, accuracy %.3f", model_name, cv_loss, live.summary["cv_accuracy"])
+            live.summary[f"random_split_cv_{key}"] = competition_metric(spec, labels, random_oof)
+            log.info("%s random-split CV %s %.4f (grouped split %.4f)", model_name, spec.metric,
+                     live.summary[f"random_split_cv_{key}"], cv_score)
+        log.info("%s: CV %s %.4f (%s), accuracy %.3f", model_name, spec.metric, cv_score, spec.scorer.direction,
+                 live.summary["cv_accuracy"])
 
 
 @cli

@@ -60,17 +60,21 @@ def main_for() -> None:
     missing = sorted(set(ids) - set(test.index))
     if missing:
         raise PipelineError(f"{ensemble_dir(spec.slug) / 'test.csv'}: no prediction for test image {missing[0]!r}")
-    table = to_submission(ids, test.loc[ids].to_numpy(), spec)
+    # An ordinal metric's class is cut at the thresholds the ensemble fit out of fold.
+    thresholds = json.loads((ensemble_dir(spec.slug) / "blend.json").read_text()).get("thresholds", ())
+    table = to_submission(ids, test.loc[ids].to_numpy(), spec, thresholds)
     target = SUBMISSIONS / f"{spec.slug}-{content_hash(table)}.csv"
-    cv = json.loads((metrics_dir("ensemble") / "metrics.json").read_text())["cv_log_loss"]
+    key = spec.scorer.key
+    cv = json.loads((metrics_dir("ensemble") / "metrics.json").read_text())[f"cv_{key}"]
     with Live(str(metrics_dir("submission")), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         # file and sha256: what `python -m pipeline.submit` checks it uploads (empty: this run wrote no submission)
-        live.summary.update(cv_log_loss=cv, experiment=os.environ.get("DVC_EXP_NAME", ""), file="", sha256="")
+        live.summary.update({f"cv_{key}": cv, "experiment": os.environ.get("DVC_EXP_NAME", ""), "file": "",
+                             "sha256": ""})
         if sampled:  # the fast.ai way: a sample proves the pipeline and the idea, the full run gets submitted
-            log.info("data.sample=%g: a sample run (%d of %d test images); CV log loss %.4f; no submission written",
-                     params.data.sample, len(ids), len(sample), cv)
+            log.info("data.sample=%g: a sample run (%d of %d test images); CV %s %.4f; no submission written",
+                     params.data.sample, len(ids), len(sample), spec.metric, cv)
         elif not len(table):  # own data without a test folder: the CV metrics are the result
-            log.info("no test images: CV log loss %.4f; no submission written", cv)
+            log.info("no test images: CV %s %.4f; no submission written", spec.metric, cv)
         else:
             write_submission(table, sample, spec, target)
             live.summary.update(file=target.name, sha256=file_sha256(target))
@@ -78,9 +82,10 @@ def main_for() -> None:
         if solution_path.is_file() and len(table):  # hidden labels: a stand-in's, or the user's own hold-out
             scores = score(table, read_submission(solution_path, spec.submission_id), spec)
             live.summary.update(scores)
-            if "private_log_loss" in scores:
-                live.summary["cv_over_private"] = cv / scores["private_log_loss"]
-            log.info("CV log loss %.4f; local leaderboard%s: %s", cv, " on the sample's test images" if sampled else "",
+            if f"private_{key}" in scores:
+                live.summary["cv_over_private"] = cv / scores[f"private_{key}"]
+            log.info("CV %s %.4f; local leaderboard%s: %s", spec.metric, cv,
+                     " on the sample's test images" if sampled else "",
                      ", ".join(f"{k.split('_')[0]} {v:.4f}" for k, v in scores.items()))
 
 

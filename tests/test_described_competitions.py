@@ -1,0 +1,209 @@
+"""A competition is a description in competitions/, not code: three described beyond State Farm, Dogs vs. Cats and
+own data (Aerial Cactus: ROC AUC on one probability column; APTOS 2019: quadratic weighted kappa on a class;
+Plant Pathology 2020: mean column-wise ROC AUC on one-hot labels) run from their stand-ins to a submission in their
+own format, scored in their own metric; a labels CSV given as a local folder is checked row by row."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+from pipeline.competitions import described, load_spec
+from pipeline.config import StandinParams
+from pipeline.metrics import METRICS, fit_thresholds
+from pipeline.paths import raw_dir
+from pipeline.standin import write_standin
+from pipeline.submission_format import validate_submission
+from tests.conftest import TINY_STANDIN, run, run_stage_in, set_params
+
+DVC = [sys.executable, "-m", "dvc"]
+CACTUS, APTOS, PLANTS = ("aerial-cactus-identification", "aptos2019-blindness-detection",
+                         "plant-pathology-2020-fgvc7")
+# Each stage of a run, in dvc.yaml's order, run in this process (a subprocess each would import torch afresh).
+STAGES = [("download",), ("sample",), ("frames",), ("features", "tf_efficientnet_lite0"), ("folds",),
+          ("heads", "tf_efficientnet_lite0"), ("finetune", "lite0", "--fold", "0"),
+          ("finetune", "lite0", "--fold", "1"), ("ensemble",), ("submission",)]
+TWO_FOLDS = dict(folds={"n_splits": 2, "group_by": "given"}, finetune={"folds": [0, 1]},
+                 standin={"frames_per_class": 4})
+
+
+def _run_stages(repo: Path) -> None:
+    for stage in STAGES:
+        status, lines = run_stage_in(repo, *stage)
+        assert status == 0, (stage, lines[-5:])
+
+
+def _metrics(repo: Path, name: str) -> dict:
+    return json.loads((repo / "metrics" / name / "metrics.json").read_text())
+
+
+def _check_submission(repo: Path, slug: str) -> pd.DataFrame:
+    spec = load_spec(slug)
+    raw = repo / raw_dir(slug)
+    submission = pd.read_csv(repo / "submissions" / "latest.csv", dtype={spec.submission_id: str})
+    sample = pd.read_csv(raw / spec.sample_submission, dtype={spec.submission_id: str})
+    validate_submission(submission, sample, spec, "submissions/latest.csv")  # what the submit command checks
+    assert list(submission.columns) == list(sample.columns) == list(spec.submission_columns)
+    assert list(submission[spec.submission_id]) == list(sample[spec.submission_id])
+    return submission
+
+
+def test_every_description_reads_and_names_a_metric_the_pipeline_has():
+    slugs = described()
+    assert {CACTUS, APTOS, PLANTS, "state-farm-distracted-driver-detection"} <= set(slugs)
+    for slug in slugs:
+        assert load_spec(slug).metric in METRICS
+
+
+@pytest.mark.parametrize("slug", [CACTUS, APTOS, PLANTS])
+def test_the_stand_in_is_drawn_in_the_competitions_own_layout(slug, tmp_path):
+    spec = load_spec(slug)
+    write_standin(tmp_path, spec, StandinParams(**TINY_STANDIN), workers=1)
+    labels = pd.read_csv(tmp_path / spec.labels_csv, dtype=str)
+    sample = pd.read_csv(tmp_path / spec.sample_submission, dtype=str)
+    assert list(sample.columns) == list(spec.submission_columns)
+    with zipfile.ZipFile(tmp_path / spec.train_archive) as archive:
+        names = set(archive.namelist())
+    # The CSV names flat images of one folder: the id plus the competition's suffix (.png for APTOS' fundus photos)
+    assert {spec.train_member(i) for i in labels[spec.id_column]} <= names
+    assert all(n.count("/") == 1 for n in names)
+    if spec.labels_from == "one_hot":
+        assert list(labels.columns) == [spec.id_column, *spec.classes]
+        assert (labels[list(spec.classes)].astype(int).sum(axis=1) == 1).all()
+    else:
+        assert set(labels[spec.label_column]) <= set(spec.classes)
+
+
+def test_aptos_by_dvc_exp_run_gives_cv_kappa_and_a_class_per_image_cut_at_thresholds_fit_out_of_fold(repo_copy):
+    set_params(repo_copy, **TWO_FOLDS)
+    run(["git", "commit", "-qam", "two folds"], repo_copy)
+    result = run(DVC + ["exp", "run", "-S", f"competition={APTOS}", "-n", "aptos"], repo_copy)
+    assert "Running stage 'submission'" in result.stdout
+    ensemble = _metrics(repo_copy, "ensemble")
+    assert ensemble["metric"] == "quadratic_weighted_kappa (higher is better)"
+    assert -1 <= ensemble["cv_kappa"] <= 1 and "cv_log_loss" not in ensemble
+    submission = _check_submission(repo_copy, APTOS)
+    assert set(submission.diagnosis.astype(str)) <= {"0", "1", "2", "3", "4"}
+    blend = json.loads((repo_copy / "data" / "ensemble" / APTOS / "blend.json").read_text())
+    assert len(blend["thresholds"]) == 4 and blend["thresholds"] == sorted(blend["thresholds"])
+    scored = _metrics(repo_copy, "submission")
+    assert {"cv_kappa", "public_kappa", "private_kappa", "leaderboard_kappa"} <= set(scored)
+
+
+def test_aerial_cactus_from_an_unzipped_local_folder_gives_cv_auc_and_a_probability_column(repo_copy, tmp_path):
+    # Real images in a CSV layout, as a user who unzipped Kaggle's files has them: no Python edited.
+    spec = load_spec(CACTUS)
+    drawn, local = tmp_path / "drawn", tmp_path / "cactus files"
+    drawn.mkdir()
+    write_standin(drawn, spec, StandinParams(**{**TINY_STANDIN, "frames_per_class": 4}), workers=1)
+    local.mkdir()
+    for archive in spec.archives:
+        with zipfile.ZipFile(drawn / archive) as z:
+            z.extractall(local)
+    for name in (spec.labels_csv, spec.sample_submission, spec.solution_csv):
+        shutil.copy(drawn / name, local / name)
+    set_params(repo_copy, competition=CACTUS, data={"source": "local", "local_path": str(local)}, **TWO_FOLDS)
+    _run_stages(repo_copy)
+    ensemble = _metrics(repo_copy, "ensemble")
+    assert ensemble["metric"] == "roc_auc (higher is better)" and 0 <= ensemble["cv_roc_auc"] <= 1
+    submission = _check_submission(repo_copy, CACTUS)
+    assert submission.has_cactus.between(0, 1).all() and submission.has_cactus.std() > 0
+    assert {"public_roc_auc", "private_roc_auc"} <= set(_metrics(repo_copy, "submission"))
+
+
+def test_plant_pathology_gives_cv_mean_column_auc_and_a_probability_per_class(repo_copy):
+    set_params(repo_copy, competition=PLANTS, **TWO_FOLDS)
+    _run_stages(repo_copy)
+    ensemble = _metrics(repo_copy, "ensemble")
+    assert ensemble["metric"] == "mean_column_auc (higher is better)" and 0 <= ensemble["cv_mean_column_auc"] <= 1
+    submission = _check_submission(repo_copy, PLANTS)
+    classes = list(load_spec(PLANTS).classes)
+    assert np.allclose(submission[classes].sum(axis=1), 1, atol=1e-4)
+
+
+@pytest.fixture
+def cactus_folder(tmp_path) -> Path:
+    """Aerial Cactus' files unzipped: train/ and test/ of flat images, train.csv, sample_submission.csv."""
+    spec, drawn, local = load_spec(CACTUS), tmp_path / "drawn", tmp_path / "cactus"
+    drawn.mkdir()
+    local.mkdir()
+    write_standin(drawn, spec, StandinParams(**TINY_STANDIN), workers=1)
+    for archive in spec.archives:
+        with zipfile.ZipFile(drawn / archive) as z:
+            z.extractall(local)
+    for name in (spec.labels_csv, spec.sample_submission):
+        shutil.copy(drawn / name, local / name)
+    return local
+
+
+def _damage_missing(labels: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([labels, pd.DataFrame({"id": ["feedfacecafe.jpg"], "has_cactus": [1]})], ignore_index=True)
+
+
+def _damage_unknown_class(labels: pd.DataFrame) -> pd.DataFrame:
+    labels.loc[2, "has_cactus"] = 7
+    return labels
+
+
+def _damage_duplicate(labels: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([labels, labels.iloc[[0]]], ignore_index=True)
+
+
+@pytest.mark.parametrize("damage, line", [
+    (_damage_missing, "row {n}: id 'feedfacecafe.jpg' has no image train/feedfacecafe.jpg"),
+    (_damage_unknown_class, "row 4: unknown class '7' in has_cactus; expected one of ['0', '1']"),
+    (_damage_duplicate, "row {n}: id '{first}' is listed more than once"),
+])
+def test_a_labels_csv_naming_a_missing_image_an_unknown_class_or_a_duplicate_id_is_refused_naming_the_row(
+        repo_copy, cactus_folder, damage, line):
+    labels = pd.read_csv(cactus_folder / "train.csv")
+    first = labels.id.iloc[0]
+    damaged = damage(labels)
+    damaged.to_csv(cactus_folder / "train.csv", index=False)
+    set_params(repo_copy, competition=CACTUS, data={"source": "local", "local_path": str(cactus_folder)})
+    result = run([sys.executable, "-m", "pipeline.stages.download"], repo_copy, check=False)
+    assert result.returncode == 2
+    [error] = result.stderr.strip().splitlines()
+    assert error.startswith("error: ") and "train.csv: " + line.format(n=len(damaged) + 1, first=first) in error
+    assert not (repo_copy / raw_dir(CACTUS)).exists()  # nothing half-written
+
+
+def test_mean_column_auc_and_kappa_are_scikit_learns():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    proba = rng.dirichlet(np.ones(4), 200)
+    proba[np.arange(200), labels] += 0.3
+    proba /= proba.sum(1, keepdims=True)
+    one_hot = np.eye(4)[labels]
+    assert METRICS["mean_column_auc"].score(labels, proba) == pytest.approx(
+        roc_auc_score(one_hot, proba, average="macro"))
+    assert METRICS["quadratic_weighted_kappa"].score(labels, proba) == pytest.approx(
+        cohen_kappa_score(labels, np.searchsorted([0.5, 1.5, 2.5], proba @ np.arange(4), side="right"),
+                          weights="quadratic"))
+    assert METRICS["roc_auc"].score(labels % 2, proba[:, :2] / proba[:, :2].sum(1, keepdims=True)) == pytest.approx(
+        roc_auc_score(labels % 2, proba[:, 1] / proba[:, :2].sum(1)))
+
+
+def test_kappa_thresholds_fit_out_of_fold_beat_the_halfway_cuts_on_a_model_that_under_grades():
+    # A model whose expected grade runs low (mass pulled toward grade 0): cuts at 0.5, 1.5, ... under-grade every
+    # image; thresholds fit on other rows of the same model move down and grade them right more often.
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, 600)
+    proba = np.full((600, 5), 0.02)
+    proba[np.arange(600), labels] = 0.5
+    proba[:, 0] += 0.4
+    proba /= proba.sum(1, keepdims=True)
+    kappa = METRICS["quadratic_weighted_kappa"]
+    fit_rows, scored_rows = np.arange(300), np.arange(300, 600)
+    thresholds = fit_thresholds(labels[fit_rows], proba[fit_rows])
+    assert list(thresholds) == sorted(thresholds)
+    halfway = kappa.score(labels[scored_rows], proba[scored_rows])
+    fitted = kappa.score(labels[scored_rows], proba[scored_rows], thresholds)
+    assert fitted > halfway + 0.05
