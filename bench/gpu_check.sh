@@ -72,8 +72,8 @@ if mode == "gpu":
 else:  # toy sizes: the preset's own stages and models, on 6 drivers of 128x96 frames, one epoch at 64 px
     params["standin"].update(width=128, height=96)
     params["frames"]["size"] = 64
-    params["folds"]["n_splits"] = 3
-    params["finetune"]["folds"] = [0, 1, 2]
+    params["folds"]["n_splits"] = 2
+    params["finetune"]["folds"] = [0, 1]
     params["features"]["batch_size"] = 16
     params["features"]["backbones"] = {name: {"image_size": 64} for name in params["features"]["backbones"]}
     params["finetune"]["defaults"]["batch_size"] = 8
