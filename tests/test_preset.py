@@ -16,6 +16,7 @@ from pipeline.training import ema_settings
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_PRESET = REPO / "presets" / "gpu.yaml"
+CPU_QUALITY = REPO / "presets" / "cpu-quality.yaml"
 
 
 def test_the_gpu_preset_validates_over_params_yaml_with_frames_sized_for_every_model():
@@ -27,6 +28,16 @@ def test_the_gpu_preset_validates_over_params_yaml_with_frames_sized_for_every_m
     assert set(params.finetune.models) == set(preset["finetune"]["models"]) | {"lite0"}
     assert params.ensemble.models == preset["ensemble"]["models"]
     assert "# Which competition to work on" in text  # params.yaml's comments survive
+
+
+def test_the_cpu_quality_preset_validates_and_changes_only_what_its_row_measured():
+    _, default = apply_preset(REPO / "params.yaml", REPO / "params.yaml")  # params.yaml over itself: the default
+    text, params = apply_preset(CPU_QUALITY, REPO / "params.yaml")
+    changed = {name: value for name, value in params.finetune.recipe("lite0") if
+               value != getattr(default.finetune.recipe("lite0"), name)}
+    assert changed == {"image_size": 192} and params.finetune.recipe("lite0").image_size <= params.frames.size
+    assert params.model_dump(exclude={"finetune"}) == default.model_dump(exclude={"finetune"})
+    assert "presets/cpu-quality.yaml" in (REPO / "README.md").read_text()
 
 
 def test_the_docs_point_to_the_one_preset_and_carry_no_copy_of_it():
