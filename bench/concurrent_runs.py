@@ -1,7 +1,7 @@
 """A sweep on one machine: two queued experiments at once (`dvc queue start -j 2`) against the same two one after the
 other (`-j 1`), from the same committed baseline. Target: at once / in turn <= 1.0.
 
-Each stage takes its share of the cores (pipeline/cores.py); without that, two runs of two torch threads each on
+Each stage takes its share of the cores (pipeline/compute/cores.py); without that, two runs of two torch threads each on
 two cores thrash (OpenMP threads spin while they wait) and the pair finishes far later than in turn.
 
 Builds a throw-away git+DVC copy of this repo at a small preset (a stand-in of 6 train and 2 test drivers, 4 frames
@@ -56,7 +56,7 @@ def merged(old, new):
 
 def sweep(repo: Path, jobs: int, threads: int | None = None) -> float:
     """Seconds from `dvc queue start -j <jobs>` until both queued experiments have finished (``threads``: every
-    stage forced to that many, as before pipeline/cores.py)."""
+    stage forced to that many, as before pipeline/compute/cores.py)."""
     sh(DVC + ["exp", "run", "--queue", "-S", "dropout=0.2,0.5"], repo)
     start = time.perf_counter()
     sh(DVC + ["queue", "start", "-j", str(jobs)], repo, threads)

@@ -24,17 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.backbones import create_backbone, data_config
+from pipeline.training.backbones import create_backbone, data_config
 from pipeline.config import load_params
-from pipeline.device_views import view_images
-from pipeline.extraction import extract
-from pipeline.frames import load_frames
-from pipeline.cores import share
-from pipeline.image_data import Feed
-from pipeline.machine import loader_workers
-from pipeline.competitions import load_spec
+from pipeline.views.device_views import ViewRecipe, view_images
+from pipeline.training.extraction import extract
+from pipeline.data.frames import load_frames
+from pipeline.compute.cores import share
+from pipeline.views.image_data import Feed
+from pipeline.compute.machine import loader_workers
+from pipeline.data.competitions import load_spec
 from pipeline.paths import frames_dir
-from pipeline.training import pick_device
+from pipeline.compute.devices import pick_device
 from input_path import breakdown, report  # bench/input_path.py, beside this script
 
 
@@ -87,7 +87,7 @@ def main() -> None:
     forward = model_only(model, args.batch_size, size, feed, args.seconds)
     print(f"(a) model-only forward:        {forward:9.1f} img/s")
     for place in places:
-        dataset = view_images(place, device, frames.both, rows, "full", size, config["interpolation"])
+        dataset = view_images(ViewRecipe(place, size, config["interpolation"]), "full", frames.both, rows, device)
         with tempfile.TemporaryDirectory() as tmp:
             out = np.lib.format.open_memmap(Path(tmp) / "bench.npy", mode="w+", dtype=np.float16,
                                             shape=(len(rows), model.num_features))

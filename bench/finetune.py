@@ -19,19 +19,19 @@ import time
 import numpy as np
 import torch
 
-from pipeline.backbones import create_backbone, data_config
+from pipeline.training.backbones import create_backbone, data_config
 from pipeline.config import load_params
-from pipeline.device_augment import augmented_images, resolve_augment_on
-from pipeline.frames import load_frames
-from pipeline.cores import share
-from pipeline.image_data import Feed
-from pipeline.machine import loader_workers
+from pipeline.views.device_augment import augmented_images, resolve_augment_on
+from pipeline.data.frames import load_frames
+from pipeline.compute.cores import share
+from pipeline.views.image_data import Feed
+from pipeline.compute.machine import loader_workers
 from pipeline.paths import frames_dir
-from pipeline.competitions import load_spec
-from pipeline.tables import RunImages
+from pipeline.data.competitions import load_spec
+from pipeline.data.tables import RunImages
 from input_path import breakdown, report  # bench/input_path.py, beside this script
-from pipeline.trainer import Trainer
-from pipeline.training import pick_device
+from pipeline.training.trainer import Trainer
+from pipeline.compute.devices import pick_device
 
 
 def model_only(trainer: Trainer, size: int, seconds: float) -> float:
@@ -95,8 +95,7 @@ def main() -> None:
     targets = torch.as_tensor(spec.class_indices(labels.label)[cycled])
     trainer = Trainer(model, recipe, feed, steps_per_epoch=-(-len(rows) // args.batch_size))
     for augment_on in args.augment_on:
-        dataset = augmented_images(frames.both, rows, params.augment, recipe.augment_strength, args.image_size,
-                                   recipe.seed, augment_on, device)
+        dataset = augmented_images(frames.both, rows, params.augment, recipe, augment_on, device)
         dataset.seeds = np.arange(len(rows))
         for threads in args.main_threads:
             data = feed.loader(dataset, torch.utils.data.RandomSampler(dataset,

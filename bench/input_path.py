@@ -11,7 +11,7 @@ not on the 320x240 decoded frame), and the same augmentation on whole batches on
     python bench/input_path.py [--image-size 224] [--images 300]       # on its own
 
 On its own it also prints, per CPU core, images per second from the JPEG path (zip -> reduced-size decode ->
-view or augmentation) and from the frame cache (pipeline/frames.py: gather the decoded frames; the view or the
+view or augmentation) and from the frame cache (pipeline/data/frames.py: gather the decoded frames; the view or the
 augmentation then runs on the GPU, or on the CPU when asked), and how many cores each needs to feed the H100's
 model: 19,000 img/s for features, 4,300 for fine-tuning (docs/gpu.md). It reads ``data/frames/<competition>/``:
 run ``dvc repro frames`` first.
@@ -29,16 +29,16 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.augment import AugmentRanges, train_transform, view_transform
-from pipeline.competitions import load_spec
+from pipeline.views.augment import AugmentRanges, train_transform, view_transform
+from pipeline.data.competitions import load_spec
 from pipeline.config import load_params
-from pipeline.decoding import decode_rgb
-from pipeline.device_augment import DeviceAugment
-from pipeline.frames import gather, load_frames
-from pipeline.images import CompetitionImages
+from pipeline.data.decoding import decode_rgb
+from pipeline.views.device_augment import DeviceAugment
+from pipeline.data.frames import gather, load_frames
+from pipeline.data.images import CompetitionImages
 from pipeline.paths import frames_dir
-from pipeline.tables import RunImages
-from pipeline.training import pick_device
+from pipeline.data.tables import RunImages
+from pipeline.compute.devices import pick_device
 
 # The H100's model alone (docs/gpu.md): what the input path has to keep up with.
 MODEL_IMAGES_PER_S = {"features": 19_000, "fine-tuning": 4_300}
@@ -55,7 +55,7 @@ def _median_ms(function: Callable[[object], object], items: list) -> tuple[float
 
 
 def _device_augment_ms(params, image_size: int, frames: list[np.ndarray]) -> float:
-    """Milliseconds per image of ``finetune.augment_on: device`` (pipeline/device_augment.py), batches of 64."""
+    """Milliseconds per image of ``finetune.augment_on: device`` (pipeline/views/device_augment.py), batches of 64."""
     device = pick_device()
     augment = DeviceAugment(AugmentRanges.of(params.augment), image_size)
     same_size = [f for f in frames if f.shape == frames[0].shape][:64]

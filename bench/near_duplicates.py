@@ -36,7 +36,7 @@ def _run(method: str, images: int, dim: int, distance: float, out) -> None:
     if method == "none":  # the interpreter, NumPy and the features alone
         groups = np.ones(images, np.int64)
     elif method == "bounded":
-        from pipeline.near_duplicates import near_duplicate_groups
+        from pipeline.data.near_duplicates import near_duplicate_groups
         groups = near_duplicate_groups(features, distance)
     else:
         from scipy.cluster.hierarchy import fcluster, linkage

@@ -2,7 +2,7 @@
 
 Reads what `dvc repro` wrote for the competition in params.yaml (the frame cache and the folds table: the stand-in,
 the real development set, any data), extracts a frozen backbone's pooled features of every training frame cut to
-each region of pipeline/augment.py's REGIONS (resized to --size), and fits a logistic regression per fold on the
+each region of pipeline/views/augment.py's REGIONS (resized to --size), and fits a logistic regression per fold on the
 other folds' drivers. Prints, per region, the out-of-fold log loss of that region alone and of the whole frame's
 features beside it (what a multi-region net could add to the whole frame), and the same for the pairs of the
 best regions. Cheap where fine-tuning is not: one forward pass per region, minutes on 2 cores for 3,000 frames,
@@ -24,17 +24,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.augment import REGIONS, in_regions, region_box, view_transform
-from pipeline.backbones import create_backbone, data_config
-from pipeline.competitions import load_spec
+from pipeline.views.augment import REGIONS, region_box, view_transform
+from pipeline.training.backbones import create_backbone, data_config
+from pipeline.data.competitions import load_spec
 from pipeline.config import load_params
 from pipeline.errors import cli
-from pipeline.extraction import extract
-from pipeline.frames import load_frames
-from pipeline.image_data import Feed, FrameImages
+from pipeline.training.extraction import extract
+from pipeline.data.frames import load_frames
+from pipeline.views.image_data import Feed, FrameImages
 from pipeline.paths import frames_dir
-from pipeline.tables import load_folds
-from pipeline.training import pick_device
+from pipeline.data.tables import load_folds
+from pipeline.compute.devices import pick_device
 
 COLOURS = [(255, 255, 255), (255, 80, 80), (80, 220, 80), (80, 160, 255), (255, 220, 60), (220, 90, 255),
            (60, 230, 230), (255, 150, 40)]
@@ -80,7 +80,7 @@ def oof_log_loss(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, cl
     return log_loss(labels, proba / proba.sum(1, keepdims=True), labels=list(range(classes)))
 
 
-@cli  # one line for bad input; shares the cores with stages running beside it (pipeline/cores.py)
+@cli  # one line for bad input; shares the cores with stages running beside it (pipeline/compute/cores.py)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regions", nargs="+", default=list(REGIONS), choices=list(REGIONS))

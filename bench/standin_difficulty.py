@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.competitions import load_spec
+from pipeline.data.competitions import load_spec
 from pipeline.config import load_params
 from pipeline.paths import ensemble_dir, metrics_dir
 

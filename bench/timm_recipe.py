@@ -9,7 +9,7 @@ weights, image size, epochs and batch size as our model's recipe, the same train
 the same test-time views (``finetune.test_views``, squashed frames); ``--set image_size=...`` (epochs,
 batch_size) changes both.
 
-Ours trains through the finetune stage's own code (pipeline/fold_training.py) under the name ``bench-<model>``, with
+Ours trains through the finetune stage's own code (pipeline/training/fold_training.py) under the name ``bench-<model>``, with
 ``--set key=value`` overriding the model's recipe (a lever to try); a fold already trained under the same settings
 resumes and only predicts. Both print held-out log loss and, given the competition's solution file (``img`` and
 ``classname`` columns, as the real development set has), the unseen test images' log loss. Run it in a scratch
@@ -34,19 +34,20 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.backbones import create_classifier, data_config
-from pipeline.competitions import load_spec
+from pipeline.training.backbones import create_classifier, data_config
+from pipeline.data.competitions import load_spec
 from pipeline.config import Params, load_params
-from pipeline.cores import share
-from pipeline.fold_training import train_fold
-from pipeline.frames import gather, load_frames
-from pipeline.image_data import Feed
-from pipeline.metrics import competition_metric
+from pipeline.compute.cores import share
+from pipeline.training.fold_training import train_fold
+from pipeline.data.frames import gather, load_frames
+from pipeline.views.image_data import Feed
+from pipeline.data.metrics import competition_metric
 from pipeline.paths import fold_dir, frames_dir
-from pipeline.predictions import read_table
-from pipeline.tables import RunImages, load_folds
-from pipeline.trainer import Distributed, Trainer
-from pipeline.training import pick_device, seed_everything
+from pipeline.data.predictions import read_table
+from pipeline.data.tables import RunImages, load_folds
+from pipeline.training.trainer import Distributed, Trainer
+from pipeline.compute.devices import pick_device
+from pipeline.training.schedule import seed_everything
 
 
 class TimmTrainImages(Dataset):

@@ -20,7 +20,6 @@ import pydantic
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from pipeline.competitions import CompetitionSpec, load_spec
 from pipeline.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
@@ -42,7 +41,7 @@ class DataParams(Section):
     # Refuse archives that would expand past this many bytes (zip-bomb guard).
     max_unpacked_bytes: int = Field(gt=0)
     # Optional, for competitions without groups of their own (Dogs vs. Cats, own data): a CSV with
-    # columns img and group_column; folds never split a group (pipeline/raw_data.py: copy_groups).
+    # columns img and group_column; folds never split a group (pipeline/data/raw_data.py: copy_groups).
     groups_csv: str
     group_column: str
     # A sample run (pipeline/stages/sample.py): this fraction of the training groups and of the test images; 1 = all.
@@ -51,7 +50,7 @@ class DataParams(Section):
 
 
 class OwnDataParams(Section):
-    """competition: own-data with data.source: local (pipeline/own_data.py)."""
+    """competition: own-data with data.source: local (pipeline/data/own_data.py)."""
 
     train_dir: str  # <train_dir>/<class>/*.jpg, a folder per class
     test_dir: str  # optional: unlabeled *.jpg to predict; "" = CV only, no submission
@@ -96,7 +95,7 @@ Range = Annotated[list[Annotated[float, Field(gt=0.0, strict=False)]], Field(min
 
 
 class AugmentParams(Section):
-    """Train-time augmentation (pipeline/augment.py), shared by augmented feature passes and fine-tuning."""
+    """Train-time augmentation (pipeline/views/augment.py), shared by augmented feature passes and fine-tuning."""
 
     rotate_degrees: float = Field(ge=0.0, le=45.0, strict=False)
     translate: Fraction  # of the frame's width and height
@@ -117,7 +116,7 @@ class BackboneParams(Section):
     image_size: int = Field(ge=32, le=1024)
 
 
-View = Literal["full", "zoom", "left", "right", "up", "down", "hflip"]  # pipeline/augment.py's CROPS
+View = Literal["full", "zoom", "left", "right", "up", "down", "hflip"]  # pipeline/views/augment.py's CROPS
 Region = Literal["full", "driver", "head", "hands", "wheel", "lap", "console", "bottom_right"]  # augment.py's REGIONS
 
 
@@ -142,7 +141,7 @@ class FeaturesParams(Section):
     workers: Literal["auto"] | Annotated[int, Field(ge=0)]
     amp: bool  # bf16/fp16 autocast on CUDA; CPU always runs float32
     # Where test-time views are cropped and resized from the cached frames: cpu (albumentations), device (the
-    # model's GPU, pipeline/device_views.py), auto (device on CUDA, else cpu)
+    # model's GPU, pipeline/views/device_views.py), auto (device on CUDA, else cpu)
     views_on: Literal["auto", "cpu", "device"]
 
 
@@ -160,14 +159,14 @@ class HeadsParams(Section):
 
 
 class Recipe(Section):
-    """One fine-tuned model (pipeline/fold_training.py): ``finetune.defaults`` overlaid with its
+    """One fine-tuned model (pipeline/training/fold_training.py): ``finetune.defaults`` overlaid with its
     ``finetune.models.<name>``."""
 
     backbone: str  # timm name; offline weights for tf_efficientnet_lite0..2
     image_size: int = Field(ge=32, le=1024)  # of each region
-    # What the net looks at (pipeline/augment.py's REGIONS), each region resized to image_size: [full] the whole
+    # What the net looks at (pipeline/views/augment.py's REGIONS), each region resized to image_size: [full] the whole
     # frame; one region, a crop model; several, one net that runs its backbone on each and classifies their
-    # pooled features side by side (pipeline/backbones.py's RegionNet, the 1st-place form).
+    # pooled features side by side (pipeline/training/backbones.py's RegionNet, the 1st-place form).
     regions: list[Region] = Field(min_length=1, max_length=8)
     epochs: int = Field(ge=1, le=500)
     batch_size: int = Field(ge=2)
@@ -178,7 +177,7 @@ class Recipe(Section):
     freeze_epochs: int = Field(ge=0)  # progressive unfreezing: only the head learns for this many epochs
     grad_clip: float = Field(ge=0.0, strict=False)  # max gradient norm; 0 turns clipping off
     ema_decay: float = Field(ge=0.0, lt=1.0, strict=False)  # EMA of weights, a fixed decay per step; 0: see below
-    # EMA of weights as a half-life in epochs of this run's steps, with timm's warm-up (pipeline/training.py's
+    # EMA of weights as a half-life in epochs of this run's steps, with timm's warm-up (pipeline/training/schedule.py's
     # ema_settings): the same on any dataset size; 0 turns it off. Give ema_decay or ema_half_life, not both.
     ema_half_life: float = Field(ge=0.0, le=100.0, strict=False)
     augment_strength: float = Field(ge=0.0, le=2.0, strict=False)  # scales section augment; 0: none
@@ -209,7 +208,7 @@ class FinetuneParams(Section):
     devices: Literal["auto"] | Annotated[int, Field(ge=1, le=64)]
     workers: Literal["auto"] | Annotated[int, Field(ge=0)]
     # Where training images are augmented: cpu (albumentations in the workers), device (kornia on the model's
-    # device, workers only decode; pipeline/device_augment.py), auto (device on CUDA, else cpu)
+    # device, workers only decode; pipeline/views/device_augment.py), auto (device on CUDA, else cpu)
     augment_on: Literal["auto", "cpu", "device"]
     # Test-time views of the fine-tuned nets (held-out and test images alike), averaged; cheap beside training.
     test_views: list[View] = Field(min_length=1)
@@ -238,7 +237,7 @@ class EnsembleParams(Section):
     """Blend, calibrate and post-process every model's predictions (pipeline/stages/ensemble.py)."""
 
     models: list[str] = Field(min_length=1)  # heads-<backbone> / finetune-<model> folders to blend
-    # Calibrations to choose among by cross-validation (pipeline/blending.py): none, temperature, vector.
+    # Calibrations to choose among by cross-validation (pipeline/ensemble/blending.py): none, temperature, vector.
     calibration: list[Literal["none", "temperature", "vector"]] = Field(min_length=1)
     clip_grid: list[Annotated[float, Field(gt=0.0, lt=0.5, strict=False)]] = Field(min_length=1)
     # Test-neighbour smoothing: the k to choose from, out of fold (with the weight); [] turns it off.
@@ -298,37 +297,8 @@ def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
         except pydantic.ValidationError as error:
             message = _one_line(error, source, f"finetune.models.{model}")
             raise PipelineError(message.replace("missing key", "missing key (set it there or in finetune.defaults)"))
-    # A notebook's flat bundle has the run's description beside its params.yaml (pipeline/inference.py).
-    beside = source.parent / f"{params.competition}.yaml"
-    spec = load_spec(params.competition, source=source, **({"folder": source.parent} if beside.is_file() else {}))
-    _check_competition(params, spec, source)
     _check_models(params, source)
     return params
-
-
-def _check_competition(params: Params, spec: CompetitionSpec, source: Path) -> None:
-    if params.data.source == "kaggle" and not spec.kaggle:
-        raise PipelineError(f"{source}: data.source: {spec.slug} is not on Kaggle; use local (or standin)")
-    if spec.ingest_from == "class_folders" and params.data.source == "local" and not params.own_data.train_dir:
-        raise PipelineError(f"{source}: own_data.train_dir: empty; set it to your folder of class folders")
-    if bool(params.data.groups_csv) != bool(params.data.group_column):
-        raise PipelineError(f"{source}: data.group_column: give both groups_csv and group_column, or neither")
-    if params.data.groups_csv and spec.group_column:
-        raise PipelineError(f"{source}: data.groups_csv: {spec.slug} groups its images by {spec.group_column} "
-                            f"already; leave it empty")
-    if params.folds.group_by == "near_duplicates" and (spec.group_column or params.data.groups_csv):
-        given = "data.groups_csv gives them" if params.data.groups_csv else f"{spec.slug} has {spec.group_column}"
-        raise PipelineError(f"{source}: folds.group_by: near_duplicates is for data without groups; {given}")
-    if params.folds.near_duplicate_backbone not in params.features.backbones:
-        raise PipelineError(f"{source}: folds.near_duplicate_backbone: {params.folds.near_duplicate_backbone!r} is "
-                            f"not under features.backbones")
-    if not spec.flip_safe:
-        if params.augment.hflip:
-            raise PipelineError(f"{source}: augment.hflip: {spec.slug} classes change under a horizontal flip")
-        for section in ("features", "finetune"):
-            if "hflip" in getattr(params, section).test_views:
-                raise PipelineError(f"{source}: {section}.test_views: {spec.slug} classes change under a horizontal "
-                                    f"flip")
 
 
 def _check_models(params: Params, source: Path) -> None:
@@ -404,6 +374,13 @@ def _recorded(value, path: str, reads: set[str]):
         return _RecordedMapping(value, path, reads)
     reads.add(path)
     return value
+
+
+def unrecorded(params: Params) -> Params:
+    """The validated params behind ``load_params``'s recording view (``RECORD_READS``). A check of the params
+    against something else (pipeline/data/competitions.py's ``competition_of``) reads them as validation does, and
+    what validation reads is not what a stage's work depends on: it must not count towards its `params:` in dvc.yaml."""
+    return params._section if isinstance(params, _Recorded) else params
 
 
 class _Recorded:

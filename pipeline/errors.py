@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from pipeline.cores import take_share
-
 
 class PipelineError(Exception):
     """Bad input, params or environment; the message is the whole story, on one line."""
@@ -22,13 +20,13 @@ class PipelineError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
-def cli(main: Callable[[], None] | None = None, *, cores: bool = True):
-    """Run a stage's ``main`` with its INFO logging on and its share of the cores (pipeline/cores.py), turn a
-    PipelineError into a one-line message and exit 2, and end with the stage's wall time (``features
-    tf_efficientnet_lite0: done in 41.2 s``). ``@cli(cores=False)``: a command that mostly waits (submit,
-    leaderboard) and must not count as a stage running."""
+def cli(main: Callable[[], None] | None = None, *, start: Callable[[], None] | None = None):
+    """Run a command's ``main`` with its INFO logging on, turn a PipelineError into a one-line message and exit 2,
+    and end with its wall time (``features tf_efficientnet_lite0: done in 41.2 s``). ``start`` runs first, inside
+    the same error handling: a stage takes its share of the cores there (pipeline/stages/__init__.py's ``stage``);
+    a command that mostly waits (submit, leaderboard) takes none and does not count as a stage running."""
     if main is None:
-        return functools.partial(cli, cores=cores)
+        return functools.partial(cli, start=start)
 
     @functools.wraps(main)
     def run() -> None:
@@ -36,15 +34,15 @@ def cli(main: Callable[[], None] | None = None, *, cores: bool = True):
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         for ours in ("pipeline", "__main__"):  # a stage run with `python -m` logs as __main__
             logging.getLogger(ours).setLevel(logging.INFO)
-        start = time.perf_counter()
-        if cores:
-            take_share()
+        began = time.perf_counter()
         try:
+            if start is not None:
+                start()
             main()
         except PipelineError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         stage = " ".join([Path(sys.argv[0]).stem, *sys.argv[1:]])
-        logging.getLogger("pipeline").info("%s: done in %.1f s", stage, time.perf_counter() - start)
+        logging.getLogger("pipeline").info("%s: done in %.1f s", stage, time.perf_counter() - began)
 
     return run

@@ -29,17 +29,17 @@ def folds_csv(competition: str) -> Path:
 
 
 def frames_dir(competition: str) -> Path:
-    """Every image of the run decoded once, one uint8 array per split (file names: pipeline/frames.py)."""
+    """Every image of the run decoded once, one uint8 array per split (file names: pipeline/data/frames.py)."""
     return DATA / "frames" / competition
 
 
 def features_dir(competition: str, backbone: str) -> Path:
-    """One backbone's cached pooled features (file names: pipeline/feature_cache.py)."""
+    """One backbone's cached pooled features (file names: pipeline/training/feature_cache.py)."""
     return DATA / "features" / competition / backbone
 
 
 def predictions_dir(competition: str, model: str) -> Path:
-    """A model's out-of-fold and test probabilities, one ``fold<k>/`` per fold (pipeline/predictions.py)."""
+    """A model's out-of-fold and test probabilities, one ``fold<k>/`` per fold (pipeline/data/predictions.py)."""
     return DATA / "predictions" / competition / model
 
 

@@ -18,6 +18,7 @@ from ruamel.yaml import YAML, YAMLError
 
 from pipeline.atomic import atomic_file
 from pipeline.config import PARAMS_FILE, Params, parse_params
+from pipeline.data.competitions import competition_of
 from pipeline.errors import PipelineError, cli
 
 
@@ -49,11 +50,13 @@ def apply_preset(preset_path: Path, params_path: Path = PARAMS_FILE) -> tuple[st
     merged = overlay(_read(round_trip, params_path), _read(round_trip, preset_path) or {})
     text = io.StringIO()
     round_trip.dump(merged, text)
-    params = parse_params(YAML(typ="safe").load(text.getvalue()), Path(f"{params_path} + {preset_path}"))
+    source = Path(f"{params_path} + {preset_path}")
+    params = parse_params(YAML(typ="safe").load(text.getvalue()), source)
+    competition_of(params, source)  # as the stages check it: a preset that does not fit the competition is refused
     return text.getvalue(), params
 
 
-@cli(cores=False)
+@cli
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", type=Path)

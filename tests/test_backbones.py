@@ -8,7 +8,7 @@ import timm
 import torch
 from PIL import Image
 
-from pipeline.backbones import create_backbone, data_config
+from pipeline.training.backbones import create_backbone, data_config
 from pipeline.errors import PipelineError
 from tests.conftest import REPO, run
 
@@ -37,7 +37,7 @@ def test_num_classes_zero_gives_pooled_features():
 @pytest.mark.slow
 def test_a_hub_only_backbone_offline_names_it_and_the_offline_ones(tmp_path):
     # huggingface_hub reads HF_HUB_OFFLINE at import, so the check runs in a fresh interpreter.
-    code = ("from pipeline.backbones import create_backbone\n"
+    code = ("from pipeline.training.backbones import create_backbone\n"
             "from pipeline.errors import cli\n"
             "cli(lambda: create_backbone('resnet18'))()\n")
     result = run([sys.executable, "-c", code], REPO, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)},

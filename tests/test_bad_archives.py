@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.competitions import STATE_FARM
+from pipeline.data.competitions import STATE_FARM
 from pipeline.paths import raw_dir
 from tests.conftest import run, set_params
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.competitions import STATE_FARM
+from pipeline.data.competitions import STATE_FARM
 from pipeline.paths import frames_dir, raw_dir
 from tests.conftest import put_competition, replace_member, run, set_params
 

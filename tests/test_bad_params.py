@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_params, parse_params
+from pipeline.data.competitions import competition_of
 from pipeline.errors import PipelineError
 from pipeline.paths import features_dir, folds_csv, raw_dir
 from tests.conftest import REPO, put_competition, run, set_params
@@ -90,7 +91,7 @@ def test_a_bad_param_is_one_error_naming_the_key(edit, expected):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     edit(params)
     with pytest.raises(PipelineError) as error:
-        parse_params(params)
+        competition_of(parse_params(params))  # types and ranges, then how the params fit their competition
     assert str(error.value).startswith(expected), str(error.value)
 
 

@@ -1,5 +1,5 @@
 """Runs at once on one machine share its cores: a stage takes cores // stages running when it starts and keeps that
-count to its end (pipeline/cores.py), and records it with what it trained (the finetune stage's ``threads``)."""
+count to its end (pipeline/compute/cores.py), and records it with what it trained (the finetune stage's ``threads``)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,9 @@ import psutil
 import pytest
 import torch
 
-from pipeline import cores
-from pipeline.competitions import STATE_FARM
+from pipeline.compute import cores
+from pipeline.compute.cores import stage_command
+from pipeline.data.competitions import STATE_FARM
 from pipeline.errors import cli
 from pipeline.paths import checkpoint_dir, metrics_dir
 from tests.conftest import put_competition, run, set_params
@@ -50,7 +51,7 @@ def test_a_stage_takes_its_share_once_and_dead_or_reused_registrations_do_not_co
         # A SIGKILLed stage's pid given to an unrelated process since: alive, but it started later than recorded.
         _register(machine, reused, started=psutil.Process(reused.pid).create_time() - 3600)
         seen = []
-        cli(lambda: seen.append((cores.running_stages(), cores.share(), torch.get_num_threads())))()
+        stage_command(lambda: seen.append((cores.running_stages(), cores.share(), torch.get_num_threads())))()
         assert seen == [(2, 2, 2)]  # this stage and the other one: half of 4 cores each
         # The stale two swept; this one's registration goes when its process exits.
         assert sorted(p.name for p in machine.iterdir()) == sorted([str(other.pid), str(os.getpid())])
@@ -66,15 +67,15 @@ def test_an_explicit_thread_count_wins_and_commands_that_wait_take_no_share(mach
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert cores.share() == 1
     registered = []
-    cli(cores=False)(lambda: registered.append(sorted(p.name for p in machine.glob("*"))))()
+    cli(lambda: registered.append(sorted(p.name for p in machine.glob("*"))))()  # a command, not a stage
     assert registered == [[]]
 
-    def torchrun_parent():  # pipeline/trainer.py's spread_over_devices gives back its share before it waits
+    def torchrun_parent():  # pipeline/training/trainer.py's spread_over_devices gives back its share before it waits
         registered.append(sorted(p.name for p in machine.glob("*")))
         cores.give_back()
         registered.append(sorted(p.name for p in machine.glob("*")))
 
-    cli(torchrun_parent)()
+    stage_command(torchrun_parent)()
     assert registered[1:] == [[str(os.getpid())], []]
 
 

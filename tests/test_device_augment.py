@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import AugmentRanges
+from pipeline.views.augment import AugmentRanges
 from pipeline.config import load_params
-from pipeline.device_augment import DeviceAugment, DeviceAugmentedImages
-from pipeline.image_data import Feed
+from pipeline.views.device_augment import DeviceAugment, DeviceAugmentedImages
+from pipeline.views.image_data import Feed
 
 SIZE = 64
 RANGES = AugmentRanges.of(load_params().augment, strength=1.6)

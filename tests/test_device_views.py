@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import CROPS, view_transform
-from pipeline.device_views import DeviceViews
+from pipeline.views.augment import CROPS, view_transform
+from pipeline.views.device_views import DeviceViews
 from pipeline.errors import PipelineError
-from pipeline.image_data import FrameImages
-from pipeline.image_data import Feed
+from pipeline.views.image_data import FrameImages
+from pipeline.views.image_data import Feed
 
 SIZE = 64
 

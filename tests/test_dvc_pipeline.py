@@ -21,7 +21,7 @@ import responses
 from dvc.repo import Repo
 
 from pipeline import kernel
-from pipeline.competitions import STATE_FARM
+from pipeline.data.competitions import STATE_FARM
 from pipeline.config import RECORD_READS
 from pipeline.paths import folds_csv, raw_dir
 from tests.conftest import GIT_IDENTITY, make_repo, run, set_params
@@ -182,7 +182,7 @@ def test_the_params_check_names_a_stage_whose_params_miss_a_key_it_reads(reprodu
 
 def test_editing_image_decoding_makes_stale_exactly_the_stages_that_decode_not_those_that_read_frames(reproduced):
     repo = reproduced[0]
-    decoding = repo / "pipeline" / "decoding.py"
+    decoding = repo / "pipeline" / "data" / "decoding.py"
     original = decoding.read_text()
     decoding.write_text(original + "\n# an edit\n")
     try:
@@ -191,7 +191,7 @@ def test_editing_image_decoding_makes_stale_exactly_the_stages_that_decode_not_t
         decoding.write_text(original)
     with Repo(str(repo)) as dvc:
         modules = {stage.name: shlex.split(stage.cmd)[2] for stage in dvc.index.stages}
-    assert stale == {name for name, module in modules.items() if "pipeline/decoding.py" in imported_files(module)}
+    assert stale == {name for name, module in modules.items() if "pipeline/data/decoding.py" in imported_files(module)}
     assert "frames" in stale  # the one stage that decodes for the models; the rest read its frames
     assert not {"features@tf_efficientnet_lite0", "finetune@lite0-0", "folds", "heads@tf_efficientnet_lite0",
                 "ensemble", "submission"} & stale

@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.competitions import STATE_FARM
+from pipeline.data.competitions import STATE_FARM
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
-from pipeline.feature_cache import load_feature_set
-from pipeline.frames import load_frames
+from pipeline.training.feature_cache import load_feature_set
+from pipeline.data.frames import load_frames
 from pipeline.stages.features import cache_features
-from pipeline.raw_data import every_image
+from pipeline.data.raw_data import every_image
+from pipeline.data.competitions import competition_of
 from tests.conftest import write_frames, REPO, TINY_FEATURES, run, set_params
 
 BACKBONE = "tf_efficientnet_lite0"
@@ -67,8 +68,9 @@ def test_worker_count_changes_nothing_even_for_augmented_passes(tmp_path, tiny_c
 
 
 def test_a_flip_view_is_refused_for_state_farm(tmp_path):
+    params = _params(tmp_path, test_views=["full", "hflip"])
     with pytest.raises(PipelineError, match="features.test_views: .* change under a horizontal flip"):
-        _params(tmp_path, test_views=["full", "hflip"])
+        competition_of(params)  # as every stage gets its competition
 
 
 def test_an_unlisted_backbone_argument_is_refused(repo_copy):

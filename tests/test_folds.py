@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline.competitions import DOGS_VS_CATS, STATE_FARM
+from pipeline.data.competitions import DOGS_VS_CATS, STATE_FARM
 from pipeline.errors import PipelineError
-from pipeline.near_duplicates import near_duplicate_groups
+from pipeline.data.near_duplicates import near_duplicate_groups
 from pipeline.stages.folds import make_folds
 from pipeline.paths import folds_csv
-from pipeline.raw_data import train_table
+from pipeline.data.raw_data import train_table
 from tests.conftest import put_competition, set_params
 
 

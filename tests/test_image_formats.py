@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline.competitions import OWN_DATA
-from pipeline.decoding import BACKGROUND, check_image, decode_rgb
+from pipeline.data.competitions import OWN_DATA
+from pipeline.data.decoding import BACKGROUND, check_image, decode_rgb
 from pipeline.errors import PipelineError
 from pipeline.paths import raw_dir
 from tests.conftest import set_params

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.images import ImageArchive
+from pipeline.data.images import ImageArchive
 
 
 def test_zip_and_unzipped_folder_give_the_same_members_and_pixels(tiny_competition, tmp_path):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline.atomic import atomic_dir, atomic_file
-from pipeline.competitions import STATE_FARM
-from pipeline.feature_cache import load_feature_set
+from pipeline.data.competitions import STATE_FARM
+from pipeline.training.feature_cache import load_feature_set
 from pipeline.paths import features_dir
 from tests.conftest import GIT_IDENTITY, put_competition, set_params
 

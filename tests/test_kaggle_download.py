@@ -20,7 +20,7 @@ from PIL import Image
 from responses import matchers
 
 from pipeline.stages import download
-from pipeline.competitions import DOGS_VS_CATS, STATE_FARM
+from pipeline.data.competitions import DOGS_VS_CATS, STATE_FARM
 from pipeline.paths import raw_dir
 from tests.conftest import set_params
 

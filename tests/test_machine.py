@@ -1,5 +1,5 @@
 """What a GPU box, a container or a Slurm task changes, decided by pure functions and run here on a CPU with the
-properties of machines we do not have (pipeline/machine.py): cores under a quota, workers and threads per rank, the
+properties of machines we do not have (pipeline/compute/machine.py): cores under a quota, workers and threads per rank, the
 autocast dtype and its loss scaling, checkpoints that name no device."""
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import machine
-from pipeline.backbones import create_classifier
-from pipeline.device_augment import resolve_augment_on
-from pipeline.device_views import DeviceViews, view_images
+from pipeline.compute import machine
+from pipeline.training.backbones import create_classifier
+from pipeline.views.device_augment import resolve_augment_on
+from pipeline.views.device_views import DeviceViews, ViewRecipe, view_images
 from pipeline.config import Recipe, load_params
-from pipeline.image_data import Feed, FrameImages
-from pipeline.augment import view_transform
-from pipeline.trainer import Checkpoint, Trainer
+from pipeline.views.image_data import Feed, FrameImages
+from pipeline.views.augment import view_transform
+from pipeline.training.trainer import Checkpoint, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_on_a_gpu_training_batches_and_test_views_are_both_made_on_the_device():
     assert resolve_augment_on("auto", gpu) == "device" and resolve_augment_on("auto", cpu) == "cpu"
     for device in (gpu, cpu):  # a fine-tuned net predicts from views made where its training batches were augmented
         where = resolve_augment_on("auto", device)
-        views = view_images(where, device, frames, np.arange(2), "zoom", 16, "bicubic", ["full", "head"])
+        views = view_images(ViewRecipe(where, 16, "bicubic", ("full", "head")), "zoom", frames, np.arange(2), device)
         assert isinstance(views, DeviceViews) == (device.type == "cuda")
 
 

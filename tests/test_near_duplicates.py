@@ -1,5 +1,5 @@
 """Near-duplicate groups (folds.group_by: auto) in bounded memory: the same groups as clustering the whole distance
-matrix, without the matrix (pipeline/near_duplicates.py)."""
+matrix, without the matrix (pipeline/data/near_duplicates.py)."""
 from __future__ import annotations
 
 import tracemalloc
@@ -12,8 +12,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import pdist
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline import near_duplicates
-from pipeline.near_duplicates import close_pairs, near_duplicate_groups
+from pipeline.data import near_duplicates
+from pipeline.data.near_duplicates import close_pairs, near_duplicate_groups
 
 
 def _whole_matrix_groups(features: np.ndarray, distance: float) -> np.ndarray:

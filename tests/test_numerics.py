@@ -12,13 +12,13 @@ import torch
 from pipeline.stages import features as features_stage
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
-from pipeline.augment import view_transform
-from pipeline.frames import load_frames
-from pipeline.image_data import FrameImages
-from pipeline.image_data import Feed
-from pipeline.trainer import Trainer
+from pipeline.views.augment import view_transform
+from pipeline.data.frames import load_frames
+from pipeline.views.image_data import FrameImages
+from pipeline.views.image_data import Feed
+from pipeline.training.trainer import Trainer
 from pipeline.paths import features_dir, frames_dir, predictions_dir
-from pipeline.predictions import write_fold
+from pipeline.data.predictions import write_fold
 from tests.conftest import make_repo, put_competition, run
 
 SLUG = "state-farm-distracted-driver-detection"

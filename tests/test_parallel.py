@@ -12,7 +12,7 @@ import sys
 import pandas as pd
 import torch
 
-from pipeline.competitions import STATE_FARM
+from pipeline.data.competitions import STATE_FARM
 from pipeline.paths import checkpoint_dir, fold_dir
 from tests.conftest import GIT_IDENTITY, make_repo, put_competition, run, set_params
 

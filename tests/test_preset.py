@@ -12,7 +12,7 @@ import yaml
 from timm.utils import ModelEmaV3
 
 from pipeline.preset import apply_preset
-from pipeline.training import ema_settings
+from pipeline.training.schedule import ema_settings
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_PRESET = REPO / "presets" / "gpu.yaml"
@@ -64,7 +64,7 @@ def test_a_preset_that_would_not_run_is_refused_in_one_line_and_params_yaml_is_l
 
 def _averaged(ema_arguments: dict, steps: int, start: float, marker) -> float:
     """What timm's EMA holds after ``steps`` updates of a one-weight net that starts at ``start`` and holds
-    ``marker(step)`` after each step, updated as pipeline/trainer.py updates it."""
+    ``marker(step)`` after each step, updated as pipeline/training/trainer.py updates it."""
     net = torch.nn.Linear(1, 1, bias=False)
     net.weight.data.fill_(start)
     ema = ModelEmaV3(net, **ema_arguments)

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
-from pipeline.competitions import STATE_FARM
+from pipeline.data.competitions import STATE_FARM
 from pipeline.paths import fold_dir
-from pipeline.predictions import read_table
+from pipeline.data.predictions import read_table
 from tests.conftest import make_repo, put_competition, run, run_stage_in, set_params
 
 pytestmark = pytest.mark.slow  # end to end: stages as subprocesses

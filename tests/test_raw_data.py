@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.competitions import STATE_FARM
+from pipeline.data.competitions import STATE_FARM
 from pipeline.paths import raw_dir
-from pipeline.raw_data import check_competition_files, ingest
+from pipeline.data.raw_data import check_competition_files, ingest
 from tests.conftest import set_params
 
 LIMIT = 10**9

@@ -1,4 +1,4 @@
-"""Crop models and multi-region nets: each region is the part of the frame pipeline/augment.py's REGIONS gives (and
+"""Crop models and multi-region nets: each region is the part of the frame pipeline/views/augment.py's REGIONS gives (and
 docs/regions.jpg draws), the stand-in puts the wheel, the radio and the head inside the regions named for them,
 and a crop model trains and predicts on its crop, a multi-region net on all of its regions."""
 from __future__ import annotations
@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.augment import REGIONS, view_transform
-from pipeline.backbones import create_classifier
-from pipeline.competitions import STATE_FARM
+from pipeline.views.augment import REGIONS, view_transform
+from pipeline.training.backbones import create_classifier
+from pipeline.data.competitions import STATE_FARM
 from pipeline.config import AugmentParams, Recipe, Region, load_params
-from pipeline.device_augment import augmented_images
-from pipeline.image_data import Feed, FrameImages
+from pipeline.views.device_augment import augmented_images
+from pipeline.views.image_data import Feed, FrameImages
 from pipeline.paths import checkpoint_dir, fold_dir
-from pipeline.standin_scene import RADIO, WHEEL_CENTRE, _Canvas, random_look
-from pipeline.trainer import Trainer
+from pipeline.data.standin_scene import RADIO, WHEEL_CENTRE, _Canvas, random_look
+from pipeline.training.trainer import Trainer
 from tests.conftest import REPO, put_competition, run, set_params
 
 HEIGHT, WIDTH = 96, 128
@@ -71,8 +71,8 @@ def test_augmented_training_images_stay_inside_the_region_on_the_cpu_and_on_the_
     """Augmentation without magnitude (strength 0) moves nothing: what remains is the region's crop."""
     frames, augment = _coordinate_frames(4), AugmentParams(**load_params(REPO / "params.yaml").augment.model_dump())
     for on in ("cpu", "device"):
-        images = augmented_images([frames], [0, 1, 2, 3], augment, 0.0, 48, 0, on, torch.device("cpu"),
-                                  regions=["hands"])
+        images = augmented_images([frames], [0, 1, 2, 3], augment, _recipe(["hands"], 48).model_copy(
+            update={"augment_strength": 0.0, "seed": 0}), on, torch.device("cpu"))
         images.seeds = np.arange(4)
         batch = images.__getitems__([0, 1, 2, 3])
         made = batch["image"] if on == "cpu" else images.to_images(batch["image"], torch.arange(4), torch.device("cpu"))
@@ -131,8 +131,8 @@ def test_a_crop_model_trains_and_predicts_on_its_crop_and_a_multi_region_net_on_
             return pixels.reshape(-1, len(regions), *pixels.shape[1:])  # a frame's regions one after another
 
         train_set = augmented_images([frames], [0, 1, 2, 3], AugmentParams(
-            **load_params(REPO / "params.yaml").augment.model_dump()), 0.0, 32, 0, "cpu", torch.device("cpu"),
-            regions)
+            **load_params(REPO / "params.yaml").augment.model_dump()),
+            _recipe(regions, 32).model_copy(update={"augment_strength": 0.0, "seed": 0}), "cpu", torch.device("cpu"))
         train_set.seeds = np.arange(4)
         trainer.train_epoch(trainer.feed.loader(train_set), torch.tensor([0, 1, 2, 0]), "train")
         for pixels in (made_images(), None):

@@ -14,7 +14,7 @@ import responses
 
 from pipeline.stages import download
 from pipeline.errors import PipelineError
-from pipeline.kaggle_io import download_competition, submit_file
+from pipeline.kaggle.client import download_competition, submit_file
 from tests.conftest import set_params
 
 FAKE_KEY = "0123456789abcdef-fake-kaggle-key"

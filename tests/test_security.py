@@ -18,7 +18,7 @@ import torch
 from pipeline.paths import checkpoint_dir, predictions_dir
 from tests.conftest import REPO, put_competition, run
 
-SOURCES = sorted([*(REPO / "pipeline").glob("*.py"), *(REPO / "bench").glob("*.py")])
+SOURCES = sorted([*(REPO / "pipeline").rglob("*.py"), *(REPO / "bench").glob("*.py")])
 
 
 def _calls(path: Path):

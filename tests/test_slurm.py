@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import slurm
+from pipeline.compute import slurm
 from tests.conftest import run
 from tests.slurm_cluster import missing, single_node_slurm, sweep_repo
 

@@ -7,9 +7,9 @@ import zipfile
 import pandas as pd
 from PIL import Image
 
-from pipeline.competitions import STATE_FARM
+from pipeline.data.competitions import STATE_FARM
 from pipeline.config import StandinParams
-from pipeline.standin import write_standin
+from pipeline.data.standin import write_standin
 from tests.conftest import TINY_STANDIN
 
 

@@ -11,10 +11,11 @@ import pytest
 import responses
 
 from pipeline import leaderboard, submit
-from pipeline.competitions import STATE_FARM
+from pipeline.kaggle import submissions
+from pipeline.data.competitions import STATE_FARM
 from pipeline.errors import PipelineError
 from pipeline.paths import ensemble_dir, raw_dir
-from pipeline.submission_format import file_sha256, score, validate_submission
+from pipeline.ensemble.submission_format import file_sha256, score, validate_submission
 from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
 API = "https://api.kaggle.com/v1/competitions.CompetitionApiService/"
@@ -149,7 +150,7 @@ def test_submit_uploads_waits_for_the_score_and_saves_it_with_the_experiment(rep
     assert methods[:4] == ["POST", "POST", "PUT", "POST"] and responses.calls[2].request.url == UPLOAD
     created = json.loads(responses.calls[3].request.body)
     assert created["blobFileTokens"] == "blob-token"
-    commit = submit._git("rev-parse", "--short", "HEAD")
+    commit = submissions.git_output("rev-parse", "--short", "HEAD")
     message = created["submissionDescription"]
     assert message.startswith(commit) and f"drop03 cv=0.4321 {MADE}" in message
     assert sum(c.request.url.endswith("GetSubmission") for c in responses.calls) == 3  # until it was scored

@@ -2,7 +2,7 @@
 
 Reads params ``competition``, ``data``, ``own_data`` and ``standin``. Writes
 ``data/raw/<competition>/`` (the competition's image zip(s) and CSVs,
-pipeline/raw_data.py; ``groups.csv`` from ``data.groups_csv``; the stand-ins add ``solution.csv``), built in a temporary
+pipeline/data/raw_data.py; ``groups.csv`` from ``data.groups_csv``; the stand-ins add ``solution.csv``), built in a temporary
 folder and renamed only once every check has passed.
 
     python -m pipeline.stages.download
@@ -14,14 +14,15 @@ import tempfile
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir
-from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.data.competitions import competition_of, CompetitionSpec, load_spec
 from pipeline.config import Params, load_params
-from pipeline.errors import PipelineError, cli
-from pipeline.kaggle_io import download_competition
-from pipeline.own_data import ingest_own_data
+from pipeline.errors import PipelineError
+from pipeline.kaggle.client import download_competition
+from pipeline.data.own_data import ingest_own_data
 from pipeline.paths import raw_dir
-from pipeline.raw_data import check_competition_files, copy_groups, ingest
-from pipeline.standin import write_standin
+from pipeline.data.raw_data import check_competition_files, copy_groups, ingest
+from pipeline.data.standin import write_standin
+from pipeline.compute.cores import stage_command
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,10 @@ def fetch(out_dir: Path, spec: CompetitionSpec, params: Params) -> dict[str, int
     return counts
 
 
-@cli
+@stage_command
 def main() -> None:
     params = load_params()
-    spec = load_spec(params.competition)
+    spec = competition_of(params)
     target = raw_dir(spec.slug)
     with atomic_dir(target) as tmp:
         try:

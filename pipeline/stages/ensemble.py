@@ -1,7 +1,7 @@
 """ensemble stage: one calibrated prediction from every model's out-of-fold and test probabilities.
 
 Blend, calibration (none, a temperature or vector scaling, chosen by cross-validation), test-neighbour smoothing
-and clipping (pipeline/blending.py), each fit on out-of-fold predictions only, never on the leaderboard, and each
+and clipping (pipeline/ensemble/blending.py), each fit on out-of-fold predictions only, never on the leaderboard, and each
 chosen by the competition's metric (an ordinal one's thresholds fit last). The reported ``cv_log_loss``
 (``cv_<key>`` of the metric: ``cv_roc_auc``, ``cv_kappa``, ...; ``metric`` names it and its direction) is nested:
 each fold's rows are predicted by choices fit on the other folds, so CV does not flatter the choices made on it;
@@ -12,7 +12,7 @@ Reads params ``ensemble`` and ``competition``, every model in ``ensemble.models`
 ``data/predictions/<competition>/``, the neighbour spaces (a backbone's cached features, or a fine-tuned model's
 embeddings), the folds CSV and the frame cache (thumbnails). Writes ``data/ensemble/<competition>/``
 (``oof.csv``: the nested out-of-fold predictions, ``test.csv``, ``blend.json``) and ``metrics/ensemble/``:
-metrics.json and the plots of what it gets wrong (pipeline/error_analysis.py): the out-of-fold confusion matrix,
+metrics.json and the plots of what it gets wrong (pipeline/ensemble/error_analysis.py): the out-of-fold confusion matrix,
 log loss per group and per class, reliability before and after calibration, and each class's worst images.
 
     python -m pipeline.stages.ensemble
@@ -28,17 +28,17 @@ import pandas as pd
 from dvclive import Live
 
 from pipeline.atomic import atomic_dir
-from pipeline.blending import Predictions, ensemble
-from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.ensemble.blending import Predictions, ensemble
+from pipeline.data.competitions import competition_of, CompetitionSpec
 from pipeline.config import EnsembleParams, load_params
-from pipeline.error_analysis import MAX_GROUPS, captions, gallery, loss_by, reliability, worst_rows
-from pipeline.errors import cli
-from pipeline.feature_cache import load_feature_set
-from pipeline.frames import gather, load_frames
-from pipeline.metrics import accuracy, competition_metric
+from pipeline.ensemble.error_analysis import MAX_GROUPS, captions, gallery, loss_by, reliability, worst_rows
+from pipeline.training.feature_cache import load_feature_set
+from pipeline.data.frames import gather, load_frames
+from pipeline.data.metrics import accuracy, competition_metric
 from pipeline.paths import ensemble_dir, features_dir, frames_dir, metrics_dir, predictions_dir
-from pipeline.predictions import load_embeddings, load_model, write_table
-from pipeline.tables import RunImages, load_folds
+from pipeline.data.predictions import load_embeddings, load_model, write_table
+from pipeline.data.tables import RunImages, load_folds
+from pipeline.compute.cores import stage_command
 
 log = logging.getLogger(__name__)
 FINE_TUNED = ("finetune-", "pseudo-")  # model folders whose fold predictions carry embeddings
@@ -85,7 +85,7 @@ def log_errors(live: Live, spec: CompetitionSpec, folds: pd.DataFrame, labels: n
 
 def main_for() -> None:
     params = load_params()
-    spec = load_spec(params.competition)
+    spec = competition_of(params)
     settings = params.ensemble
     folds = load_folds(spec.slug)
     labels = spec.class_indices(folds.label)
@@ -124,7 +124,7 @@ def main_for() -> None:
              recipe["neighbour_features"], recipe["neighbour_weight"], recipe["clip"])
 
 
-main = cli(main_for)
+main = stage_command(main_for)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 The convolutional body is the slow part and does not change between head
 experiments, so it runs once per backbone; heads then train in seconds.
 Reads params ``competition``, ``features`` (this backbone's entry) and
-``augment``; the run's images (pipeline/tables.py) from the frame cache (pipeline/frames.py). Writes
-``data/features/<competition>/<backbone>/`` in the format ``pipeline/feature_cache.py``
+``augment``; the run's images (pipeline/data/tables.py) from the frame cache (pipeline/data/frames.py). Writes
+``data/features/<competition>/<backbone>/`` in the format ``pipeline/training/feature_cache.py``
 describes (per-view float16 arrays for train and test, augmented passes, index
 CSVs, ``features.json``). Arrays are filled batch by batch on disk, so memory
 stays flat however large the competition.
@@ -21,19 +21,20 @@ import numpy as np
 import torch
 
 from pipeline.atomic import atomic_dir
-from pipeline.augment import train_transform
-from pipeline.backbones import create_backbone, data_config
-from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.views.augment import train_transform
+from pipeline.training.backbones import create_backbone, data_config
+from pipeline.data.competitions import competition_of, CompetitionSpec
 from pipeline.config import Params, load_params
-from pipeline.errors import PipelineError, cli
-from pipeline.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
-from pipeline.device_views import view_images
-from pipeline.extraction import extract
-from pipeline.frames import Frames, load_frames
-from pipeline.image_data import Feed, FrameImages
+from pipeline.errors import PipelineError
+from pipeline.training.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
+from pipeline.views.device_views import ViewRecipe, view_images
+from pipeline.training.extraction import extract
+from pipeline.data.frames import Frames, load_frames
+from pipeline.views.image_data import Feed, FrameImages
 from pipeline.paths import features_dir, frames_dir
-from pipeline.tables import RunImages
-from pipeline.training import pick_device
+from pipeline.data.tables import RunImages
+from pipeline.compute.devices import pick_device
+from pipeline.compute.cores import stage_command
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images:
         shape = (len(settings.test_views), len(ids[split]), model.num_features)
         views = new_array(out_dir, views_file(split), shape)
         for v, view in enumerate(settings.test_views):
-            dataset = view_images(settings.views_on, device, frames.both, rows[split], view, size,
-                                  config["interpolation"])
+            dataset = view_images(ViewRecipe(settings.views_on, size, config["interpolation"]), view, frames.both,
+                                  rows[split], device)
             speeds.append(extract(model, dataset, views[v], feed, f"{backbone} {split} {view}", names[split]))
         views.flush()
     if settings.train_passes:
@@ -83,7 +84,7 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images:
     return meta
 
 
-@cli
+@stage_command
 def main() -> None:
     params = load_params()
     if len(sys.argv) != 2:
@@ -92,7 +93,7 @@ def main() -> None:
     if backbone not in params.features.backbones:
         raise PipelineError(f"params.yaml: features.backbones: {backbone!r} is not listed "
                             f"(listed: {', '.join(params.features.backbones)})")
-    spec = load_spec(params.competition)
+    spec = competition_of(params)
     target = features_dir(spec.slug, backbone)
     with atomic_dir(target) as tmp:
         cache_features(backbone, params, spec, RunImages.load(spec.slug), load_frames(frames_dir(spec.slug)), tmp,

@@ -9,19 +9,19 @@ an interrupted run; ``final.pt``: the weights that predicted and the resolved co
 the pooled embeddings ``oof_embeddings.npy``, ``test_embeddings.npy`` for the ensemble's neighbours, and
 ``trained_on.csv``, the images it trained on) and in ``metrics/finetune-M-fold<k>/`` DVCLive curves,
 ``fold_log_loss`` and ``threads`` (torch's thread count it trained with, which CPU training's last digits follow).
-The work itself: pipeline/fold_training.py.
+The work itself: pipeline/training/fold_training.py.
 
     python -m pipeline.stages.finetune lite0 --fold 0
     torchrun --nproc_per_node=2 -m pipeline.stages.finetune lite0 --fold 0    # DDP over 2 processes; rank 0 writes
 """
 from __future__ import annotations
 
-from pipeline.errors import cli
-from pipeline.fold_training import fold_command, train_fold
-from pipeline.trainer import Distributed, spread_over_devices
+from pipeline.training.fold_training import fold_command, train_fold
+from pipeline.training.trainer import Distributed, spread_over_devices
+from pipeline.compute.cores import stage_command
 
 
-@cli
+@stage_command
 def main() -> None:
     params, model, fold = fold_command("Fine-tune one model of finetune.models on one fold")
     if spread_over_devices(params.finetune.devices, "pipeline.stages.finetune", [model, "--fold", str(fold)]):

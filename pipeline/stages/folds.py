@@ -18,13 +18,14 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.atomic import atomic_file
-from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.data.competitions import competition_of, CompetitionSpec
 from pipeline.config import load_params
-from pipeline.errors import PipelineError, cli
-from pipeline.feature_cache import FeatureSet, load_feature_set
-from pipeline.near_duplicates import near_duplicate_groups
+from pipeline.errors import PipelineError
+from pipeline.training.feature_cache import FeatureSet, load_feature_set
+from pipeline.data.near_duplicates import near_duplicate_groups
 from pipeline.paths import features_dir, folds_csv
-from pipeline.tables import RunImages
+from pipeline.data.tables import RunImages
+from pipeline.compute.cores import stage_command
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,10 @@ def with_near_duplicate_groups(train: pd.DataFrame, cached: FeatureSet, distance
     return train.assign(group=[f"near{c}" for c in clusters])
 
 
-@cli
+@stage_command
 def main() -> None:
     params = load_params()
-    spec = load_spec(params.competition)
+    spec = competition_of(params)
     train = RunImages.load(spec.slug).train
     given = (train.group != "").all()
     if params.folds.group_by == "near_duplicates" or (params.folds.group_by == "auto" and not given):

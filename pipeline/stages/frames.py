@@ -1,8 +1,8 @@
 """frames stage: decode every image of the run once, in parallel processes, into the frame cache.
 
 Reads params ``competition`` and ``frames`` (``size``: the largest image size any backbone or model asks for;
-``workers``: decoding processes), the run's images (pipeline/tables.py) and the raw archives. Writes
-``data/frames/<competition>/`` in the format pipeline/frames.py describes: one memory-mapped uint8 array per
+``workers``: decoding processes), the run's images (pipeline/data/tables.py) and the raw archives. Writes
+``data/frames/<competition>/`` in the format pipeline/data/frames.py describes: one memory-mapped uint8 array per
 split, filled in place by the workers, so memory stays flat however many images. Features, fine-tuning,
 pseudo-labels and every prediction read pixels from it; nothing decodes a JPEG after this stage. A file that
 does not decode stops the stage with one line naming it (``imgs.zip:train/c0/img_1.jpg``), and no frame folder
@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_dir
-from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.data.competitions import competition_of, CompetitionSpec
 from pipeline.config import load_params
-from pipeline.cores import share
-from pipeline.errors import PipelineError, cli
-from pipeline.frames import array_file, check_room, fit_frame, frames_bytes, new_frames, write_index, write_meta
-from pipeline.images import CompetitionImages
+from pipeline.compute.cores import share, stage_command
+from pipeline.errors import PipelineError
+from pipeline.data.frames import array_file, check_room, fit_frame, frames_bytes, new_frames, write_index, write_meta
+from pipeline.data.images import CompetitionImages
 from pipeline.paths import frames_dir
 from pipeline.progress import progress
-from pipeline.tables import RunImages
+from pipeline.data.tables import RunImages
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # images per task: small enough for a moving bar, large enough that task overhead vanishes
@@ -91,10 +91,10 @@ def resolve_workers(setting: int | str) -> int:
     return share() if setting == "auto" else int(setting)
 
 
-@cli
+@stage_command
 def main() -> None:
     params = load_params()
-    spec = load_spec(params.competition)
+    spec = competition_of(params)
     target = frames_dir(spec.slug)
     with atomic_dir(target) as out:
         write_meta(out, decode_frames(RunImages.load(spec.slug), spec, params.frames.size,

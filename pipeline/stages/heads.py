@@ -27,16 +27,18 @@ from torch import nn
 
 from pipeline.atomic import atomic_dir
 from pipeline.config import HeadsParams, load_params
-from pipeline.errors import PipelineError, cli
-from pipeline.feature_cache import FeatureSet, load_feature_set
-from pipeline.head_model import make_head, predict
-from pipeline.metrics import accuracy, competition_metric, multiclass_log_loss
+from pipeline.errors import PipelineError
+from pipeline.training.feature_cache import FeatureSet, load_feature_set
+from pipeline.training.head_model import make_head, predict
+from pipeline.data.metrics import accuracy, competition_metric, multiclass_log_loss
 from pipeline.paths import features_dir, fold_name, metrics_dir, predictions_dir
-from pipeline.predictions import write_fold
+from pipeline.data.predictions import write_fold
 from pipeline.progress import progress
-from pipeline.competitions import load_spec
-from pipeline.training import pick_device, seed_everything, warmup_cosine
-from pipeline.tables import load_folds
+from pipeline.data.competitions import competition_of
+from pipeline.compute.devices import pick_device
+from pipeline.training.schedule import seed_everything, warmup_cosine
+from pipeline.data.tables import load_folds
+from pipeline.compute.cores import stage_command
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,7 @@ def random_split_oof(features: FeatureSet, labels: np.ndarray, n_folds: int, set
 
 def main_for(backbone: str) -> None:
     params = load_params()
-    spec = load_spec(params.competition)
+    spec = competition_of(params)
     settings = params.heads
     features = load_feature_set(features_dir(spec.slug, backbone))
     for name in ("train_views", "test_views", "train_aug"):
@@ -166,7 +168,7 @@ def main_for(backbone: str) -> None:
                  live.summary["cv_accuracy"])
 
 
-@cli
+@stage_command
 def main() -> None:
     if len(sys.argv) != 2:
         raise PipelineError("usage: python -m pipeline.stages.heads <backbone listed under features.backbones>")

@@ -22,14 +22,15 @@ import hashlib
 
 import numpy as np
 
-from pipeline.competitions import load_spec
+from pipeline.data.competitions import competition_of
 from pipeline.config import Params
-from pipeline.errors import PipelineError, cli
-from pipeline.fold_training import PseudoLabels, fold_command, train_fold
+from pipeline.errors import PipelineError
+from pipeline.training.fold_training import PseudoLabels, fold_command, train_fold
 from pipeline.paths import fold_dir
-from pipeline.predictions import read_table
-from pipeline.tables import RunImages, load_folds
-from pipeline.trainer import Distributed, spread_over_devices
+from pipeline.data.predictions import read_table
+from pipeline.data.tables import RunImages, load_folds
+from pipeline.training.trainer import Distributed, spread_over_devices
+from pipeline.compute.cores import stage_command
 
 
 def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -41,7 +42,7 @@ def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
 def teacher_labels(params: Params, model: str, fold: int) -> PseudoLabels:
     """The fold-k teacher's soft labels for the run's test images; refused unless the teacher held out exactly
     the student's validation fold."""
-    spec, settings = load_spec(params.competition), params.pseudo
+    spec, settings = competition_of(params), params.pseudo
     folds, images = load_folds(spec.slug), RunImages.load(spec.slug)
     teacher = fold_dir(spec.slug, f"finetune-{model}", fold)
     held_out = sorted(folds.img[folds.fold == fold])
@@ -60,7 +61,7 @@ def teacher_labels(params: Params, model: str, fold: int) -> PseudoLabels:
                         record)
 
 
-@cli
+@stage_command
 def main() -> None:
     params, model, fold = fold_command("Train a student on one fold with its teacher's pseudo-labels")
     if spread_over_devices(params.finetune.devices, "pipeline.stages.pseudo", [model, "--fold", str(fold)]):

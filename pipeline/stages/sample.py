@@ -22,12 +22,13 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipeline.atomic import atomic_dir
-from pipeline.competitions import load_spec
+from pipeline.data.competitions import competition_of
 from pipeline.config import load_params
-from pipeline.errors import PipelineError, cli
+from pipeline.errors import PipelineError
 from pipeline.paths import raw_dir, sample_dir
-from pipeline.raw_data import every_image
-from pipeline.tables import RunImages
+from pipeline.data.raw_data import every_image
+from pipeline.data.tables import RunImages
+from pipeline.compute.cores import stage_command
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,10 @@ def sample_images(every: RunImages, fraction: float, seed: int) -> RunImages:
                      test[keep_test(len(test), fraction, seed)].reset_index(drop=True))
 
 
-@cli
+@stage_command
 def main() -> None:
     params = load_params()
-    spec = load_spec(params.competition)
+    spec = competition_of(params)
     fraction = params.data.sample
     every = every_image(raw_dir(spec.slug), spec)
     images = sample_images(every, fraction, params.data.sample_seed)

@@ -23,13 +23,14 @@ import pandas as pd
 from dvclive import Live
 
 from pipeline.atomic import atomic_file
-from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.data.competitions import competition_of, CompetitionSpec
 from pipeline.config import load_params
-from pipeline.errors import PipelineError, cli
-from pipeline.predictions import read_table
-from pipeline.submission_format import (FLOAT_FORMAT, file_sha256, read_submission, score, to_submission,
+from pipeline.errors import PipelineError
+from pipeline.data.predictions import read_table
+from pipeline.ensemble.submission_format import (FLOAT_FORMAT, file_sha256, read_submission, score, to_submission,
                                        validate_submission)
 from pipeline.paths import SUBMISSIONS, ensemble_dir, metrics_dir, raw_dir
+from pipeline.compute.cores import stage_command
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def write_submission(table: pd.DataFrame, sample: pd.DataFrame, spec: Competitio
 
 def main_for() -> None:
     params = load_params()
-    spec = load_spec(params.competition)
+    spec = competition_of(params)
     raw, sampled = raw_dir(spec.slug), params.data.sample < 1
     sample = read_submission(raw / spec.sample_submission, spec.submission_id)
     test = read_table(ensemble_dir(spec.slug) / "test.csv", spec.classes)
@@ -89,7 +90,7 @@ def main_for() -> None:
                      ", ".join(f"{k.split('_')[0]} {v:.4f}" for k, v in scores.items()))
 
 
-main = cli(main_for)
+main = stage_command(main_for)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Pieces every training loop shares: the device, seeding and the warm-up + cosine schedule."""
+"""Pieces every training loop shares: seeding, the warm-up + cosine schedule and the EMA's settings."""
 from __future__ import annotations
 
 import math
@@ -49,13 +49,3 @@ def ema_settings(ema_decay: float, ema_half_life: float, steps_per_epoch: int) -
         return {"decay": 0.5 ** (1 / max(ema_half_life * steps_per_epoch, 1.0)), "use_warmup": True,
                 "warmup_gamma": 1.0, "warmup_power": 1.0}
     return {"decay": ema_decay} if ema_decay else None
-
-
-def pick_device(local_rank: int = 0) -> torch.device:
-    """The GPU of this process (``LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
-    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def gpu_capability(device: torch.device) -> tuple[int, int] | None:
-    """The GPU's compute capability (8, 0) for an A100, (7, 5) for a T4; None for any other device."""
-    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None

@@ -5,7 +5,7 @@ The frames stage pays it once. ``data/frames/<competition>/`` holds ``train.npy`
 [n, height, width, 3], NumPy's format, memory-mapped when read), ``train_index.csv`` / ``test_index.csv`` (img,
 member: array row order) and ``frames.json`` (the frame shape and the size it serves). This module is the only
 place those names are spelled. It needs no torch: the frames stage (and each of its decoding processes) starts
-in a second; ``FrameImages`` and ``RawFrames`` in pipeline/image_data.py turn rows of a split into batches.
+in a second; ``FrameImages`` and ``RawFrames`` in pipeline/views/image_data.py turn rows of a split into batches.
 
 A frame is the image decoded at the largest libjpeg reduction (1/2, 1/4, 1/8) that keeps both sides at least
 ``frames.size`` (State Farm's 640x480 at 224: 320x240). That is the frame decoding for any image size whose

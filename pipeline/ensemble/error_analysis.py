@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.metrics import kaggle_proba
+from pipeline.data.metrics import kaggle_proba
 
 MAX_GROUPS = 40  # a bar per group: Dogs vs. Cats' near-duplicate groups number thousands, so the worst 40
 RELIABILITY_BINS = 10

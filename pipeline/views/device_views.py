@@ -4,7 +4,7 @@ resizes whole batches.
 On a GPU the features stage used to be bound by JPEG decoding in CPU workers (docs/gpu.md: 0.27 of the model's
 speed with nvJPEG, 0.21 with CPU decoding). The frames stage now decodes every image once; with
 ``features.views_on: device`` (``auto`` picks it when the model is on CUDA) a batch is its frames gathered from
-the memory-mapped cache and copied to the device, where the view is cropped (pipeline/augment.py's CROPS) and
+the memory-mapped cache and copied to the device, where the view is cropped (pipeline/views/augment.py's CROPS) and
 resized with antialiased interpolation. A CPU core then only copies ~230 KB per image, so a couple of cores feed
 the model (bench/input_path.py). The CPU path (albumentations) stays the default on a CPU: the two agree to a few
 grey levels, not bit for bit (tests/test_device_views.py). nvJPEG is no longer used: nothing decodes a JPEG after
@@ -12,15 +12,16 @@ the frames stage, which also retires its stream hazard (pytorch/vision PR #9606)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import CROPS, INTERPOLATIONS, region_box, view_transform
+from pipeline.views.augment import CROPS, INTERPOLATIONS, region_box, view_transform
 from pipeline.errors import PipelineError
-from pipeline.image_data import FrameImages, RawFrames
+from pipeline.views.image_data import FrameImages, RawFrames
 
 MODES = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
 
@@ -63,12 +64,23 @@ class DeviceViews(RawFrames):
         return resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def view_images(on: str, device: torch.device, arrays: list[np.ndarray], rows: np.ndarray, view: str, size: int,
-                interpolation: str, regions: Sequence[str] = ("full",)) -> FrameImages | DeviceViews:
-    """One test-time view of ``rows`` of the frame arrays (each cut to ``regions``), made where ``on`` says: the
-    features stage's ``features.views_on``, or for a fine-tuned net where its training batches were augmented
-    (``finetune.augment_on``), so that a net predicts from pixels made the way it trained on. ``auto``: on a GPU
-    if any."""
-    if on == "device" or (on == "auto" and device.type == "cuda"):
-        return DeviceViews(arrays, rows, view, size, interpolation, regions)
-    return FrameImages(arrays, rows, view_transform(view, size, interpolation), size, regions=regions)
+@dataclass(frozen=True)
+class ViewRecipe:
+    """How a model's test-time views are made: where (``on``: ``cpu``, ``device`` or ``auto``), at what ``size``,
+    resized with which ``interpolation`` (the backbone's own), of which ``regions``."""
+    on: str
+    size: int
+    interpolation: str
+    regions: tuple[str, ...] = ("full",)
+
+
+def view_images(recipe: ViewRecipe, view: str, arrays: list[np.ndarray], rows: np.ndarray,
+                device: torch.device) -> FrameImages | DeviceViews:
+    """One test-time view of ``rows`` of the frame arrays (each cut to the recipe's regions), made where its ``on``
+    says: the features stage's ``features.views_on``, or for a fine-tuned net where its training batches were
+    augmented (``finetune.augment_on``), so that a net predicts from pixels made the way it trained on. ``auto``: on
+    a GPU if any."""
+    if recipe.on == "device" or (recipe.on == "auto" and device.type == "cuda"):
+        return DeviceViews(arrays, rows, view, recipe.size, recipe.interpolation, recipe.regions)
+    return FrameImages(arrays, rows, view_transform(view, recipe.size, recipe.interpolation), recipe.size,
+                       regions=recipe.regions)

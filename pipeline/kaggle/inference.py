@@ -1,5 +1,5 @@
 """A trained run as a bundle of files, and its submission predicted from that bundle alone: what the notebook of a
-code competition runs offline on Kaggle (pipeline/kernel.py builds both and sends them).
+code competition runs offline on Kaggle (pipeline/kaggle/kernels.py builds both and sends them).
 
 The bundle is one flat folder (a Kaggle dataset keeps files, not folders): the run's ``params.yaml``, its
 competition's description (``<slug>.yaml``, from competitions/), the
@@ -7,11 +7,11 @@ ensemble's ``blend.json``, the frame cache's ``frames.json``, ``run.json`` (wher
 of its own submission), each heads fold's ``heads-<backbone>-fold<k>.pt``, each fine-tuned fold's
 ``finetune-<model>-fold<k>.pt`` (its ``final.pt``) and the ImageNet weights of each frozen backbone
 (``backbone-<name>.pt``: a notebook has no weights package). ``predict_submission`` follows the stages' own code
-step for step: the test images decoded into frames of the run's shape (pipeline/frames.py), each backbone's
-features in the heads' views (pipeline/extraction.py; float16, as the feature cache keeps them), each head's and
+step for step: the test images decoded into frames of the run's shape (pipeline/data/frames.py), each backbone's
+features in the heads' views (pipeline/training/extraction.py; float16, as the feature cache keeps them), each head's and
 each fine-tuned fold's probabilities (tables written and read as the stages write them), neighbours in the space
-the ensemble chose (float16 embeddings, as the stages keep them), the ensemble's recipe (pipeline/blending.py) and
-the submission's columns (pipeline/submission_format.py). On the machine that trained the run it gives the run's
+the ensemble chose (float16 embeddings, as the stages keep them), the ensemble's recipe (pipeline/ensemble/blending.py) and
+the submission's columns (pipeline/ensemble/submission_format.py). On the machine that trained the run it gives the run's
 own submission (tests/test_kernel.py); elsewhere the numbers move by what another CPU or GPU computes differently.
 """
 from __future__ import annotations
@@ -27,25 +27,25 @@ import pandas as pd
 import torch
 
 from pipeline.atomic import atomic_file
-from pipeline.backbones import create_backbone, create_classifier, data_config
-from pipeline.blending import BlendRecipe, test_prediction
-from pipeline.competitions import DESCRIPTIONS, CompetitionSpec, load_spec
+from pipeline.training.backbones import create_backbone, create_classifier, data_config
+from pipeline.ensemble.blending import BlendRecipe, test_prediction
+from pipeline.data.competitions import competition_of, CompetitionSpec, DESCRIPTIONS
 from pipeline.config import Params, load_params
-from pipeline.cores import share
-from pipeline.device_views import view_images
+from pipeline.compute.cores import share
+from pipeline.views.device_views import ViewRecipe, view_images
 from pipeline.errors import PipelineError
-from pipeline.extraction import extract
-from pipeline.frames import check_room, fit_frame, frames_bytes
-from pipeline.head_model import make_head, predict
-from pipeline.image_data import Feed
-from pipeline.images import ImageArchive
+from pipeline.training.extraction import extract
+from pipeline.data.frames import check_room, fit_frame, frames_bytes
+from pipeline.training.head_model import make_head, predict
+from pipeline.views.image_data import Feed
+from pipeline.data.images import ImageArchive
 from pipeline.paths import checkpoint_dir, ensemble_dir, fold_dir, frames_dir, metrics_dir
-from pipeline.predictions import read_table, unit_length, write_table
+from pipeline.data.predictions import read_table, unit_length, write_table
 from pipeline.progress import progress
-from pipeline.raw_data import load_test_ids, test_images
-from pipeline.submission_format import FLOAT_FORMAT, to_submission
-from pipeline.tables import load_folds
-from pipeline.training import pick_device
+from pipeline.data.raw_data import load_test_ids, test_images
+from pipeline.ensemble.submission_format import FLOAT_FORMAT, to_submission
+from pipeline.data.tables import load_folds
+from pipeline.compute.devices import pick_device
 
 log = logging.getLogger(__name__)
 MANIFEST = "run.json"
@@ -73,7 +73,7 @@ def backbones_needed(recipe: dict) -> list[str]:
 def write_bundle(params: Params, out: Path, source: dict) -> dict:
     """The workspace's trained run (its ensemble, the heads and fine-tuned folds it blends) as a bundle in ``out``
     (created; must not exist); ``source`` (commit, experiment, CV) goes into run.json. Returns run.json's content."""
-    spec = load_spec(params.competition)
+    spec = competition_of(params)
     recipe = json.loads((ensemble_dir(spec.slug) / "blend.json").read_text())
     folds = sorted(int(f) for f in load_folds(spec.slug).fold.unique())
     out.mkdir(parents=True)
@@ -136,7 +136,8 @@ def backbone_features(bundle: Path, params: Params, backbone: str, frames: np.nd
                                       shape=(len(settings.test_views), len(frames), model.num_features))
     rows, names = np.arange(len(frames)), [f"test image {i}" for i in range(len(frames))]
     for v, view in enumerate(settings.test_views):
-        dataset = view_images(settings.views_on, device, [frames], rows, view, size, config["interpolation"])
+        made = ViewRecipe(settings.views_on, size, config["interpolation"])
+        dataset = view_images(made, view, [frames], rows, device)
         extract(model, dataset, views[v], feed, f"{backbone} test {view}", names)
     views.flush()
     return views
@@ -158,7 +159,7 @@ def fine_tuned_predictions(bundle: Path, params: Params, spec: CompetitionSpec, 
                            frames: np.ndarray, device: torch.device) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each fold's fine-tuned net on the test frames in ``finetune.test_views``: (probabilities, embeddings) per fold,
     the views made where that net's training batches were (on a GPU only when there is one here)."""
-    from pipeline.trainer import Trainer  # torch's distributed pieces: only where a fine-tuned net predicts
+    from pipeline.training.trainer import Trainer  # torch's distributed pieces: only where a fine-tuned net predicts
 
     name = model.split("-", 1)[1]
     recipe = params.finetune.recipe(name)
@@ -183,7 +184,7 @@ def fine_tuned_predictions(bundle: Path, params: Params, spec: CompetitionSpec, 
 
 
 def as_stored(proba: np.ndarray, spec: CompetitionSpec, ids: list[str], work: Path) -> np.ndarray:
-    """Probabilities as a stage writes and the next one reads them (pipeline/predictions.py's table)."""
+    """Probabilities as a stage writes and the next one reads them (pipeline/data/predictions.py's table)."""
     path = work / "table.csv"
     write_table(path, spec.classes, ids, proba)
     return read_table(path, spec.classes).to_numpy()
@@ -193,7 +194,7 @@ def predict_submission(bundle: Path, competition: Path, out: Path, work: Path) -
     """The bundle's run predicted on the test images of ``competition`` (a folder in Kaggle's layout), written to
     ``out`` as the competition's submission; ``work`` (created) holds the frames and features meanwhile."""
     params = load_params(bundle / "params.yaml")
-    spec = load_spec(params.competition, raw=competition, folder=bundle)
+    spec = competition_of(params, bundle / "params.yaml", raw=competition)
     manifest = json.loads((bundle / MANIFEST).read_text())
     saved_recipe = json.loads((bundle / "blend.json").read_text())
     recipe = BlendRecipe.from_dict(saved_recipe)

@@ -21,12 +21,13 @@ import pandas as pd
 import pydantic
 import yaml
 
+from pipeline.config import PARAMS_FILE, Params, unrecorded
 from pipeline.errors import PipelineError
-from pipeline.metrics import METRICS, Metric
+from pipeline.data.metrics import METRICS, Metric
 from pipeline.paths import raw_dir
 
 # Beside params.yaml in the repository; the package's own copy's parent, so a test's repository copy reads its own.
-DESCRIPTIONS = Path(__file__).resolve().parent.parent / "competitions"
+DESCRIPTIONS = Path(__file__).resolve().parents[2] / "competitions"
 LabelShape = Literal["class_folders", "file_name", "id_column", "one_hot"]
 SubmissionValues = Literal["probabilities", "positive", "class"]
 
@@ -46,12 +47,12 @@ class CompetitionSpec:
     submission_id: str  # the sample submission's id column
     test_suffix: str  # test member = test/<id><suffix> (Dogs vs. Cats ids are numbers, files <id>.jpg)
     positive_class: str  # submission values "positive": this class's probability is the one column
-    metric: str  # a name of pipeline/metrics.py's METRICS
+    metric: str  # a name of pipeline/data/metrics.py's METRICS
     official_counts: dict[str, int]  # what Kaggle serves, checked for real downloads; {} = not checked
     flip_safe: bool = False  # may images be mirrored (augmentation, test views) without changing the class?
     kaggle: bool = True  # can the kaggle client download it?
     # Where the files come from when they are not Kaggle's: the competition's own files, or the user's class
-    # folders that the download stage packs into the competition's layout (pipeline/own_data.py).
+    # folders that the download stage packs into the competition's layout (pipeline/data/own_data.py).
     ingest_from: Literal["competition_files", "class_folders"] = "competition_files"
     classes_from_data: bool = False  # classes are the data's own: the sample submission's columns (load_spec)
     # A training image's id: its file name (Kaggle's ids), or its path under the class folders (own data:
@@ -65,7 +66,7 @@ class CompetitionSpec:
     submission_values: SubmissionValues = "probabilities"
     submission_column: str = "label"  # the one column of a "positive" or "class" submission
     title: str = ""
-    standin: dict = field(default_factory=dict)  # how pipeline/standin.py draws it (competitions/README.md)
+    standin: dict = field(default_factory=dict)  # how pipeline/data/standin.py draws it (competitions/README.md)
 
     @property
     def submission_columns(self) -> tuple[str, ...]:
@@ -245,6 +246,43 @@ def load_spec(slug: str, raw: Path | None = None, source: Path = Path("params.ya
     if len(header) < 3 or header[0] != spec.submission_id:
         raise PipelineError(f"{path}: expected columns {spec.submission_id}, <class>, <class>, ...")
     return replace(spec, classes=tuple(header[1:]))
+
+
+def competition_of(params: Params, source: Path = PARAMS_FILE, raw: Path | None = None) -> CompetitionSpec:
+    """The spec of ``params.competition``, once the params are checked against it (flips its classes do not
+    survive, groups it already has, a source it is not on): every stage, command and the notebook gets its
+    competition this way, so a params.yaml that does not fit its competition stops in one line naming the key."""
+    # A notebook's flat bundle has the run's description beside its params.yaml (pipeline/kaggle/inference.py).
+    beside = source.parent / f"{params.competition}.yaml"
+    spec = load_spec(params.competition, raw, source, **({"folder": source.parent} if beside.is_file() else {}))
+    _check_params(unrecorded(params), spec, source)
+    return spec
+
+
+def _check_params(params: Params, spec: CompetitionSpec, source: Path) -> None:
+    if params.data.source == "kaggle" and not spec.kaggle:
+        raise PipelineError(f"{source}: data.source: {spec.slug} is not on Kaggle; use local (or standin)")
+    if spec.ingest_from == "class_folders" and params.data.source == "local" and not params.own_data.train_dir:
+        raise PipelineError(f"{source}: own_data.train_dir: empty; set it to your folder of class folders")
+    if bool(params.data.groups_csv) != bool(params.data.group_column):
+        raise PipelineError(f"{source}: data.group_column: give both groups_csv and group_column, or neither")
+    if params.data.groups_csv and spec.group_column:
+        raise PipelineError(f"{source}: data.groups_csv: {spec.slug} groups its images by {spec.group_column} "
+                            f"already; leave it empty")
+    if params.folds.group_by == "near_duplicates" and (spec.group_column or params.data.groups_csv):
+        given = "data.groups_csv gives them" if params.data.groups_csv else f"{spec.slug} has {spec.group_column}"
+        raise PipelineError(f"{source}: folds.group_by: near_duplicates is for data without groups; {given}")
+    if params.folds.near_duplicate_backbone not in params.features.backbones:
+        raise PipelineError(f"{source}: folds.near_duplicate_backbone: {params.folds.near_duplicate_backbone!r} is "
+                            f"not under features.backbones")
+    if not spec.flip_safe:
+        if params.augment.hflip:
+            raise PipelineError(f"{source}: augment.hflip: {spec.slug} classes change under a horizontal flip")
+        for section in ("features", "finetune"):
+            if "hflip" in getattr(params, section).test_views:
+                raise PipelineError(f"{source}: {section}.test_views: {spec.slug} classes change under a horizontal "
+                                    f"flip")
+
 
 
 def __getattr__(name: str) -> CompetitionSpec:

@@ -78,7 +78,7 @@ def data_config(model: torch.nn.Module) -> dict:
 class RegionNet(torch.nn.Module):
     """One backbone run on each of ``regions`` crops of a frame, their pooled features side by side before one
     linear classifier: the 1st-place State Farm form (full frame, head, hands through one net). The batch holds a
-    frame's regions one after another (frame 0's regions, then frame 1's: pipeline/image_data.py); the
+    frame's regions one after another (frame 0's regions, then frame 1's: pipeline/views/image_data.py); the
     classifier sees one row per frame. Shaped like a timm classifier where the trainer looks (``forward_features``,
     ``forward_head``, ``get_classifier``, ``num_features``, ``pretrained_cfg``)."""
 

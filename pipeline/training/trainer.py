@@ -34,15 +34,17 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from pipeline.atomic import atomic_file
-from pipeline.backbones import data_config
+from pipeline.training.backbones import data_config
 from pipeline.config import Recipe
-from pipeline.cores import give_back
-from pipeline.device_views import view_images
+from pipeline.compute.cores import give_back
+from pipeline.views.device_views import ViewRecipe, view_images
 from pipeline.errors import PipelineError
-from pipeline.image_data import Feed
-from pipeline.machine import ddp_device_ids, devices_refusal, fold_processes, needs_loss_scaling, process_group_backend
+from pipeline.views.image_data import Feed
+from pipeline.compute.machine import (ddp_device_ids, devices_refusal, fold_processes, needs_loss_scaling,
+                                      process_group_backend)
 from pipeline.progress import progress
-from pipeline.training import ema_settings, pick_device, warmup_cosine_factor
+from pipeline.compute.devices import pick_device
+from pipeline.training.schedule import ema_settings, warmup_cosine_factor
 
 log = logging.getLogger(__name__)
 
@@ -254,11 +256,10 @@ class Trainer:
         mine = np.arange(rank, len(rows), world)
         proba = np.zeros((len(mine), model.num_classes), np.float32)
         embeddings = np.zeros((len(mine), model.num_features), np.float32)
-        interpolation = data_config(model)["interpolation"]
+        made = ViewRecipe(on, size, data_config(model)["interpolation"], tuple(self.recipe.regions))
         with torch.inference_mode(), progress(total=len(mine) * len(views), desc=label) as bar:
             for view in views:
-                dataset = view_images(on, self.feed.device, frames, rows[mine], view, size, interpolation,
-                                      self.recipe.regions)
+                dataset = view_images(made, view, frames, rows[mine], self.feed.device)
                 for indices, inputs in self.feed.inputs(self.feed.loader(dataset, batch_size=2 * self.feed.batch_size)):
                     with self.feed.autocast():
                         pooled = model.forward_head(model.forward_features(inputs), pre_logits=True)

@@ -1,5 +1,5 @@
 """The classifier a heads stage fits on a backbone's cached features: its shape and how it predicts. The heads stage
-trains one per fold; a Kaggle notebook (pipeline/inference.py) predicts with the saved ones."""
+trains one per fold; a Kaggle notebook (pipeline/kaggle/inference.py) predicts with the saved ones."""
 from __future__ import annotations
 
 import numpy as np

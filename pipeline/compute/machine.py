@@ -4,7 +4,7 @@ A GPU box is where our users run and where our own runs never have: so each deci
 cores are really ours, the autocast dtype, DataLoader workers per rank, main-process threads, pinned memory) is a
 function of the machine's properties, tested on a CPU with the properties of machines we do not have
 (tests/test_machine.py). What reads the real machine is a few lines here (``read_cores``) and in
-pipeline/training.py (``gpu_capability``: the one ``torch.cuda`` call); docs/gpu.md lists every such line.
+pipeline/compute/devices.py (``gpu_capability``: the one ``torch.cuda`` call); docs/gpu.md lists every such line.
 
 Cores are the fewest of what the scheduler lets this process run on (CPU affinity: ``taskset``, a Slurm cpuset,
 ``docker --cpuset-cpus``), the container's CPU quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``: ``docker

@@ -8,11 +8,11 @@ Every stand-in has exactly the files and layout its competition has:
   ``test.zip`` (``test/<id>.jpg``), ``sample_submission.csv`` (``id,label``),
   images of varying size;
 - own data: a folder per class, a groups CSV and a test folder, ingested the
-  way a user's own folders are (pipeline/own_data.py).
+  way a user's own folders are (pipeline/data/own_data.py).
 
 Each adds ``solution.csv``, the hidden test labels with a Public/Private split
 that only the local scorer reads. The pictures are pose scenes from
-pipeline/standin_scene.py: each class is a pose, each "subject" (driver, pet,
+pipeline/data/standin_scene.py: each class is a pose, each "subject" (driver, pet,
 person) a fixed look; test subjects never appear in train. Every image is
 seeded by (seed, subject, class, frame), so the output is byte-identical for
 the same params whatever the number of worker processes.
@@ -30,14 +30,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from pipeline.competitions import DESCRIPTIONS, OWN_DATA, CompetitionSpec, load_spec
+from pipeline.data.competitions import DESCRIPTIONS, OWN_DATA, CompetitionSpec, load_spec
 from pipeline.config import OwnDataParams, StandinParams
 from pipeline.errors import PipelineError
-from pipeline.images import ZipWriter
-from pipeline.own_data import ingest_own_data
+from pipeline.data.images import ZipWriter
+from pipeline.data.own_data import ingest_own_data
 from pipeline.progress import progress
-from pipeline.raw_data import copy_groups
-from pipeline.standin_scene import TRANSITIONS, draw_frame, frame_pose, random_look, random_take
+from pipeline.data.raw_data import copy_groups
+from pipeline.data.standin_scene import TRANSITIONS, draw_frame, frame_pose, random_look, random_take
 
 @dataclass(frozen=True)
 class Style:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from pipeline.decoding import decode_rgb
+from pipeline.data.decoding import decode_rgb
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:  # only a type: images.py is imported by what competitions.py's users import
-    from pipeline.competitions import CompetitionSpec
+    from pipeline.data.competitions import CompetitionSpec
 
 # Fixed member timestamps: archives we write are byte-identical for identical content, so DVC hashes stay put.
 ZIP_DATE = (2016, 4, 5, 0, 0, 0)
@@ -138,7 +138,7 @@ class ImageArchive:
             raise PipelineError(f"{self.path}:{name}: cannot be read ({error})") from None
 
     def load_rgb(self, name: str, draft_size: tuple[int, int] | None = None) -> np.ndarray:
-        """Decode one image to an upright HxWx3 uint8 RGB array (pipeline/decoding.py); a JPEG at reduced
+        """Decode one image to an upright HxWx3 uint8 RGB array (pipeline/data/decoding.py); a JPEG at reduced
         size when ``draft_size`` (width, height) allows: most of the decoding cost is saved before any resize."""
         return decode_rgb(self.read_bytes(name), self.where(name), draft_size)
 

@@ -85,7 +85,7 @@ def _toward(neutral: float, value: float, strength: float) -> float:
 @dataclass(frozen=True)
 class AugmentRanges:
     """The ``augment`` params with their magnitudes scaled by ``strength`` (0: none; a model's ``augment_strength``):
-    what both the CPU path (``train_transform``) and the GPU path (pipeline/device_augment.py) sample from."""
+    what both the CPU path (``train_transform``) and the GPU path (pipeline/views/device_augment.py) sample from."""
 
     rotate_degrees: float
     translate: float  # of the frame's width and height

@@ -1,4 +1,4 @@
-"""Batches to the model: datasets over the frame cache (pipeline/frames.py), DataLoaders, normalisation on the device.
+"""Batches to the model: datasets over the frame cache (pipeline/data/frames.py), DataLoaders, normalisation on the device.
 
 Datasets hand over uint8 HWC batches (a view or an augmentation of cached frames, made on the CPU) or the frames
 themselves with a ``to_images`` that makes them on the device; float conversion and normalisation happen on the
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.augment import in_regions
-from pipeline.cores import share
+from pipeline.views.augment import in_regions
+from pipeline.compute.cores import share
 from pipeline.errors import PipelineError
-from pipeline.frames import gather
-from pipeline.machine import autocast_dtype, loader_workers, main_threads, pin_memory
-from pipeline.training import gpu_capability
+from pipeline.data.frames import gather
+from pipeline.compute.machine import autocast_dtype, loader_workers, main_threads, pin_memory
+from pipeline.compute.devices import gpu_capability
 
 
 def _already_batched(batch: dict) -> dict:
@@ -37,7 +37,7 @@ def _quiet_worker(_: int) -> None:
 
 def loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.device, sampler=None) -> DataLoader:
     """Batches in the dataset's order (or the sampler's), assembled in the workers, pinned for a GPU. Workers and
-    the main process's threads follow this process's share of the cores (pipeline/machine.py)."""
+    the main process's threads follow this process's share of the cores (pipeline/compute/machine.py)."""
     cores = share()
     workers = loader_workers(workers, device.type, cores)
     torch.set_num_threads(main_threads(device.type, cores, workers))
@@ -108,7 +108,7 @@ class Feed:
 class FrameImages(Dataset):
     """Rows ``rows`` of the frame arrays (laid end to end), transformed to ``size x size`` uint8 HWC by
     ``transform`` (a view or an augmentation). ``seeds`` (one per item) reseeds a random transform per sample, so
-    the augmentation an image gets does not depend on worker count or order. With ``regions`` (pipeline/augment.py's
+    the augmentation an image gets does not depend on worker count or order. With ``regions`` (pipeline/views/augment.py's
     REGIONS) each frame is cut to each region first and transformed region by region: a batch of n frames holds
     n x len(regions) images, a frame's regions one after another (what backbones.RegionNet expects)."""
 

@@ -4,9 +4,9 @@ On an H100, fine-tuning waited for its CPU workers: one image's albumentations
 augmentation costs a core ~1.4 ms beside its ~1.5 ms decode (docs/gpu.md), so 15
 workers fed ~2,300 img/s to a model that trains 4,300. With
 ``finetune.augment_on: device`` (``auto`` picks it when the model is on CUDA) a
-batch is its frames gathered from the frame cache (pipeline/frames.py: decoded once,
+batch is its frames gathered from the frame cache (pipeline/data/frames.py: decoded once,
 at reduced size), unaugmented; the main
-process applies the same augmentation as pipeline/augment.py's ``train_transform``
+process applies the same augmentation as pipeline/views/augment.py's ``train_transform``
 to the whole batch on the device with kornia, each image drawing its own
 parameters from the same ``AugmentRanges``: affine (rotation, translation, x and
 y scale, reflected borders), random resized crop, colour jitter, coarse dropout,
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.augment import AugmentRanges, region_box, train_transform
-from pipeline.config import AugmentParams
-from pipeline.image_data import FrameImages, RawFrames
+from pipeline.views.augment import AugmentRanges, region_box, train_transform
+from pipeline.config import AugmentParams, Recipe
+from pipeline.views.image_data import FrameImages, RawFrames
 
 
 def resolve_augment_on(setting: str, device: torch.device) -> str:
@@ -103,11 +103,12 @@ class DeviceAugmentedImages(RawFrames):
         return images.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def augmented_images(arrays: Sequence[np.ndarray], rows: Sequence[int], augment: AugmentParams, strength: float,
-                     size: int, seed: int, on: str, device: torch.device,
-                     regions: Sequence[str] = ("full",)) -> Dataset:
-    """A fine-tuning run's training images (``rows`` of the frame arrays, each cut to ``regions``), augmented where
-    ``on`` (``finetune.augment_on``) says: albumentations on the CPU, or kornia on ``device``."""
+def augmented_images(arrays: Sequence[np.ndarray], rows: Sequence[int], augment: AugmentParams, recipe: Recipe,
+                     on: str, device: torch.device) -> Dataset:
+    """A fine-tuning run's training images (``rows`` of the frame arrays, each cut to the recipe's regions, at its
+    image size), augmented by section ``augment`` at the recipe's strength where ``on`` (``finetune.augment_on``)
+    says: albumentations on the CPU, or kornia on ``device``."""
+    size, strength, regions = recipe.image_size, recipe.augment_strength, recipe.regions
     if resolve_augment_on(on, device) == "device":
         return DeviceAugmentedImages(arrays, rows, AugmentRanges.of(augment, strength), size, regions=regions)
-    return FrameImages(arrays, rows, train_transform(augment, size, seed, strength), size, regions=regions)
+    return FrameImages(arrays, rows, train_transform(augment, size, recipe.seed, strength), size, regions=regions)

@@ -9,9 +9,9 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from pipeline.competitions import CompetitionSpec
+from pipeline.data.competitions import CompetitionSpec
 from pipeline.errors import PipelineError
-from pipeline.metrics import competition_metric
+from pipeline.data.metrics import competition_metric
 
 FLOAT_FORMAT = "%.6f"  # how a submission's probabilities are written
 

@@ -20,11 +20,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from pipeline.competitions import CompetitionSpec
+from pipeline.data.competitions import CompetitionSpec
 from pipeline.errors import PipelineError
-from pipeline.images import ImageArchive, ZipWriter
+from pipeline.data.images import ImageArchive, ZipWriter
 from pipeline.progress import progress
-from pipeline.tables import RunImages
+from pipeline.data.tables import RunImages
 
 TRAIN_COLUMNS = ["img", "label", "group", "member"]
 # The user's groups (data.groups_csv) for a competition without groups of its own, copied by the download stage.

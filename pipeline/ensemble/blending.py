@@ -27,7 +27,7 @@ from scipy.optimize import minimize, minimize_scalar
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.config import EnsembleParams
-from pipeline.metrics import KAGGLE_EPS, METRICS, Metric, fit_thresholds, graded, kaggle_proba, multiclass_log_loss
+from pipeline.data.metrics import KAGGLE_EPS, METRICS, Metric, fit_thresholds, graded, kaggle_proba, multiclass_log_loss
 from pipeline.progress import progress
 
 NEIGHBOUR_WEIGHTS = np.linspace(0.0, 0.9, 10)
@@ -203,11 +203,11 @@ class BlendRecipe:
     clip: float
     by_space: dict = field(default_factory=dict)  # blend space -> its weights, for the report
     calibration_losses: dict = field(default_factory=dict)  # candidate -> its cross-validated loss, for the report
-    thresholds: tuple = ()  # an ordinal metric's cuts of the expected grade (pipeline/metrics.py); () for the others
+    thresholds: tuple = ()  # an ordinal metric's cuts of the expected grade (pipeline/data/metrics.py); () for the others
 
     def as_dict(self, models: list[str]) -> dict:
         """blend.json: every number the test prediction uses, in full (``from_dict`` gives the same recipe back:
-        a Kaggle notebook predicts with it, pipeline/inference.py); the weights rounded too, for reading."""
+        a Kaggle notebook predicts with it, pipeline/kaggle/inference.py); the weights rounded too, for reading."""
         return {"models": list(models), "blend": self.space, "weights": self.weights.round(6).tolist(),
                 "calibration": self.calibration.name, "temperature": self.calibration.temperature,
                 "calibration_scale": self.calibration.scale.round(6).tolist(),

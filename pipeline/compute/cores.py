@@ -2,13 +2,13 @@
 
 torch sizes its intra-op pool to every core, and OpenMP's threads spin while they wait: two runs of two threads
 each on two cores ran fine-tuning 2.3x slower than the same runs one after the other (docs/results.md). So every
-stage process (pipeline/errors.py's ``cli``) registers itself in a folder each run on this machine sees
+stage process (``stage_command`` below) registers itself in a folder each run on this machine sees
 (``$PIPELINE_RUNS_DIR``, default ``<tmp>/kaggle-image-pipeline-<uid>``) and takes ``cores // stages running``
-(cores: pipeline/machine.py's ``read_cores``, the container's quota and Slurm's allocation included). The share is
+(cores: pipeline/compute/machine.py's ``read_cores``, the container's quota and Slurm's allocation included). The share is
 fixed for the stage's whole run: CPU training's last digits depend on the thread count (~0.02 of nested CV on the
 stand-in, docs/results.md), so a fold trains under one count, which the finetune stage records with its run
 (``threads`` in its metrics); ``OMP_NUM_THREADS`` sets it outright, to reproduce a run or to pin a sweep (the
-tests set 1). On a GPU the share sizes the rank's DataLoader workers (pipeline/machine.py).
+tests set 1). On a GPU the share sizes the rank's DataLoader workers (pipeline/compute/machine.py).
 
 A registration is a file named by the pid holding the process's start time: a stage SIGKILLed before it could
 remove its file leaves a pid the system may give to another process later, which then is not counted.
@@ -22,10 +22,12 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
-from pipeline.machine import read_cores
+from pipeline.compute.machine import read_cores
+from pipeline.errors import cli
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def _registration() -> Path:
 
 def take_share() -> int:
     """Register this process as a running stage (until it exits), decide its share and size torch's threads to it
-    when torch is loaded (a GPU process sizes them again beside its workers: pipeline/image_data.py)."""
+    when torch is loaded (a GPU process sizes them again beside its workers: pipeline/views/image_data.py)."""
     folder = runs_dir()
     folder.mkdir(parents=True, exist_ok=True)
     mine = _registration()
@@ -113,3 +115,9 @@ def take_share() -> int:
 def give_back() -> None:
     """Stop counting as a running stage: a process that only waits for its children (torchrun's parent)."""
     _registration().unlink(missing_ok=True)
+
+
+def stage_command(main: Callable[[], None]) -> Callable[[], None]:
+    """A stage's ``main`` as its command: ``cli``'s logging, one-line errors and timing, with the stage's share of
+    the cores taken first (commands that mostly wait, submit and leaderboard, use ``cli`` alone)."""
+    return cli(main, start=take_share)

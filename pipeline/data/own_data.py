@@ -6,7 +6,7 @@ What the user has (params section ``own_data``):
 - ``test_dir`` (optional): unlabeled images to predict; without it the
   pipeline reports CV metrics and writes no submission.
 
-Images may be JPEG, PNG, WebP, BMP or TIFF (pipeline/decoding.py turns each into
+Images may be JPEG, PNG, WebP, BMP or TIFF (pipeline/data/decoding.py turns each into
 8-bit RGB). Every file is checked before anything is packed, so an image that
 will not decode is named by its own path, in seconds, not minutes later by the
 features stage as a member of the packed zip.
@@ -30,11 +30,11 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from pipeline.competitions import OWN_DATA
+from pipeline.data.competitions import OWN_DATA
 from pipeline.config import OwnDataParams
-from pipeline.decoding import SUFFIXES, check_image
+from pipeline.data.decoding import SUFFIXES, check_image
 from pipeline.errors import PipelineError
-from pipeline.images import ImageArchive, ZipWriter
+from pipeline.data.images import ImageArchive, ZipWriter
 from pipeline.progress import progress
 
 # What Windows and macOS write into any folder they show (hidden files, .DS_Store included, are skipped too).

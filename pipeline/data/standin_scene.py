@@ -12,7 +12,7 @@ take (test-neighbour smoothing helps). Geometry is laid out in a 640x480 design
 space (the wheel at its left), mapped through the driver's camera and mirrored at
 the end, so a frame has the real photos' geometry: the wheel at the right, the
 driver left of centre facing it, the radio low on the left. The regions that
-crop models look at (pipeline/augment.py's REGIONS) rely on that.
+crop models look at (pipeline/views/augment.py's REGIONS) rely on that.
 """
 from __future__ import annotations
 

@@ -19,21 +19,21 @@ import pandas as pd
 import torch
 
 from pipeline.atomic import atomic_dir
-from pipeline.backbones import create_classifier, data_config
-from pipeline.competitions import CompetitionSpec, load_spec
+from pipeline.training.backbones import create_classifier, data_config
+from pipeline.data.competitions import competition_of, CompetitionSpec
 from pipeline.config import Params, load_params
-from pipeline.cores import share
-from pipeline.device_augment import augmented_images, resolve_augment_on
+from pipeline.compute.cores import share
+from pipeline.views.device_augment import augmented_images, resolve_augment_on
 from pipeline.errors import PipelineError
-from pipeline.frames import Frames, load_frames
-from pipeline.image_data import Feed
-from pipeline.machine import loader_workers
-from pipeline.metrics import competition_metric
+from pipeline.data.frames import Frames, load_frames
+from pipeline.views.image_data import Feed
+from pipeline.compute.machine import loader_workers
+from pipeline.data.metrics import competition_metric
 from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, frames_dir, metrics_dir
-from pipeline.predictions import write_embeddings, write_fold, write_trained_on
-from pipeline.tables import RunImages, load_folds
-from pipeline.trainer import Checkpoint, Distributed, FoldImages, Trainer
-from pipeline.training import seed_everything
+from pipeline.data.predictions import write_embeddings, write_fold, write_trained_on
+from pipeline.data.tables import RunImages, load_folds
+from pipeline.training.trainer import Checkpoint, Distributed, FoldImages, Trainer
+from pipeline.training.schedule import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpe
         targets = np.concatenate([np.eye(len(spec.classes), dtype=np.float32)[targets], pseudo.probabilities])
         weights = torch.as_tensor(np.r_[np.ones(len(train_rows)), np.full(len(pseudo.ids), pseudo.weight)],
                                   dtype=torch.float32)
-    train_set = augmented_images(frames.both, rows, params.augment, recipe.augment_strength, recipe.image_size,
-                                 recipe.seed, params.finetune.augment_on, device, recipe.regions)
+    train_set = augmented_images(frames.both, rows, params.augment, recipe, params.finetune.augment_on, device)
     return FoldImages(fold, train_set, torch.as_tensor(targets), frames.both, frames.rows("train", held_out.img),
                       functools.partial(competition_metric, spec, spec.class_indices(held_out.label)),
                       weights), held_out.img, train_rows.img
@@ -97,7 +96,7 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
     """Train ``model_name``'s recipe on ``fold`` (plus pseudo-labels), predict, and write it all as ``name``."""
     from dvclive import Live  # here, not at the top: importing DVC costs a second that the benches don't need
 
-    spec = load_spec(params.competition)
+    spec = competition_of(params)
     seed_everything(params.finetune.recipe(model_name).seed + fold)
     frames = load_frames(frames_dir(spec.slug))
     images, held_out_ids, trained_ids = fold_images(params, model_name, fold, spec, frames, pseudo, distributed.device)
@@ -140,7 +139,7 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
 
 def trained_under(trainer: Trainer, augment_on: str) -> dict:
     """What a run trained under that its config does not fix and its numbers depend on: torch's intra-op threads
-    (CPU training's last digits follow them; pipeline/cores.py), the workers, the autocast dtype, the device."""
+    (CPU training's last digits follow them; pipeline/compute/cores.py), the workers, the autocast dtype, the device."""
     return {"threads": torch.get_num_threads(), "cores": share(), "processes": trainer.distributed.world,
             "workers": loader_workers(trainer.feed.workers, trainer.feed.device.type, share()),
             "precision": trainer.feed.precision or "float32", "device": str(trainer.feed.device),
@@ -160,7 +159,7 @@ def fold_command(description: str) -> tuple[Params, str, int]:
                             f"({', '.join(params.finetune.models)})")
     # Checked against tables the stage reads anyway, not against finetune.folds or pseudo.models: adding a fold
     # or a student must not make every other fold's stage out of date.
-    folds = sorted(load_folds(load_spec(params.competition).slug).fold.unique())
+    folds = sorted(load_folds(competition_of(params).slug).fold.unique())
     if args.fold not in folds:
         raise PipelineError(f"{folds_csv(params.competition)}: has no fold {args.fold} (folds {folds})")
     return params, args.model, args.fold

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import torch
 
-from pipeline.device_views import DeviceViews
+from pipeline.views.device_views import DeviceViews
 from pipeline.errors import PipelineError
-from pipeline.image_data import Feed, FrameImages
+from pipeline.views.image_data import Feed, FrameImages
 from pipeline.progress import progress
 
 
