@@ -21,6 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.kaggle.inference import MANIFEST, write_bundle
 from pipeline.ensemble.submission_format import recorded_cv
 from pipeline.kaggle.client import authenticated_api, calling_kaggle, scrubbed
+from pipeline.kaggle.submissions import git_output, save_experiment  # the same as a CSV submission's
 from pipeline.kaggle.scores import RECORD, record, wait_for_score, wait_until
 from pipeline.paths import metrics_dir
 
@@ -66,13 +67,6 @@ cli(lambda: predict_submission(bundle, competition, WORKING / "{submission}",
 log = logging.getLogger(__name__)
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def owner_name(given: str | None) -> str:
     """The Kaggle account the dataset and the notebook belong to: ``--owner``, else the credentials' user name."""
     if given:
@@ -116,7 +110,7 @@ def build(owner: str, out: Path = KERNEL) -> dict:
         raise PipelineError(f"{made_path}: records no submission of this workspace's run (a data.sample run writes "
                             f"none); run `dvc repro` first")
     dataset_slug, notebook_slug = slugs(spec.slug)
-    commit = _git("rev-parse", "--short", "HEAD") or "no-commit"
+    commit = git_output("rev-parse", "--short", "HEAD") or "no-commit"
     source = {"commit": commit, "experiment": made.get("experiment", ""), "cv_log_loss": recorded_cv(made)}
     if out.exists():
         shutil.rmtree(out)
@@ -215,7 +209,6 @@ def run_notebook(api, folder: Path, competition: str, poll: float, timeout: floa
 
 def push(owner: str, message: str | None, wait: float, poll: float) -> dict:
     """build, upload, run, submit and score; the leaderboard record."""
-    from pipeline.kaggle.submissions import save_experiment  # its experiment saving is the same as a CSV submission's
 
     manifest = build(owner)
     spec = competition_of(load_params())

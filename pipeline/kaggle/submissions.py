@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def git_output(*args: str) -> str:
+    """What ``git <args>`` prints, stripped; "" outside a repository or without git."""
     try:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
