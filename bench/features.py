@@ -24,17 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.training.backbones import create_backbone, data_config
-from pipeline.config import load_params
-from pipeline.views.device_views import ViewRecipe, view_images
-from pipeline.training.extraction import extract
-from pipeline.data.frames import load_frames
 from pipeline.compute.cores import share
-from pipeline.views.image_data import Feed
-from pipeline.compute.machine import loader_workers
-from pipeline.data.competitions import load_spec
-from pipeline.paths import frames_dir
 from pipeline.compute.devices import pick_device
+from pipeline.compute.machine import loader_workers
+from pipeline.config import load_params
+from pipeline.data.competitions import load_spec
+from pipeline.data.frames import load_frames
+from pipeline.paths import frames_dir
+from pipeline.training.backbones import create_backbone, data_config
+from pipeline.training.extraction import extract
+from pipeline.views.device_views import ViewRecipe, view_images
+from pipeline.views.image_data import Feed
 from input_path import breakdown, report  # bench/input_path.py, beside this script
 
 

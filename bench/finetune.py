@@ -19,19 +19,19 @@ import time
 import numpy as np
 import torch
 
-from pipeline.training.backbones import create_backbone, data_config
-from pipeline.config import load_params
-from pipeline.views.device_augment import augmented_images, resolve_augment_on
-from pipeline.data.frames import load_frames
 from pipeline.compute.cores import share
-from pipeline.views.image_data import Feed
 from pipeline.compute.machine import loader_workers
-from pipeline.paths import frames_dir
+from pipeline.config import load_params
 from pipeline.data.competitions import load_spec
+from pipeline.data.frames import load_frames
 from pipeline.data.tables import RunImages
+from pipeline.paths import frames_dir
+from pipeline.training.backbones import create_backbone, data_config
+from pipeline.views.device_augment import augmented_images, resolve_augment_on
+from pipeline.views.image_data import Feed
 from input_path import breakdown, report  # bench/input_path.py, beside this script
-from pipeline.training.trainer import Trainer
 from pipeline.compute.devices import pick_device
+from pipeline.training.trainer import Trainer
 
 
 def model_only(trainer: Trainer, size: int, seconds: float) -> float:

@@ -29,16 +29,16 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.views.augment import AugmentRanges, train_transform, view_transform
-from pipeline.data.competitions import load_spec
+from pipeline.compute.devices import pick_device
 from pipeline.config import load_params
+from pipeline.data.competitions import load_spec
 from pipeline.data.decoding import decode_rgb
-from pipeline.views.device_augment import DeviceAugment
 from pipeline.data.frames import gather, load_frames
 from pipeline.data.images import CompetitionImages
-from pipeline.paths import frames_dir
 from pipeline.data.tables import RunImages
-from pipeline.compute.devices import pick_device
+from pipeline.paths import frames_dir
+from pipeline.views.augment import AugmentRanges, train_transform, view_transform
+from pipeline.views.device_augment import DeviceAugment
 
 # The H100's model alone (docs/gpu.md): what the input path has to keep up with.
 MODEL_IMAGES_PER_S = {"features": 19_000, "fine-tuning": 4_300}

@@ -24,17 +24,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.views.augment import REGIONS, region_box, view_transform
-from pipeline.training.backbones import create_backbone, data_config
-from pipeline.data.competitions import load_spec
-from pipeline.config import load_params
-from pipeline.errors import cli
-from pipeline.training.extraction import extract
-from pipeline.data.frames import load_frames
-from pipeline.views.image_data import Feed, FrameImages
-from pipeline.paths import frames_dir
-from pipeline.data.tables import load_folds
 from pipeline.compute.devices import pick_device
+from pipeline.config import load_params
+from pipeline.data.competitions import load_spec
+from pipeline.data.frames import load_frames
+from pipeline.data.tables import load_folds
+from pipeline.errors import cli
+from pipeline.paths import frames_dir
+from pipeline.training.backbones import create_backbone, data_config
+from pipeline.training.extraction import extract
+from pipeline.views.augment import REGIONS, region_box, view_transform
+from pipeline.views.image_data import Feed, FrameImages
 
 COLOURS = [(255, 255, 255), (255, 80, 80), (80, 220, 80), (80, 160, 255), (255, 220, 60), (220, 90, 255),
            (60, 230, 230), (255, 150, 40)]

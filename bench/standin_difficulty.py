@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 
-from pipeline.data.competitions import load_spec
 from pipeline.config import load_params
+from pipeline.data.competitions import load_spec
 from pipeline.paths import ensemble_dir, metrics_dir
 
 # Held-out real State Farm photos (640x480, 20 train / 6 test drivers), default params: the direction to match.

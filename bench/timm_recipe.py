@@ -34,20 +34,20 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.training.backbones import create_classifier, data_config
-from pipeline.data.competitions import load_spec
-from pipeline.config import Params, load_params
 from pipeline.compute.cores import share
-from pipeline.training.fold_training import train_fold
+from pipeline.compute.devices import pick_device
+from pipeline.config import Params, load_params
+from pipeline.data.competitions import load_spec
 from pipeline.data.frames import gather, load_frames
-from pipeline.views.image_data import Feed
 from pipeline.data.metrics import competition_metric
-from pipeline.paths import fold_dir, frames_dir
 from pipeline.data.predictions import read_table
 from pipeline.data.tables import RunImages, load_folds
-from pipeline.training.trainer import Distributed, Trainer
-from pipeline.compute.devices import pick_device
+from pipeline.paths import fold_dir, frames_dir
+from pipeline.training.backbones import create_classifier, data_config
+from pipeline.training.fold_training import train_fold
 from pipeline.training.schedule import seed_everything
+from pipeline.training.trainer import Distributed, Trainer
+from pipeline.views.image_data import Feed
 
 
 class TimmTrainImages(Dataset):

@@ -18,8 +18,8 @@ import json
 import logging
 
 from pipeline.atomic import atomic_file
-from pipeline.data.competitions import competition_of
 from pipeline.config import load_params
+from pipeline.data.competitions import competition_of
 from pipeline.errors import cli
 from pipeline.kaggle.client import list_submissions
 from pipeline.kaggle.scores import HISTORY, RECORD, history, record

@@ -34,8 +34,8 @@ import argparse
 from pathlib import Path
 
 
-from pipeline.errors import PipelineError, cli
 from pipeline.compute.slurm import Plan, RUNS, collect, report, run_task, send, task_states, wait
+from pipeline.errors import PipelineError, cli
 
 
 

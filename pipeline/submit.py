@@ -25,15 +25,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.data.competitions import competition_of
 from pipeline.config import load_params
+from pipeline.data.competitions import competition_of
+from pipeline.ensemble.submission_format import read_submission, validate_submission
 from pipeline.errors import PipelineError, cli
 from pipeline.kaggle.client import submit_file, submits_notebooks_only
 from pipeline.kaggle.scores import RECORD, record, wait_for_score
-from pipeline.paths import SUBMISSIONS, raw_dir
-from pipeline.ensemble.submission_format import read_submission, validate_submission
 from pipeline.kaggle.submissions import (SUBMISSION_METRICS, default_message, made_by_this_run, not_made_here,
                                          save_experiment, submission_metrics)
+from pipeline.paths import SUBMISSIONS, raw_dir
 
 
 log = logging.getLogger(__name__)

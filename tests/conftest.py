@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.data.competitions import DOGS_VS_CATS, STATE_FARM, load_spec
 from pipeline.config import StandinParams
+from pipeline.data.competitions import DOGS_VS_CATS, STATE_FARM, load_spec
 from pipeline.data.frames import write_meta
-from pipeline.paths import frames_dir, raw_dir, sample_dir
 from pipeline.data.raw_data import every_image
-from pipeline.data.tables import RunImages
-from pipeline.stages.frames import decode_frames
 from pipeline.data.standin import write_standin
+from pipeline.data.tables import RunImages
+from pipeline.paths import frames_dir, raw_dir, sample_dir
+from pipeline.stages.frames import decode_frames
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_FILES = ["pipeline", "competitions", "submissions/README.md", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",

@@ -8,8 +8,8 @@ import timm
 import torch
 from PIL import Image
 
-from pipeline.training.backbones import create_backbone, data_config
 from pipeline.errors import PipelineError
+from pipeline.training.backbones import create_backbone, data_config
 from tests.conftest import REPO, run
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from pipeline.data.competitions import DOGS_VS_CATS, OWN_DATA, load_spec
-from pipeline.errors import PipelineError
-from pipeline.stages.folds import make_folds
 from pipeline.data.metrics import binary_log_loss, competition_metric, multiclass_log_loss
-from pipeline.paths import folds_csv, raw_dir
 from pipeline.data.raw_data import check_competition_files, ingest, train_table
 from pipeline.ensemble.submission_format import score
+from pipeline.errors import PipelineError
+from pipeline.paths import folds_csv, raw_dir
+from pipeline.stages.folds import make_folds
 from tests.conftest import run, set_params
 
 DVC = [sys.executable, "-m", "dvc"]

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from pipeline.data.competitions import described, load_spec
 from pipeline.config import StandinParams
+from pipeline.data.competitions import described, load_spec
 from pipeline.data.metrics import METRICS, fit_thresholds
-from pipeline.paths import raw_dir
 from pipeline.data.standin import write_standin
 from pipeline.ensemble.submission_format import validate_submission
+from pipeline.paths import raw_dir
 from tests.conftest import TINY_STANDIN, run, run_stage_in, set_params
 
 DVC = [sys.executable, "-m", "dvc"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.views.augment import AugmentRanges
 from pipeline.config import load_params
+from pipeline.views.augment import AugmentRanges
 from pipeline.views.device_augment import DeviceAugment, DeviceAugmentedImages
 from pipeline.views.image_data import Feed
 

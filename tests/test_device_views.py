@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.views.augment import CROPS, view_transform
 from pipeline.views.device_views import DeviceViews
-from pipeline.errors import PipelineError
 from pipeline.views.image_data import FrameImages
 from pipeline.views.image_data import Feed
 

@@ -21,8 +21,8 @@ import responses
 from dvc.repo import Repo
 
 from pipeline import kernel
-from pipeline.data.competitions import STATE_FARM
 from pipeline.config import RECORD_READS
+from pipeline.data.competitions import STATE_FARM
 from pipeline.paths import folds_csv, raw_dir
 from tests.conftest import GIT_IDENTITY, make_repo, run, set_params
 from tests.test_dvc_graph import imported_files

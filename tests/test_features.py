@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.data.competitions import STATE_FARM
 from pipeline.config import load_params
-from pipeline.errors import PipelineError
-from pipeline.training.feature_cache import load_feature_set
-from pipeline.data.frames import load_frames
-from pipeline.stages.features import cache_features
-from pipeline.data.raw_data import every_image
+from pipeline.data.competitions import STATE_FARM
 from pipeline.data.competitions import competition_of
+from pipeline.data.frames import load_frames
+from pipeline.data.raw_data import every_image
+from pipeline.errors import PipelineError
+from pipeline.stages.features import cache_features
+from pipeline.training.feature_cache import load_feature_set
 from tests.conftest import write_frames, REPO, TINY_FEATURES, run, set_params
 
 BACKBONE = "tf_efficientnet_lite0"

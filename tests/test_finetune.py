@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.compute.devices import pick_device
 from pipeline.data.competitions import STATE_FARM
 from pipeline.paths import checkpoint_dir, fold_dir
 from pipeline.training.trainer import Checkpoint
-from pipeline.compute.devices import pick_device
 from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
 MODEL = "finetune-lite0"

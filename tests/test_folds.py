@@ -7,11 +7,11 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from pipeline.data.competitions import DOGS_VS_CATS, STATE_FARM
-from pipeline.errors import PipelineError
 from pipeline.data.near_duplicates import near_duplicate_groups
-from pipeline.stages.folds import make_folds
-from pipeline.paths import folds_csv
 from pipeline.data.raw_data import train_table
+from pipeline.errors import PipelineError
+from pipeline.paths import folds_csv
+from pipeline.stages.folds import make_folds
 from tests.conftest import put_competition, set_params
 
 

@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.views.augment import view_transform
 from pipeline.data.competitions import STATE_FARM, load_spec
 from pipeline.data.frames import fit_frame, gather, load_frames
-from pipeline.views.image_data import FrameImages
 from pipeline.data.images import CompetitionImages
 from pipeline.paths import frames_dir, sample_dir
+from pipeline.views.augment import view_transform
+from pipeline.views.image_data import FrameImages
 from tests.conftest import put_competition
 
 

@@ -6,8 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from pipeline.errors import PipelineError
 from pipeline.data.images import ImageArchive
+from pipeline.errors import PipelineError
 
 
 def test_zip_and_unzipped_folder_give_the_same_members_and_pixels(tiny_competition, tmp_path):

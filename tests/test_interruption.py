@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.atomic import atomic_dir, atomic_file
 from pipeline.data.competitions import STATE_FARM
-from pipeline.training.feature_cache import load_feature_set
 from pipeline.paths import features_dir
+from pipeline.training.feature_cache import load_feature_set
 from tests.conftest import GIT_IDENTITY, put_competition, set_params
 
 pytestmark = pytest.mark.slow  # end to end: stages as subprocesses

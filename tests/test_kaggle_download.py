@@ -19,9 +19,9 @@ import responses
 from PIL import Image
 from responses import matchers
 
-from pipeline.stages import download
 from pipeline.data.competitions import DOGS_VS_CATS, STATE_FARM
 from pipeline.paths import raw_dir
+from pipeline.stages import download
 from tests.conftest import set_params
 
 API = "https://api.kaggle.com/v1/competitions.CompetitionApiService/DownloadDataFiles"

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from pipeline.compute import machine
+from pipeline.config import Recipe, load_params
 from pipeline.training.backbones import create_classifier
+from pipeline.training.trainer import Checkpoint, Trainer
+from pipeline.views.augment import view_transform
 from pipeline.views.device_augment import resolve_augment_on
 from pipeline.views.device_views import DeviceViews, ViewRecipe, view_images
-from pipeline.config import Recipe, load_params
 from pipeline.views.image_data import Feed, FrameImages
-from pipeline.views.augment import view_transform
-from pipeline.training.trainer import Checkpoint, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 

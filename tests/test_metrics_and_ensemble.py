@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 
 from pipeline.config import EnsembleParams
+from pipeline.data.metrics import multiclass_log_loss
+from pipeline.data.predictions import load_model, write_fold
 from pipeline.ensemble import blending
 from pipeline.ensemble.blending import (Predictions, blend, blend_weights, choose_calibration, ensemble, fit_recipe,
                                fit_temperature, nearest, neighbour_mean, rescaled, with_temperature)
 from pipeline.ensemble.error_analysis import captions, gallery, loss_by, reliability, worst_rows
 from pipeline.errors import PipelineError
-from pipeline.data.metrics import multiclass_log_loss
-from pipeline.data.predictions import load_model, write_fold
 
 CLASSES = ("c0", "c1", "c2")
 

@@ -9,16 +9,16 @@ import pytest
 import timm
 import torch
 
-from pipeline.stages import features as features_stage
 from pipeline.config import load_params
-from pipeline.errors import PipelineError
-from pipeline.views.augment import view_transform
 from pipeline.data.frames import load_frames
+from pipeline.data.predictions import write_fold
+from pipeline.errors import PipelineError
+from pipeline.paths import features_dir, frames_dir, predictions_dir
+from pipeline.stages import features as features_stage
+from pipeline.training.trainer import Trainer
+from pipeline.views.augment import view_transform
 from pipeline.views.image_data import FrameImages
 from pipeline.views.image_data import Feed
-from pipeline.training.trainer import Trainer
-from pipeline.paths import features_dir, frames_dir, predictions_dir
-from pipeline.data.predictions import write_fold
 from tests.conftest import make_repo, put_competition, run
 
 SLUG = "state-farm-distracted-driver-detection"

@@ -11,8 +11,8 @@ import pytest
 from sklearn.metrics import log_loss
 
 from pipeline.data.competitions import STATE_FARM
-from pipeline.paths import fold_dir
 from pipeline.data.predictions import read_table
+from pipeline.paths import fold_dir
 from tests.conftest import make_repo, put_competition, run, run_stage_in, set_params
 
 pytestmark = pytest.mark.slow  # end to end: stages as subprocesses

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from pipeline.data.competitions import STATE_FARM
-from pipeline.paths import raw_dir
 from pipeline.data.raw_data import check_competition_files, ingest
+from pipeline.paths import raw_dir
 from tests.conftest import set_params
 
 LIMIT = 10**9

@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.views.augment import REGIONS, view_transform
-from pipeline.training.backbones import create_classifier
-from pipeline.data.competitions import STATE_FARM
 from pipeline.config import AugmentParams, Recipe, Region, load_params
+from pipeline.data.competitions import STATE_FARM
+from pipeline.data.standin_scene import RADIO, WHEEL_CENTRE, _Canvas, random_look
+from pipeline.paths import checkpoint_dir, fold_dir
+from pipeline.training.backbones import create_classifier
+from pipeline.training.trainer import Trainer
+from pipeline.views.augment import REGIONS, view_transform
 from pipeline.views.device_augment import augmented_images
 from pipeline.views.image_data import Feed, FrameImages
-from pipeline.paths import checkpoint_dir, fold_dir
-from pipeline.data.standin_scene import RADIO, WHEEL_CENTRE, _Canvas, random_look
-from pipeline.training.trainer import Trainer
 from tests.conftest import REPO, put_competition, run, set_params
 
 HEIGHT, WIDTH = 96, 128

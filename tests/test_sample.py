@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from pipeline.data.competitions import STATE_FARM
-from pipeline.training.feature_cache import load_feature_set
 from pipeline.paths import features_dir, sample_dir
 from pipeline.stages.sample import keep_groups, keep_test
+from pipeline.training.feature_cache import load_feature_set
 from tests.conftest import put_competition, set_params
 
 

@@ -12,9 +12,9 @@ import pytest
 import requests
 import responses
 
-from pipeline.stages import download
 from pipeline.errors import PipelineError
 from pipeline.kaggle.client import download_competition, submit_file
+from pipeline.stages import download
 from tests.conftest import set_params
 
 FAKE_KEY = "0123456789abcdef-fake-kaggle-key"

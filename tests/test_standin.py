@@ -7,8 +7,8 @@ import zipfile
 import pandas as pd
 from PIL import Image
 
-from pipeline.data.competitions import STATE_FARM
 from pipeline.config import StandinParams
+from pipeline.data.competitions import STATE_FARM
 from pipeline.data.standin import write_standin
 from tests.conftest import TINY_STANDIN
 

@@ -11,11 +11,11 @@ import pytest
 import responses
 
 from pipeline import leaderboard, submit
-from pipeline.kaggle import submissions
 from pipeline.data.competitions import STATE_FARM
-from pipeline.errors import PipelineError
-from pipeline.paths import ensemble_dir, raw_dir
 from pipeline.ensemble.submission_format import file_sha256, score, validate_submission
+from pipeline.errors import PipelineError
+from pipeline.kaggle import submissions
+from pipeline.paths import ensemble_dir, raw_dir
 from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
 API = "https://api.kaggle.com/v1/competitions.CompetitionApiService/"

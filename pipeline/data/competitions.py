@@ -22,8 +22,8 @@ import pydantic
 import yaml
 
 from pipeline.config import PARAMS_FILE, Params, unrecorded
-from pipeline.errors import PipelineError
 from pipeline.data.metrics import METRICS, Metric
+from pipeline.errors import PipelineError
 from pipeline.paths import raw_dir
 
 # Beside params.yaml in the repository; the package's own copy's parent, so a test's repository copy reads its own.

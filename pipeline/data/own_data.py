@@ -30,11 +30,11 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from pipeline.data.competitions import OWN_DATA
 from pipeline.config import OwnDataParams
+from pipeline.data.competitions import OWN_DATA
 from pipeline.data.decoding import SUFFIXES, check_image
-from pipeline.errors import PipelineError
 from pipeline.data.images import ImageArchive, ZipWriter
+from pipeline.errors import PipelineError
 from pipeline.progress import progress
 
 # What Windows and macOS write into any folder they show (hidden files, .DS_Store included, are skipped too).

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.competitions import CompetitionSpec
-from pipeline.errors import PipelineError
 from pipeline.data.images import ImageArchive, ZipWriter
-from pipeline.progress import progress
 from pipeline.data.tables import RunImages
+from pipeline.errors import PipelineError
+from pipeline.progress import progress
 
 TRAIN_COLUMNS = ["img", "label", "group", "member"]
 # The user's groups (data.groups_csv) for a competition without groups of its own, copied by the download stage.

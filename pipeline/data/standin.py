@@ -30,14 +30,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from pipeline.data.competitions import DESCRIPTIONS, OWN_DATA, CompetitionSpec, load_spec
 from pipeline.config import OwnDataParams, StandinParams
-from pipeline.errors import PipelineError
+from pipeline.data.competitions import DESCRIPTIONS, OWN_DATA, CompetitionSpec, load_spec
 from pipeline.data.images import ZipWriter
 from pipeline.data.own_data import ingest_own_data
-from pipeline.progress import progress
 from pipeline.data.raw_data import copy_groups
 from pipeline.data.standin_scene import TRANSITIONS, draw_frame, frame_pose, random_look, random_take
+from pipeline.errors import PipelineError
+from pipeline.progress import progress
 
 @dataclass(frozen=True)
 class Style:

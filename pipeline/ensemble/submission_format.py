@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.competitions import CompetitionSpec
-from pipeline.errors import PipelineError
 from pipeline.data.metrics import competition_metric
+from pipeline.errors import PipelineError
 
 FLOAT_FORMAT = "%.6f"  # how a submission's probabilities are written
 

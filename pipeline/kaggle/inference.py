@@ -27,25 +27,25 @@ import pandas as pd
 import torch
 
 from pipeline.atomic import atomic_file
-from pipeline.training.backbones import create_backbone, create_classifier, data_config
-from pipeline.ensemble.blending import BlendRecipe, test_prediction
-from pipeline.data.competitions import competition_of, CompetitionSpec, DESCRIPTIONS
-from pipeline.config import Params, load_params
 from pipeline.compute.cores import share
-from pipeline.views.device_views import ViewRecipe, view_images
-from pipeline.errors import PipelineError
-from pipeline.training.extraction import extract
-from pipeline.data.frames import check_room, fit_frame, frames_bytes
-from pipeline.training.head_model import make_head, predict
-from pipeline.views.image_data import Feed
-from pipeline.data.images import ImageArchive
-from pipeline.paths import checkpoint_dir, ensemble_dir, fold_dir, frames_dir, metrics_dir
-from pipeline.data.predictions import read_table, unit_length, write_table
-from pipeline.progress import progress
-from pipeline.data.raw_data import load_test_ids, test_images
-from pipeline.ensemble.submission_format import FLOAT_FORMAT, to_submission
-from pipeline.data.tables import load_folds
 from pipeline.compute.devices import pick_device
+from pipeline.config import Params, load_params
+from pipeline.data.competitions import competition_of, CompetitionSpec, DESCRIPTIONS
+from pipeline.data.frames import check_room, fit_frame, frames_bytes
+from pipeline.data.images import ImageArchive
+from pipeline.data.predictions import read_table, unit_length, write_table
+from pipeline.data.raw_data import load_test_ids, test_images
+from pipeline.data.tables import load_folds
+from pipeline.ensemble.blending import BlendRecipe, test_prediction
+from pipeline.ensemble.submission_format import FLOAT_FORMAT, to_submission
+from pipeline.errors import PipelineError
+from pipeline.paths import checkpoint_dir, ensemble_dir, fold_dir, frames_dir, metrics_dir
+from pipeline.progress import progress
+from pipeline.training.backbones import create_backbone, create_classifier, data_config
+from pipeline.training.extraction import extract
+from pipeline.training.head_model import make_head, predict
+from pipeline.views.device_views import ViewRecipe, view_images
+from pipeline.views.image_data import Feed
 
 log = logging.getLogger(__name__)
 MANIFEST = "run.json"

@@ -15,14 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.data.competitions import competition_of
 from pipeline.config import load_params
-from pipeline.errors import PipelineError
-from pipeline.kaggle.inference import MANIFEST, write_bundle
+from pipeline.data.competitions import competition_of
 from pipeline.ensemble.submission_format import recorded_cv
+from pipeline.errors import PipelineError
 from pipeline.kaggle.client import authenticated_api, calling_kaggle, scrubbed
-from pipeline.kaggle.submissions import git_output, save_experiment  # the same as a CSV submission's
+from pipeline.kaggle.inference import MANIFEST, write_bundle
 from pipeline.kaggle.scores import RECORD, record, wait_for_score, wait_until
+from pipeline.kaggle.submissions import git_output, save_experiment  # the same as a CSV submission's
 from pipeline.paths import metrics_dir
 
 KERNEL = Path("kernel")

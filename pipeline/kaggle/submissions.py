@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.ensemble.submission_format import file_sha256, recorded_cv
 from pipeline.errors import PipelineError
 from pipeline.kaggle.scores import RECORD
 from pipeline.paths import metrics_dir
-from pipeline.ensemble.submission_format import file_sha256, recorded_cv
 
 SUBMISSION_METRICS = metrics_dir("submission") / "metrics.json"
 

@@ -14,15 +14,15 @@ import tempfile
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir
-from pipeline.data.competitions import competition_of, CompetitionSpec, load_spec
+from pipeline.compute.cores import stage_command
 from pipeline.config import Params, load_params
-from pipeline.errors import PipelineError
-from pipeline.kaggle.client import download_competition
+from pipeline.data.competitions import competition_of, CompetitionSpec, load_spec
 from pipeline.data.own_data import ingest_own_data
-from pipeline.paths import raw_dir
 from pipeline.data.raw_data import check_competition_files, copy_groups, ingest
 from pipeline.data.standin import write_standin
-from pipeline.compute.cores import stage_command
+from pipeline.errors import PipelineError
+from pipeline.kaggle.client import download_competition
+from pipeline.paths import raw_dir
 
 log = logging.getLogger(__name__)
 

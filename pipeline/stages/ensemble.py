@@ -28,17 +28,17 @@ import pandas as pd
 from dvclive import Live
 
 from pipeline.atomic import atomic_dir
-from pipeline.ensemble.blending import Predictions, ensemble
-from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.compute.cores import stage_command
 from pipeline.config import EnsembleParams, load_params
-from pipeline.ensemble.error_analysis import MAX_GROUPS, captions, gallery, loss_by, reliability, worst_rows
-from pipeline.training.feature_cache import load_feature_set
+from pipeline.data.competitions import competition_of, CompetitionSpec
 from pipeline.data.frames import gather, load_frames
 from pipeline.data.metrics import accuracy, competition_metric
-from pipeline.paths import ensemble_dir, features_dir, frames_dir, metrics_dir, predictions_dir
 from pipeline.data.predictions import load_embeddings, load_model, write_table
 from pipeline.data.tables import RunImages, load_folds
-from pipeline.compute.cores import stage_command
+from pipeline.ensemble.blending import Predictions, ensemble
+from pipeline.ensemble.error_analysis import MAX_GROUPS, captions, gallery, loss_by, reliability, worst_rows
+from pipeline.paths import ensemble_dir, features_dir, frames_dir, metrics_dir, predictions_dir
+from pipeline.training.feature_cache import load_feature_set
 
 log = logging.getLogger(__name__)
 FINE_TUNED = ("finetune-", "pseudo-")  # model folders whose fold predictions carry embeddings

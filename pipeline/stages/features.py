@@ -21,20 +21,20 @@ import numpy as np
 import torch
 
 from pipeline.atomic import atomic_dir
-from pipeline.views.augment import train_transform
-from pipeline.training.backbones import create_backbone, data_config
-from pipeline.data.competitions import competition_of, CompetitionSpec
-from pipeline.config import Params, load_params
-from pipeline.errors import PipelineError
-from pipeline.training.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
-from pipeline.views.device_views import ViewRecipe, view_images
-from pipeline.training.extraction import extract
-from pipeline.data.frames import Frames, load_frames
-from pipeline.views.image_data import Feed, FrameImages
-from pipeline.paths import features_dir, frames_dir
-from pipeline.data.tables import RunImages
-from pipeline.compute.devices import pick_device
 from pipeline.compute.cores import stage_command
+from pipeline.compute.devices import pick_device
+from pipeline.config import Params, load_params
+from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.data.frames import Frames, load_frames
+from pipeline.data.tables import RunImages
+from pipeline.errors import PipelineError
+from pipeline.paths import features_dir, frames_dir
+from pipeline.training.backbones import create_backbone, data_config
+from pipeline.training.extraction import extract
+from pipeline.training.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
+from pipeline.views.augment import train_transform
+from pipeline.views.device_views import ViewRecipe, view_images
+from pipeline.views.image_data import Feed, FrameImages
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ The work itself: pipeline/training/fold_training.py.
 """
 from __future__ import annotations
 
+from pipeline.compute.cores import stage_command
 from pipeline.training.fold_training import fold_command, train_fold
 from pipeline.training.trainer import Distributed, spread_over_devices
-from pipeline.compute.cores import stage_command
 
 
 @stage_command

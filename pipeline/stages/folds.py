@@ -18,14 +18,14 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.atomic import atomic_file
-from pipeline.data.competitions import competition_of, CompetitionSpec
-from pipeline.config import load_params
-from pipeline.errors import PipelineError
-from pipeline.training.feature_cache import FeatureSet, load_feature_set
-from pipeline.data.near_duplicates import near_duplicate_groups
-from pipeline.paths import features_dir, folds_csv
-from pipeline.data.tables import RunImages
 from pipeline.compute.cores import stage_command
+from pipeline.config import load_params
+from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.data.near_duplicates import near_duplicate_groups
+from pipeline.data.tables import RunImages
+from pipeline.errors import PipelineError
+from pipeline.paths import features_dir, folds_csv
+from pipeline.training.feature_cache import FeatureSet, load_feature_set
 
 log = logging.getLogger(__name__)
 

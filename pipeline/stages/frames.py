@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_dir
-from pipeline.data.competitions import competition_of, CompetitionSpec
-from pipeline.config import load_params
 from pipeline.compute.cores import share, stage_command
-from pipeline.errors import PipelineError
+from pipeline.config import load_params
+from pipeline.data.competitions import competition_of, CompetitionSpec
 from pipeline.data.frames import array_file, check_room, fit_frame, frames_bytes, new_frames, write_index, write_meta
 from pipeline.data.images import CompetitionImages
+from pipeline.data.tables import RunImages
+from pipeline.errors import PipelineError
 from pipeline.paths import frames_dir
 from pipeline.progress import progress
-from pipeline.data.tables import RunImages
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # images per task: small enough for a moving bar, large enough that task overhead vanishes

@@ -26,19 +26,19 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from pipeline.atomic import atomic_dir
+from pipeline.compute.cores import stage_command
+from pipeline.compute.devices import pick_device
 from pipeline.config import HeadsParams, load_params
+from pipeline.data.competitions import competition_of
+from pipeline.data.metrics import accuracy, competition_metric, multiclass_log_loss
+from pipeline.data.predictions import write_fold
+from pipeline.data.tables import load_folds
 from pipeline.errors import PipelineError
+from pipeline.paths import features_dir, fold_name, metrics_dir, predictions_dir
+from pipeline.progress import progress
 from pipeline.training.feature_cache import FeatureSet, load_feature_set
 from pipeline.training.head_model import make_head, predict
-from pipeline.data.metrics import accuracy, competition_metric, multiclass_log_loss
-from pipeline.paths import features_dir, fold_name, metrics_dir, predictions_dir
-from pipeline.data.predictions import write_fold
-from pipeline.progress import progress
-from pipeline.data.competitions import competition_of
-from pipeline.compute.devices import pick_device
 from pipeline.training.schedule import seed_everything, warmup_cosine
-from pipeline.data.tables import load_folds
-from pipeline.compute.cores import stage_command
 
 log = logging.getLogger(__name__)
 

@@ -22,15 +22,15 @@ import hashlib
 
 import numpy as np
 
-from pipeline.data.competitions import competition_of
+from pipeline.compute.cores import stage_command
 from pipeline.config import Params
-from pipeline.errors import PipelineError
-from pipeline.training.fold_training import PseudoLabels, fold_command, train_fold
-from pipeline.paths import fold_dir
+from pipeline.data.competitions import competition_of
 from pipeline.data.predictions import read_table
 from pipeline.data.tables import RunImages, load_folds
+from pipeline.errors import PipelineError
+from pipeline.paths import fold_dir
+from pipeline.training.fold_training import PseudoLabels, fold_command, train_fold
 from pipeline.training.trainer import Distributed, spread_over_devices
-from pipeline.compute.cores import stage_command
 
 
 def soften(proba: np.ndarray, temperature: float) -> np.ndarray:

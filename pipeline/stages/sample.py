@@ -22,13 +22,13 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipeline.atomic import atomic_dir
-from pipeline.data.competitions import competition_of
+from pipeline.compute.cores import stage_command
 from pipeline.config import load_params
-from pipeline.errors import PipelineError
-from pipeline.paths import raw_dir, sample_dir
+from pipeline.data.competitions import competition_of
 from pipeline.data.raw_data import every_image
 from pipeline.data.tables import RunImages
-from pipeline.compute.cores import stage_command
+from pipeline.errors import PipelineError
+from pipeline.paths import raw_dir, sample_dir
 
 log = logging.getLogger(__name__)
 

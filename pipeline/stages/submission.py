@@ -23,14 +23,14 @@ import pandas as pd
 from dvclive import Live
 
 from pipeline.atomic import atomic_file
-from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.compute.cores import stage_command
 from pipeline.config import load_params
-from pipeline.errors import PipelineError
+from pipeline.data.competitions import competition_of, CompetitionSpec
 from pipeline.data.predictions import read_table
 from pipeline.ensemble.submission_format import (FLOAT_FORMAT, file_sha256, read_submission, score, to_submission,
                                        validate_submission)
+from pipeline.errors import PipelineError
 from pipeline.paths import SUBMISSIONS, ensemble_dir, metrics_dir, raw_dir
-from pipeline.compute.cores import stage_command
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import torch
 
-from pipeline.views.device_views import DeviceViews
 from pipeline.errors import PipelineError
-from pipeline.views.image_data import Feed, FrameImages
 from pipeline.progress import progress
+from pipeline.views.device_views import DeviceViews
+from pipeline.views.image_data import Feed, FrameImages
 
 
 def extract(model: torch.nn.Module, dataset: FrameImages | DeviceViews, out: np.ndarray, feed: Feed,

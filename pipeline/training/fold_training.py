@@ -19,21 +19,21 @@ import pandas as pd
 import torch
 
 from pipeline.atomic import atomic_dir
-from pipeline.training.backbones import create_classifier, data_config
-from pipeline.data.competitions import competition_of, CompetitionSpec
-from pipeline.config import Params, load_params
 from pipeline.compute.cores import share
-from pipeline.views.device_augment import augmented_images, resolve_augment_on
-from pipeline.errors import PipelineError
-from pipeline.data.frames import Frames, load_frames
-from pipeline.views.image_data import Feed
 from pipeline.compute.machine import loader_workers
+from pipeline.config import Params, load_params
+from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.data.frames import Frames, load_frames
 from pipeline.data.metrics import competition_metric
-from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, frames_dir, metrics_dir
 from pipeline.data.predictions import write_embeddings, write_fold, write_trained_on
 from pipeline.data.tables import RunImages, load_folds
-from pipeline.training.trainer import Checkpoint, Distributed, FoldImages, Trainer
+from pipeline.errors import PipelineError
+from pipeline.paths import checkpoint_dir, fold_dir, folds_csv, frames_dir, metrics_dir
+from pipeline.training.backbones import create_classifier, data_config
 from pipeline.training.schedule import seed_everything
+from pipeline.training.trainer import Checkpoint, Distributed, FoldImages, Trainer
+from pipeline.views.device_augment import augmented_images, resolve_augment_on
+from pipeline.views.image_data import Feed
 
 log = logging.getLogger(__name__)
 

@@ -34,17 +34,17 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from pipeline.atomic import atomic_file
-from pipeline.training.backbones import data_config
-from pipeline.config import Recipe
 from pipeline.compute.cores import give_back
-from pipeline.views.device_views import ViewRecipe, view_images
-from pipeline.errors import PipelineError
-from pipeline.views.image_data import Feed
+from pipeline.compute.devices import pick_device
 from pipeline.compute.machine import (ddp_device_ids, devices_refusal, fold_processes, needs_loss_scaling,
                                       process_group_backend)
+from pipeline.config import Recipe
+from pipeline.errors import PipelineError
 from pipeline.progress import progress
-from pipeline.compute.devices import pick_device
+from pipeline.training.backbones import data_config
 from pipeline.training.schedule import ema_settings, warmup_cosine_factor
+from pipeline.views.device_views import ViewRecipe, view_images
+from pipeline.views.image_data import Feed
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.views.augment import AugmentRanges, region_box, train_transform
 from pipeline.config import AugmentParams, Recipe
+from pipeline.views.augment import AugmentRanges, region_box, train_transform
 from pipeline.views.image_data import FrameImages, RawFrames
 
 

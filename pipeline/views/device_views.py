@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.views.augment import CROPS, INTERPOLATIONS, region_box, view_transform
 from pipeline.errors import PipelineError
+from pipeline.views.augment import CROPS, INTERPOLATIONS, region_box, view_transform
 from pipeline.views.image_data import FrameImages, RawFrames
 
 MODES = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}

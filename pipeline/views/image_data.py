@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.views.augment import in_regions
 from pipeline.compute.cores import share
-from pipeline.errors import PipelineError
-from pipeline.data.frames import gather
-from pipeline.compute.machine import autocast_dtype, loader_workers, main_threads, pin_memory
 from pipeline.compute.devices import gpu_capability
+from pipeline.compute.machine import autocast_dtype, loader_workers, main_threads, pin_memory
+from pipeline.data.frames import gather
+from pipeline.errors import PipelineError
+from pipeline.views.augment import in_regions
 
 
 def _already_batched(batch: dict) -> dict:
