@@ -4,8 +4,8 @@ torch sizes its intra-op pool to every core, and OpenMP's threads spin while the
 each on two cores ran fine-tuning 2.3x slower than the same runs one after the other (docs/results.md). So every
 stage process (``stage_command`` below) registers itself in a folder each run on this machine sees
 (``$PIPELINE_RUNS_DIR``, default ``<tmp>/kaggle-image-pipeline-<uid>``) and takes ``cores // stages running``
-(cores: pipeline/compute/machine.py's ``read_cores``, the container's quota and Slurm's allocation included). The share is
-fixed for the stage's whole run: CPU training's last digits depend on the thread count (~0.02 of nested CV on the
+(cores: pipeline/compute/machine.py's ``read_cores``, the container's quota and Slurm's allocation included). The share
+is fixed for the stage's whole run: CPU training's last digits depend on the thread count (~0.02 of nested CV on the
 stand-in, docs/results.md), so a fold trains under one count, which the finetune stage records with its run
 (``threads`` in its metrics); ``OMP_NUM_THREADS`` sets it outright, to reproduce a run or to pin a sweep (the
 tests set 1). On a GPU the share sizes the rank's DataLoader workers (pipeline/compute/machine.py).

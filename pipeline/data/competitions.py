@@ -223,7 +223,8 @@ def described(folder: Path = DESCRIPTIONS) -> list[str]:
 
 def load_spec(slug: str, raw: Path | None = None, source: Path = Path("params.yaml"),
               folder: Path = DESCRIPTIONS) -> CompetitionSpec:
-    """The competition's spec; the one way every stage gets it.
+    """The spec of competition ``slug``, as its description says (stages get it through ``competition_of``, which also
+    checks the params against it).
 
     A spec whose classes come from the data (own data) gets them from ``raw``'s sample submission
     (``data/raw/<slug>/`` unless given), written by the download stage. Before that file exists only

@@ -8,11 +8,12 @@ of its own submission), each heads fold's ``heads-<backbone>-fold<k>.pt``, each 
 ``finetune-<model>-fold<k>.pt`` (its ``final.pt``) and the ImageNet weights of each frozen backbone
 (``backbone-<name>.pt``: a notebook has no weights package). ``predict_submission`` follows the stages' own code
 step for step: the test images decoded into frames of the run's shape (pipeline/data/frames.py), each backbone's
-features in the heads' views (pipeline/training/extraction.py; float16, as the feature cache keeps them), each head's and
-each fine-tuned fold's probabilities (tables written and read as the stages write them), neighbours in the space
-the ensemble chose (float16 embeddings, as the stages keep them), the ensemble's recipe (pipeline/ensemble/blending.py) and
-the submission's columns (pipeline/ensemble/submission_format.py). On the machine that trained the run it gives the run's
-own submission (tests/test_kernel.py); elsewhere the numbers move by what another CPU or GPU computes differently.
+features in the heads' views (pipeline/training/extraction.py; float16, as the feature cache keeps them), each head's
+and each fine-tuned fold's probabilities (tables written and read as the stages write them), neighbours in the space
+the ensemble chose (float16 embeddings, as the stages keep them), the ensemble's recipe (pipeline/ensemble/blending.py)
+and the submission's columns (pipeline/ensemble/submission_format.py). On the machine that trained the run it gives the
+run's own submission (tests/test_dvc_pipeline.py); elsewhere the numbers move by what another CPU or GPU computes
+differently.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pipeline.atomic import atomic_file
 from pipeline.compute.cores import share
 from pipeline.compute.devices import pick_device
 from pipeline.config import Params, load_params
-from pipeline.data.competitions import competition_of, CompetitionSpec, DESCRIPTIONS
+from pipeline.data.competitions import DESCRIPTIONS, CompetitionSpec, competition_of
 from pipeline.data.frames import check_room, fit_frame, frames_bytes
 from pipeline.data.images import ImageArchive
 from pipeline.data.predictions import read_table, unit_length, write_table

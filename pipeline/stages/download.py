@@ -2,8 +2,8 @@
 
 Reads params ``competition``, ``data``, ``own_data`` and ``standin``. Writes
 ``data/raw/<competition>/`` (the competition's image zip(s) and CSVs,
-pipeline/data/raw_data.py; ``groups.csv`` from ``data.groups_csv``; the stand-ins add ``solution.csv``), built in a temporary
-folder and renamed only once every check has passed.
+pipeline/data/raw_data.py; ``groups.csv`` from ``data.groups_csv``; the stand-ins add ``solution.csv``), built in a
+temporary folder and renamed only once every check has passed.
 
     python -m pipeline.stages.download
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline.atomic import atomic_dir
 from pipeline.compute.cores import stage_command
 from pipeline.config import Params, load_params
-from pipeline.data.competitions import competition_of, CompetitionSpec, load_spec
+from pipeline.data.competitions import CompetitionSpec, competition_of, load_spec
 from pipeline.data.own_data import ingest_own_data
 from pipeline.data.raw_data import check_competition_files, copy_groups, ingest
 from pipeline.data.standin import write_standin

@@ -1,8 +1,8 @@
 """ensemble stage: one calibrated prediction from every model's out-of-fold and test probabilities.
 
 Blend, calibration (none, a temperature or vector scaling, chosen by cross-validation), test-neighbour smoothing
-and clipping (pipeline/ensemble/blending.py), each fit on out-of-fold predictions only, never on the leaderboard, and each
-chosen by the competition's metric (an ordinal one's thresholds fit last). The reported ``cv_log_loss``
+and clipping (pipeline/ensemble/blending.py), each fit on out-of-fold predictions only, never on the leaderboard, and
+each chosen by the competition's metric (an ordinal one's thresholds fit last). The reported ``cv_log_loss``
 (``cv_<key>`` of the metric: ``cv_roc_auc``, ``cv_kappa``, ...; ``metric`` names it and its direction) is nested:
 each fold's rows are predicted by choices fit on the other folds, so CV does not flatter the choices made on it;
 ``in_sample/cv_log_loss`` shows what choosing on the scored rows would have claimed. Test predictions use the
@@ -12,8 +12,8 @@ Reads params ``ensemble`` and ``competition``, every model in ``ensemble.models`
 ``data/predictions/<competition>/``, the neighbour spaces (a backbone's cached features, or a fine-tuned model's
 embeddings), the folds CSV and the frame cache (thumbnails). Writes ``data/ensemble/<competition>/``
 (``oof.csv``: the nested out-of-fold predictions, ``test.csv``, ``blend.json``) and ``metrics/ensemble/``:
-metrics.json and the plots of what it gets wrong (pipeline/ensemble/error_analysis.py): the out-of-fold confusion matrix,
-log loss per group and per class, reliability before and after calibration, and each class's worst images.
+metrics.json and the plots of what it gets wrong (pipeline/ensemble/error_analysis.py): the out-of-fold confusion
+matrix, log loss per group and per class, reliability before and after calibration, and each class's worst images.
 
     python -m pipeline.stages.ensemble
 """
@@ -30,7 +30,7 @@ from dvclive import Live
 from pipeline.atomic import atomic_dir
 from pipeline.compute.cores import stage_command
 from pipeline.config import EnsembleParams, load_params
-from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.data.competitions import CompetitionSpec, competition_of
 from pipeline.data.frames import gather, load_frames
 from pipeline.data.metrics import accuracy, competition_metric
 from pipeline.data.predictions import load_embeddings, load_model, write_table

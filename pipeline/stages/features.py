@@ -24,7 +24,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.compute.cores import stage_command
 from pipeline.compute.devices import pick_device
 from pipeline.config import Params, load_params
-from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.data.competitions import CompetitionSpec, competition_of
 from pipeline.data.frames import Frames, load_frames
 from pipeline.data.tables import RunImages
 from pipeline.errors import PipelineError

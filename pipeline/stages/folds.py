@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from pipeline.atomic import atomic_file
 from pipeline.compute.cores import stage_command
 from pipeline.config import load_params
-from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.data.competitions import CompetitionSpec, competition_of
 from pipeline.data.near_duplicates import near_duplicate_groups
 from pipeline.data.tables import RunImages
 from pipeline.errors import PipelineError

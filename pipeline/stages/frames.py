@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.atomic import atomic_dir
 from pipeline.compute.cores import share, stage_command
 from pipeline.config import load_params
-from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.data.competitions import CompetitionSpec, competition_of
 from pipeline.data.frames import array_file, check_room, fit_frame, frames_bytes, new_frames, write_index, write_meta
 from pipeline.data.images import CompetitionImages
 from pipeline.data.tables import RunImages

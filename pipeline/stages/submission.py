@@ -25,7 +25,7 @@ from dvclive import Live
 from pipeline.atomic import atomic_file
 from pipeline.compute.cores import stage_command
 from pipeline.config import load_params
-from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.data.competitions import CompetitionSpec, competition_of
 from pipeline.data.predictions import read_table
 from pipeline.ensemble.submission_format import (FLOAT_FORMAT, file_sha256, read_submission, score, to_submission,
                                        validate_submission)

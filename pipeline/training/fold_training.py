@@ -22,7 +22,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.compute.cores import share
 from pipeline.compute.machine import loader_workers
 from pipeline.config import Params, load_params
-from pipeline.data.competitions import competition_of, CompetitionSpec
+from pipeline.data.competitions import CompetitionSpec, competition_of
 from pipeline.data.frames import Frames, load_frames
 from pipeline.data.metrics import competition_metric
 from pipeline.data.predictions import write_embeddings, write_fold, write_trained_on

@@ -1,4 +1,4 @@
-"""Batches to the model: datasets over the frame cache (pipeline/data/frames.py), DataLoaders, normalisation on the device.
+"""Batches to the model: datasets over the frame cache (pipeline/data/frames.py), DataLoaders, normalisation.
 
 Datasets hand over uint8 HWC batches (a view or an augmentation of cached frames, made on the CPU) or the frames
 themselves with a ``to_images`` that makes them on the device; float conversion and normalisation happen on the
@@ -108,9 +108,10 @@ class Feed:
 class FrameImages(Dataset):
     """Rows ``rows`` of the frame arrays (laid end to end), transformed to ``size x size`` uint8 HWC by
     ``transform`` (a view or an augmentation). ``seeds`` (one per item) reseeds a random transform per sample, so
-    the augmentation an image gets does not depend on worker count or order. With ``regions`` (pipeline/views/augment.py's
-    REGIONS) each frame is cut to each region first and transformed region by region: a batch of n frames holds
-    n x len(regions) images, a frame's regions one after another (what backbones.RegionNet expects)."""
+    the augmentation an image gets does not depend on worker count or order. With ``regions``
+    (pipeline/views/augment.py's REGIONS) each frame is cut to each region first and transformed region by region: a
+    batch of n frames holds n x len(regions) images, a frame's regions one after another (what backbones.RegionNet
+    expects)."""
 
     def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], transform: A.Compose, size: int,
                  seeds: Sequence[int] | None = None, regions: Sequence[str] = ("full",)):
