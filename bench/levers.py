@@ -15,6 +15,13 @@ A row records the ensemble's nested CV and its fine-tuned net's CV, the unseen d
 private) scored against the local copy's solution.csv, wall and CPU seconds (all the processes of the run), the
 threads a fine-tuning stage used and the commit. A failed row is recorded with its return code, no figures, and
 the list stops: the log says why.
+
+A preset's cost is its time from nothing, what a user pays after `git clone`:
+
+    python bench/levers.py --data ../shared/data/statefarm-dev --from-nothing presets/cpu-quality.yaml
+
+clones this commit afresh (no DVC cache, no outputs), lays the preset and then the local data over its params.yaml
+with `python -m pipeline.preset`, and times a plain `dvc repro` there: the row `cpu-quality from nothing`.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import datetime
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -78,31 +86,33 @@ def overrides_of(name: str, done: list[dict]) -> list[str]:
     return [o.replace("{size}", str(size)) for o in ROWS[name]]
 
 
-def metrics(path: str) -> dict:
-    p = Path(path)
-    return json.loads(p.read_text()) if p.exists() else {}
+def metrics(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def run_row(name: str, overrides: list[str], data: Path, logs: Path) -> dict:
-    subprocess.run(["git", "checkout", "HEAD", "--", "params.yaml"], check=True)
-    subprocess.run(["dvc", "exp", "remove", name], capture_output=True)  # a failed earlier try of this row
-    cmd = ["dvc", "exp", "run", "-n", name, "-S", "data.source=local", "-S", f"data.local_path={data}"]
-    for o in overrides:
-        cmd += ["-S", o]
-    logs.mkdir(parents=True, exist_ok=True)
-    print(f"[{datetime.datetime.now():%H:%M}] {name}: {' '.join(cmd)}", flush=True)
+def timed(cmd: list[str], log_path: Path, cwd: Path | None = None) -> tuple[int, float, float]:
+    """Run ``cmd`` with its output in ``log_path``: return code, wall seconds, CPU seconds of all its processes."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[{datetime.datetime.now():%H:%M}] {log_path.stem}: {' '.join(cmd)}", flush=True)
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    with (logs / f"{name}.log").open("w") as log:
-        returncode = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    with log_path.open("w") as log:
+        returncode = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd).returncode
     wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    row = {"row": name, "overrides": " ".join(overrides), "wall_s": round(wall), "cpu_s": round(cpu),
+    return returncode, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def row_of(name: str, overrides: str, run: tuple[int, float, float], root: Path) -> dict:
+    """The table's row for a finished run, its figures read from the metrics the run wrote under ``root``."""
+    returncode, wall, cpu = run
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=root).stdout.strip()
+    row = {"row": name, "overrides": overrides, "wall_s": round(wall), "cpu_s": round(cpu),
            "cores": os.cpu_count(), "commit": commit, "returncode": returncode,
            "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     if returncode == 0:
-        ensemble, submission = metrics("metrics/ensemble/metrics.json"), metrics("metrics/submission/metrics.json")
-        folds = [metrics(f"metrics/finetune-lite0-fold{k}/metrics.json") for k in range(4)]
+        ensemble = metrics(root / "metrics/ensemble/metrics.json")
+        submission = metrics(root / "metrics/submission/metrics.json")
+        folds = [metrics(root / f"metrics/finetune-lite0-fold{k}/metrics.json") for k in range(4)]
         row |= {"nested_cv": round(ensemble["cv_log_loss"], 4),
                 "finetune_cv": round(ensemble.get("finetune-lite0/cv_log_loss", float("nan")), 4),
                 "unseen": round(submission["leaderboard_log_loss"], 4),
@@ -113,13 +123,48 @@ def run_row(name: str, overrides: list[str], data: Path, logs: Path) -> dict:
     return row
 
 
+def run_row(name: str, overrides: list[str], data: Path, logs: Path) -> dict:
+    subprocess.run(["git", "checkout", "HEAD", "--", "params.yaml"], check=True)
+    subprocess.run(["dvc", "exp", "remove", name], capture_output=True)  # a failed earlier try of this row
+    cmd = ["dvc", "exp", "run", "-n", name, "-S", "data.source=local", "-S", f"data.local_path={data}"]
+    for o in overrides:
+        cmd += ["-S", o]
+    return row_of(name, " ".join(overrides), timed(cmd, logs / f"{name}.log"), Path.cwd())
+
+
+def run_from_nothing(preset: Path, data: Path, logs: Path) -> dict:
+    """``preset`` from nothing: a fresh clone of this commit, the preset and the local data over its params.yaml,
+    `dvc repro` timed (the clone is left in ``logs`` for a look at its outputs, and replaced on the next try)."""
+    name = f"{preset.stem} from nothing"
+    clone = logs / f"{preset.stem}-from-nothing"
+    shutil.rmtree(clone, ignore_errors=True)
+    subprocess.run(["git", "clone", "-q", ".", str(clone)], check=True)
+    local = logs / "local-data.yaml"
+    local.write_text(f"data:\n  source: local\n  local_path: {json.dumps(str(data))}\n")
+    for overlay in (preset.resolve(), local):
+        if subprocess.run([sys.executable, "-m", "pipeline.preset", str(overlay)], cwd=clone).returncode:
+            sys.exit(f"{overlay}: refused by python -m pipeline.preset (the line above says why)")
+    run = timed(["dvc", "repro"], logs / f"{preset.stem}-from-nothing.log", cwd=clone)
+    return row_of(name, f"preset {preset}", run, clone)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the local copy of the competition")
     parser.add_argument("--table", type=Path, default=Path("docs/levers.csv"))
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated, in order (default: all)")
     parser.add_argument("--logs", type=Path, default=Path("/tmp/levers"))
+    parser.add_argument("--from-nothing", type=Path, metavar="PRESET",
+                        help="instead of the rows: this preset's row, timed from nothing in a fresh clone")
     args = parser.parse_args()
+    if args.from_nothing:
+        name = f"{args.from_nothing.stem} from nothing"
+        if any(r["row"] == name and r["nested_cv"] for r in read_table(args.table)):
+            sys.exit(f"{name}: in {args.table} already")
+        row = run_from_nothing(args.from_nothing, args.data.resolve(), args.logs.resolve())
+        append_row(args.table, row)
+        print(f"[{datetime.datetime.now():%H:%M}] {name}: {json.dumps(row)}", flush=True)
+        sys.exit(0 if row["returncode"] == 0 else f"{name}: dvc repro failed, see {args.logs}")
     names = args.rows.split(",")
     unknown = [n for n in names if n not in ROWS]
     if unknown:
