@@ -50,6 +50,9 @@ ROWS: dict[str, list[str]] = {
                "ensemble.models=[heads-tf_efficientnet_lite0,finetune-lite0,pseudo-lite0]"],
     "regions": ["finetune.models.lite0.image_size={size}", "+finetune.models.lite0.regions=[full,head,hands]"],
     "views4": ["finetune.models.lite0.image_size={size}", "finetune.test_views=[full,zoom,left,right]"],
+    # The combination: the two levers that won on their own (e8, lite1; views4 did not), together.
+    "lite1e8": ["finetune.models.lite0.image_size={size}", "finetune.models.lite0.backbone=tf_efficientnet_lite1",
+                "finetune.models.lite0.epochs=8"],
 }
 FIELDS = ["row", "overrides", "nested_cv", "finetune_cv", "unseen", "unseen_public", "unseen_private",
           "fold_log_loss", "wall_s", "cpu_s", "threads", "cores", "commit", "finished", "returncode"]
