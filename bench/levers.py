@@ -21,7 +21,8 @@ A preset's cost is its time from nothing, what a user pays after `git clone`:
     python bench/levers.py --data ../shared/data/statefarm-dev --from-nothing presets/cpu-quality.yaml
 
 clones this commit afresh (no DVC cache, no outputs), lays the preset and then the local data over its params.yaml
-with `python -m pipeline.preset`, and times a plain `dvc repro` there: the row `cpu-quality from nothing`.
+with `python -m pipeline.preset`, and times a plain `dvc repro` there: the row `cpu-quality from nothing`, once
+per commit (a preset changed at a later commit is timed again).
 """
 from __future__ import annotations
 
@@ -161,9 +162,11 @@ def main() -> None:
                         help="instead of the rows: this preset's row, timed from nothing in a fresh clone")
     args = parser.parse_args()
     if args.from_nothing:
+        # Once per preset and commit: the preset changes with the commit, and a new commit is measured again.
         name = f"{args.from_nothing.stem} from nothing"
-        if any(r["row"] == name and r["nested_cv"] for r in read_table(args.table)):
-            sys.exit(f"{name}: in {args.table} already")
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        if any(r["row"] == name and r["commit"] == commit and r["nested_cv"] for r in read_table(args.table)):
+            sys.exit(f"{name}: in {args.table} already for {commit}")
         row = run_from_nothing(args.from_nothing, args.data.resolve(), args.logs.resolve())
         append_row(args.table, row)
         print(f"[{datetime.datetime.now():%H:%M}] {name}: {json.dumps(row)}", flush=True)
