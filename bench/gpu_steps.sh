@@ -31,7 +31,7 @@ except FileNotFoundError:
     train = test = 0
 views = len(params["features"]["test_views"])
 folds = params["folds"]["n_splits"]
-epochs = params["finetune"]["models"]["lite0"].get("epochs", params["finetune"]["defaults"].get("epochs", 1))
+epochs = params["finetune"]["models"]["net"].get("epochs", params["finetune"]["defaults"].get("epochs", 1))
 print({"standin": train + test, "frames": train + test, "features": (train + test) * views, "heads": train * folds,
        "finetune": train * (folds - 1) // folds * epochs, "ensemble": train + test}[sys.argv[1]])
 PY
@@ -55,7 +55,7 @@ case "$step" in
   frames) run frames frames ;;
   features) run features "features@tf_efficientnet_lite0" folds ;;
   heads) run heads "heads@tf_efficientnet_lite0" ;;
-  finetune) run finetune "finetune@lite0-0" ;;
+  finetune) run finetune "finetune@net-0" ;;
   ensemble)  # every other fold is needed first: a projection run ends at `project`
     run ensemble ensemble submission ;;
   project)

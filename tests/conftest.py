@@ -41,7 +41,7 @@ GIT_IDENTITY = {"GIT_AUTHOR_NAME": "pipeline-tests", "GIT_AUTHOR_EMAIL": "tests@
 TINY_STANDIN = dict(seed=7, train_drivers=5, test_drivers=2, frames_per_class=2, width=64, height=48,
                     jpeg_quality=80, public_fraction=0.31)
 TINY_FINETUNE = dict(folds=[0, 1, 2], workers=0, test_views=["full"], defaults={"batch_size": 16},
-                     models={"lite0": {"backbone": "tf_efficientnet_lite0", "image_size": 32, "epochs": 1}})
+                     models={"net": {"backbone": "tf_efficientnet_lite0", "image_size": 32, "epochs": 1}})
 TINY_FEATURES = dict(backbones={"tf_efficientnet_lite0": {"image_size": 64}}, batch_size=64, workers=0)
 
 

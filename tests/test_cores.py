@@ -91,7 +91,7 @@ def test_a_fold_trained_beside_another_stage_takes_half_the_cores_and_records_it
         _register(machine, other)
         # Cores are what is shared here: on a GPU machine the fold would train on the card (and in bfloat16).
         env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"} | {"CUDA_VISIBLE_DEVICES": ""}
-        command = [sys.executable, "-m", "pipeline.stages.finetune", "lite0", "--fold", "0"]
+        command = [sys.executable, "-m", "pipeline.stages.finetune", "net", "--fold", "0"]
         finished = subprocess.run(command, cwd=repo_copy, capture_output=True, text=True,
                                   env={**env, "PYTHONPATH": str(repo_copy), "PIPELINE_RUNS_DIR": str(machine)})
     finally:
@@ -99,8 +99,8 @@ def test_a_fold_trained_beside_another_stage_takes_half_the_cores_and_records_it
     assert finished.returncode == 0, finished.stderr
     expected = max(cores.machine_cores() // 2, 1)
     assert f"{expected} thread(s): {cores.machine_cores()} core(s), 2 stage(s) running" in finished.stderr
-    metrics = json.loads((repo_copy / metrics_dir("finetune-lite0-fold0") / "metrics.json").read_text())
-    final = torch.load(repo_copy / checkpoint_dir(STATE_FARM.slug, "finetune-lite0", 0) / "final.pt",
+    metrics = json.loads((repo_copy / metrics_dir("finetune-net-fold0") / "metrics.json").read_text())
+    final = torch.load(repo_copy / checkpoint_dir(STATE_FARM.slug, "finetune-net", 0) / "final.pt",
                        weights_only=True)
     assert metrics["threads"] == final["machine"]["threads"] == expected
     assert final["machine"]["precision"] == "float32" and final["machine"]["device"] == "cpu"

@@ -28,8 +28,8 @@ CACTUS, APTOS, PLANTS = ("aerial-cactus-identification", "aptos2019-blindness-de
                          "plant-pathology-2020-fgvc7")
 # Each stage of a run, in dvc.yaml's order, run in this process (a subprocess each would import torch afresh).
 STAGES = [("download",), ("sample",), ("frames",), ("features", "tf_efficientnet_lite0"), ("folds",),
-          ("heads", "tf_efficientnet_lite0"), ("finetune", "lite0", "--fold", "0"),
-          ("finetune", "lite0", "--fold", "1"), ("ensemble",), ("submission",)]
+          ("heads", "tf_efficientnet_lite0"), ("finetune", "net", "--fold", "0"),
+          ("finetune", "net", "--fold", "1"), ("ensemble",), ("submission",)]
 TWO_FOLDS = dict(folds={"n_splits": 2, "group_by": "given"}, finetune={"folds": [0, 1]},
                  standin={"frames_per_class": 4})
 

@@ -104,7 +104,7 @@ def test_every_library_the_code_imports_is_a_declared_dependency():
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
     third_party = imported - set(sys.stdlib_module_names) - {"pipeline"}
-    # The optional offline weights of lite1/lite2 are an extra ([lite12]), imported by name only when asked for.
+    # The optional offline weights of lite2 are an extra ([lite2]), imported by name only when asked for.
     distributions = packages_distributions()
     undeclared = sorted(f"{module} (from {', '.join(distributions.get(module, ['?']))})" for module in third_party
                         if not {d.lower().replace("_", "-") for d in distributions.get(module, [module])} & declared)

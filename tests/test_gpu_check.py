@@ -34,7 +34,7 @@ def test_the_gpu_check_runs_every_step_at_toy_size_and_leaves_its_results_in_at_
     preset = summary["preset"]
     assert preset["finished"], (out / "preset.log").read_text()[-2000:]
     # The GPU preset's own models went through (the multi-region net too), to a nested CV and a local leaderboard.
-    assert {"finetune lite0 --fold 1", "finetune regions3 --fold 1", "ensemble", "submission"} <= set(preset["stages"])
+    assert {"finetune net --fold 1", "finetune regions3 --fold 1", "ensemble", "submission"} <= set(preset["stages"])
     assert preset["ensemble"]["cv_log_loss"] > 0 and preset["submission"]["private_log_loss"] > 0
     assert len(summary["bench_ratios"]) == 3  # features (views on the CPU), fine-tuning (augmented on cpu, device)
     assert "torch" in (out / "env.txt").read_text()

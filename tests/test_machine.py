@@ -107,8 +107,8 @@ def test_on_a_gpu_training_batches_and_test_views_are_both_made_on_the_device():
 
 
 def _trainer(precision: str | None, device: str = "cpu", **recipe) -> Trainer:
-    defaults = load_params(REPO / "params.yaml").finetune.recipe("lite0").model_dump()
-    recipe = Recipe(**{**defaults, "image_size": 32, "batch_size": 4, "epochs": 10, **recipe})
+    defaults = load_params(REPO / "params.yaml").finetune.recipe("net").model_dump()
+    recipe = Recipe(**{**defaults, "backbone": "tf_efficientnet_lite0", "image_size": 32, "batch_size": 4, "epochs": 10, **recipe})
     torch.manual_seed(0)
     model = create_classifier(recipe.backbone, 1, 3, 0.5).to(device)
     return Trainer(model, recipe, Feed(torch.device(device), 4, 0, [0.5] * 3, [0.5] * 3, precision), 4)
@@ -174,7 +174,7 @@ def test_a_checkpoint_names_no_device_and_resumes_on_another_one(tmp_path):
     the other device here, as it does for a GPU's tensors (no data on the CPU)."""
     written = _trainer(None)
     written.train_epoch(*_batches(written), "train")
-    checkpoint = Checkpoint(tmp_path, {"model": "lite0"})
+    checkpoint = Checkpoint(tmp_path, {"model": "net"})
     checkpoint.save_last(written, 0)
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     tensors = [t for t in torch.utils._pytree.tree_leaves(saved) if torch.is_tensor(t)]

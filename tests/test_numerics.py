@@ -85,7 +85,7 @@ def test_a_diverging_fine_tune_stops_at_the_first_non_finite_loss(featured_repo)
     with torch.no_grad():
         model.get_classifier().bias[0] = float("nan")  # what an exploding learning rate leaves behind
     feed = Feed(torch.device("cpu"), 4, 0, (0.5,) * 3, (0.5,) * 3, precision=None)
-    trainer = Trainer(model, params.finetune.recipe("lite0"), feed, steps_per_epoch=2)
+    trainer = Trainer(model, params.finetune.recipe("net"), feed, steps_per_epoch=2)
     with pytest.raises(PipelineError, match="the training loss became nan after 0 images; lower the learning rate"):
         trainer.train_epoch(feed.loader(dataset), torch.zeros(8, dtype=torch.int64), "fold 0 epoch 1")
 

@@ -28,10 +28,10 @@ def test_finetune_devices_spreads_one_fold_over_two_processes_and_writes_the_usu
     set_params(repo_copy, finetune={"devices": 2, "augment_on": "device"})
     run([sys.executable, "-m", "pipeline.stages.folds"], repo_copy)
     # Two CPU ranks (gloo) whatever this machine has: on a one-GPU box two would be refused (machine.devices_refusal).
-    result = run([sys.executable, "-m", "pipeline.stages.finetune", "lite0", "--fold", "0"], repo_copy,
+    result = run([sys.executable, "-m", "pipeline.stages.finetune", "net", "--fold", "0"], repo_copy,
                  env={"CUDA_VISIBLE_DEVICES": ""})
     assert "2 processes, one per device" in result.stderr
-    folder = repo_copy / fold_dir(STATE_FARM.slug, "finetune-lite0", 0)
+    folder = repo_copy / fold_dir(STATE_FARM.slug, "finetune-net", 0)
     oof, test = pd.read_csv(folder / "oof.csv"), pd.read_csv(folder / "test.csv")
     folds = pd.read_csv(repo_copy / "data" / "folds" / STATE_FARM.slug / "folds.csv")
     assert sorted(oof.img) == sorted(folds.img[folds.fold == 0])
@@ -39,7 +39,7 @@ def test_finetune_devices_spreads_one_fold_over_two_processes_and_writes_the_usu
     for table in (oof, test):
         assert list(table.columns) == ["img", *STATE_FARM.classes]
         assert (table[list(STATE_FARM.classes)].sum(axis=1) - 1).abs().max() < 1e-4
-    best = torch.load(repo_copy / checkpoint_dir(STATE_FARM.slug, "finetune-lite0", 0) / "final.pt", weights_only=True)
+    best = torch.load(repo_copy / checkpoint_dir(STATE_FARM.slug, "finetune-net", 0) / "final.pt", weights_only=True)
     assert best["config"]["augment_on"] == "device"
 
 
@@ -69,15 +69,15 @@ def test_machines_share_the_folds_through_git_and_a_dvc_remote_as_docs_gpu_md_sa
         machines.append(tmp_path / name)
     for fold, machine in enumerate(machines):  # both compute at once; only the commits take turns
         run(DVC + ["pull", "--allow-missing"], machine)  # what is not made yet is not there yet
-        assert "Running stage 'features" not in run(DVC + ["repro", f"finetune@lite0-{fold}"], machine).stdout
+        assert "Running stage 'features" not in run(DVC + ["repro", f"finetune@net-{fold}"], machine).stdout
         run(DVC + ["push"], machine)
     for fold, machine in enumerate(machines):
         # The others' stages come from git (a worker's own edits are only its lock); its outputs stay, ignored.
         _git(machine, "fetch", "-q", "origin")
         _git(machine, "reset", "-q", "--hard", "origin/main")
-        run(DVC + ["commit", "-f", f"finetune@lite0-{fold}"], machine)
+        run(DVC + ["commit", "-f", f"finetune@net-{fold}"], machine)
         _git(machine, "add", "-A")
-        _git(machine, "commit", "-qm", f"finetune@lite0-{fold}")
+        _git(machine, "commit", "-qm", f"finetune@net-{fold}")
         _git(machine, "push", "-q", "origin", "HEAD:main")
 
     _git(first, "pull", "-q", "origin", "main")

@@ -25,7 +25,7 @@ def test_the_gpu_preset_validates_over_params_yaml_with_frames_sized_for_every_m
     sizes += [b.image_size for b in params.features.backbones.values()]
     assert max(sizes) <= params.frames.size
     preset = yaml.safe_load(GPU_PRESET.read_text())
-    assert set(params.finetune.models) == set(preset["finetune"]["models"]) | {"lite0"}
+    assert set(params.finetune.models) == set(preset["finetune"]["models"]) | {"net"}
     assert params.ensemble.models == preset["ensemble"]["models"]
     assert "# Which competition to work on" in text  # params.yaml's comments survive
 
@@ -33,9 +33,9 @@ def test_the_gpu_preset_validates_over_params_yaml_with_frames_sized_for_every_m
 def test_the_cpu_quality_preset_validates_and_changes_only_what_its_row_measured():
     _, default = apply_preset(REPO / "params.yaml", REPO / "params.yaml")  # params.yaml over itself: the default
     text, params = apply_preset(CPU_QUALITY, REPO / "params.yaml")
-    changed = {name: value for name, value in params.finetune.recipe("lite0") if
-               value != getattr(default.finetune.recipe("lite0"), name)}
-    assert changed == {"image_size": 224, "backbone": "tf_efficientnet_lite1"} and params.finetune.recipe("lite0").image_size <= params.frames.size
+    changed = {name: value for name, value in params.finetune.recipe("net") if
+               value != getattr(default.finetune.recipe("net"), name)}
+    assert changed == {"image_size": 224, "epochs": 8} and params.finetune.recipe("net").image_size <= params.frames.size
     assert params.model_dump(exclude={"finetune"}) == default.model_dump(exclude={"finetune"})
     assert "presets/cpu-quality.yaml" in (REPO / "README.md").read_text()
 
@@ -51,13 +51,13 @@ def test_the_docs_point_to_the_one_preset_and_carry_no_copy_of_it():
 
 def test_a_preset_that_would_not_run_is_refused_in_one_line_and_params_yaml_is_left_as_it_was(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    (tmp_path / "big.yaml").write_text("finetune:\n  models:\n    lite0:\n      image_size: 320\n")
+    (tmp_path / "big.yaml").write_text("finetune:\n  models:\n    net:\n      image_size: 320\n")
     before = (tmp_path / "params.yaml").read_bytes()
     result = subprocess.run([sys.executable, "-m", "pipeline.preset", "big.yaml"], cwd=tmp_path, capture_output=True,
                             text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: params.yaml + big.yaml: finetune.models.lite0.image_size: 320 is larger than frames.size (224), the "
+        "error: params.yaml + big.yaml: finetune.models.net.image_size: 320 is larger than frames.size (224), the "
         "size the frame cache is decoded for; raise frames.size to at least 320"]
     assert (tmp_path / "params.yaml").read_bytes() == before
 
@@ -76,7 +76,7 @@ def _averaged(ema_arguments: dict, steps: int, start: float, marker) -> float:
 
 def test_the_gpu_presets_ema_averages_the_same_late_share_of_a_small_run_and_of_a_large_one():
     _, params = apply_preset(GPU_PRESET, REPO / "params.yaml")
-    recipe = params.finetune.recipe("lite0")
+    recipe = params.finetune.recipe("net")
     # A fold of the development set (~1,430 training photos at batch 128: 11 steps an epoch, 88 in all) and of
     # State Farm's 22,424 (16,800 a fold: 131 steps an epoch).
     shares, positions = {}, {}

@@ -1,7 +1,9 @@
-"""Pseudo-labels without leaks: a fold's student learns only from the teacher that never saw that fold; fine-tuned
-embeddings as the ensemble's neighbour space; the student's predictions enter the ensemble like any model's."""
+"""Pseudo-labels without leaks: a fold's student learns only from the teacher that never saw that fold (its
+probabilities for the test images and for the fold's images, never the fold's labels); fine-tuned embeddings as the
+ensemble's neighbour space; the student's predictions enter the ensemble like any model's."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -17,7 +19,7 @@ from tests.conftest import make_repo, put_competition, run, run_stage_in, set_pa
 
 pytestmark = pytest.mark.slow  # end to end: stages as subprocesses
 
-MODEL = "lite0"
+MODEL = "net"
 FOLDS = (0, 1)  # two folds are enough to mix up a teacher, and keep the suite fast
 
 
@@ -65,8 +67,13 @@ def test_no_students_teacher_saw_the_students_validation_fold(second_round):
         student_trained_on = pd.read_csv(student / "trained_on.csv", dtype={"img": str})
         pseudo = student_trained_on[student_trained_on.targets == "pseudo"]
         assert set(student_trained_on.img[student_trained_on.targets == "labelled"]) == set(teacher_trained_on.img)
-        assert len(pseudo) == teacher["pseudo_labelled"] == teacher["test_images"] == 40
-        assert set(pseudo.img) == _ids(student / "test.csv")  # the test images, each once
+        # The pseudo-labelled images: the test images and the student's own validation fold, each once, with the
+        # labels of the teacher that never saw that fold (its oof.csv), so the fold is scored as the test is.
+        assert len(pseudo) == len(set(pseudo.img)) == teacher["pseudo_labelled"] + teacher["pseudo_labelled_held_out"]
+        assert teacher["pseudo_labelled"] == teacher["test_images"] == 40
+        assert set(pseudo.img) == _ids(student / "test.csv") | validation
+        teacher_oof = (repo / teacher["teacher"] / "oof.csv").read_bytes()
+        assert teacher["teacher_oof_sha256"] == hashlib.sha256(teacher_oof).hexdigest()
 
 
 def test_a_teacher_that_held_out_another_fold_is_refused(first_round, tmp_path, run_stage):

@@ -101,8 +101,9 @@ def test_the_standin_draws_wheel_radio_and_head_inside_the_regions_named_for_the
 
 
 def _recipe(regions: list[str], size: int) -> Recipe:
-    defaults = load_params(REPO / "params.yaml").finetune.recipe("lite0").model_dump()
-    return Recipe(**{**defaults, "regions": regions, "image_size": size, "batch_size": 2, "epochs": 1})
+    defaults = load_params(REPO / "params.yaml").finetune.recipe("net").model_dump()
+    return Recipe(**{**defaults, "backbone": "tf_efficientnet_lite0", "regions": regions, "image_size": size,
+                     "batch_size": 2, "epochs": 1})
 
 
 def test_a_crop_model_trains_and_predicts_on_its_crop_and_a_multi_region_net_on_all_of_them():

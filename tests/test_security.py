@@ -61,12 +61,12 @@ class _Payload:
 def test_a_poisoned_resume_checkpoint_is_refused_and_its_payload_never_runs(repo_copy, tiny_competition, tmp_path):
     put_competition(repo_copy, tiny_competition)
     run([sys.executable, "-m", "pipeline.stages.folds"], repo_copy)
-    model = "finetune-lite0"
+    model = "finetune-net"
     last = repo_copy / checkpoint_dir("state-farm-distracted-driver-detection", model, 0) / "last.pt"
     last.parent.mkdir(parents=True)
     marker = tmp_path / "payload-ran"
     torch.save({"config": _Payload(marker)}, last)
-    result = run([sys.executable, "-m", "pipeline.stages.finetune", "lite0", "--fold", "0"], repo_copy, check=False)
+    result = run([sys.executable, "-m", "pipeline.stages.finetune", "net", "--fold", "0"], repo_copy, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "last.pt: not a checkpoint that loads as plain weights (UnpicklingError); delete it" in lines[0]

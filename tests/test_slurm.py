@@ -49,7 +49,7 @@ def test_a_sweep_runs_as_slurm_jobs_each_fold_a_task_and_comes_home(cluster, sen
     assert "sweep experiment-sweep-dropout-1.0" in sent.stderr and "never started: fold-4 did not finish" in sent.stderr
     assert sum("Running stage 'frames'" in text for text in logs.values()) == 1  # once, by prepare
     assert sum("Running stage 'features@tf_efficientnet_lite0'" in text for text in logs.values()) == 1
-    assert sum("Running stage 'finetune@lite0-0'" in text for text in logs.values()) == 2  # once per good experiment
+    assert sum("Running stage 'finetune@net-0'" in text for text in logs.values()) == 2  # once per good experiment
     for name in ("experiment-sweep-dropout-0.2.log", "experiment-sweep-dropout-0.5.log"):
         assert "Running stage 'finetune@" not in logs[name]  # its folds came back from the run-cache
     table = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)

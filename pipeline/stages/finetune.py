@@ -11,8 +11,8 @@ the pooled embeddings ``oof_embeddings.npy``, ``test_embeddings.npy`` for the en
 ``fold_log_loss`` and ``threads`` (torch's thread count it trained with, which CPU training's last digits follow).
 The work itself: pipeline/training/fold_training.py.
 
-    python -m pipeline.stages.finetune lite0 --fold 0
-    torchrun --nproc_per_node=2 -m pipeline.stages.finetune lite0 --fold 0    # DDP over 2 processes; rank 0 writes
+    python -m pipeline.stages.finetune net --fold 0
+    torchrun --nproc_per_node=2 -m pipeline.stages.finetune net --fold 0    # DDP over 2 processes; rank 0 writes
 """
 from __future__ import annotations
 

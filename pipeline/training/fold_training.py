@@ -40,12 +40,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PseudoLabels:
-    """Test images with a teacher's probabilities, trained on beside the labelled images (pipeline/stages/pseudo.py)."""
+    """Images with a teacher's probabilities, trained on beside the labelled images: the test images and the
+    student's own held-out fold, which the teacher predicted without its labels (pipeline/stages/pseudo.py)."""
 
-    ids: list[str]  # test images
-    probabilities: np.ndarray  # [n, classes]: soft targets
+    test_ids: list[str]
+    held_out_ids: list[str]
+    probabilities: np.ndarray  # [test images + held-out images, classes], in that order: soft targets
     weight: float  # of a pseudo-labelled image in the loss, a labelled one's being 1
     teacher: dict  # which teacher and what it was, recorded in the run's config
+
+    @property
+    def ids(self) -> list[str]:
+        return [*self.test_ids, *self.held_out_ids]
 
 
 def run_config(params: Params, model: str, fold: int, spec: CompetitionSpec, pseudo: PseudoLabels | None,
@@ -75,13 +81,13 @@ def new_trainer(params: Params, model_name: str, spec: CompetitionSpec, n_train:
 
 def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpec, frames: Frames,
                 pseudo: PseudoLabels | None, device: torch.device) -> tuple[FoldImages, pd.Series, pd.Series]:
-    """The fold's training images (and pseudo-labelled test images) with targets, and the ids of its held-out
-    and of its labelled training images."""
+    """The fold's training images (and the pseudo-labelled test and held-out images) with targets, and the ids of its
+    held-out and of its labelled training images."""
     recipe, folds = params.finetune.recipe(model_name), load_folds(spec.slug)
     train_rows, held_out = folds[folds.fold != fold], folds[folds.fold == fold]
     rows, targets, weights = frames.rows("train", train_rows.img), spec.class_indices(train_rows.label), None
     if pseudo is not None:  # soft targets for all: the labelled images' are one-hot
-        rows = np.r_[rows, frames.rows("test", pseudo.ids)]
+        rows = np.r_[rows, frames.rows("test", pseudo.test_ids), frames.rows("train", pseudo.held_out_ids)]
         targets = np.concatenate([np.eye(len(spec.classes), dtype=np.float32)[targets], pseudo.probabilities])
         weights = torch.as_tensor(np.r_[np.ones(len(train_rows)), np.full(len(pseudo.ids), pseudo.weight)],
                                   dtype=torch.float32)
