@@ -7,8 +7,8 @@ set given as a local copy of the competition:
     python bench/levers.py --data ../shared/data/statefarm-dev --table /path/to/main/docs/levers.csv
 
 Each row is the default plus its overrides (params.yaml is reset to the commit's before every row, so rows do
-not leak into each other). A row already in the table is skipped, so when work resumes the list is picked up at
-the first row without a result; commit the table as rows arrive. ``{size}`` in an override is the fine-tuning
+not leak into each other). A row already in the table for this commit is skipped, so when work resumes the list
+is picked up at the first row without a result; commit the table as rows arrive. ``{size}`` in an override is the fine-tuning
 size whose row scored the best nested CV so far (the resolution ladder decides it, the later rows use it).
 
 A row records the ensemble's nested CV and its fine-tuned net's CV, the unseen drivers' log loss (all, public,
@@ -31,6 +31,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -65,9 +66,19 @@ ROWS: dict[str, list[str]] = {
                 "ensemble.models=[heads-tf_efficientnet_lite0,finetune-net,pseudo-net]"],
     # The combination: the two levers that won on their own (e8, lite1; views4 did not), together.
     "lite1e8": [LITE1, "finetune.models.net.image_size={size}", "finetune.models.net.epochs=8"],
+    # Issue 55, at the default's cost. The default itself first, from nothing in a fresh clone: its stage_s column
+    # says where its minutes go. Then the levers on the default, each read against it.
+    # FixRes (Touvron et al. 2019): the default's net trained at 128 px, predicted larger. Only prediction runs again.
+    "fixres144": ["finetune.defaults.test_image_size=144"],
+    "fixres160": ["finetune.defaults.test_image_size=160"],
+    "fixres192": ["finetune.defaults.test_image_size=192"],
+    # The EMA as a half-life (1.5 epochs: what 0.99 a step is at the default's ~44 steps an epoch) with timm's
+    # warm-up, as the GPU preset has it, instead of the constant 0.99 from the first step.
+    "ema_hl": ["finetune.defaults.ema_decay=0", "finetune.defaults.ema_half_life=1.5"],
 }
 FIELDS = ["row", "overrides", "nested_cv", "finetune_cv", "unseen", "unseen_public", "unseen_private",
-          "fold_log_loss", "wall_s", "cpu_s", "threads", "cores", "commit", "finished", "returncode"]
+          "fold_log_loss", "wall_s", "cpu_s", "threads", "cores", "commit", "finished", "returncode", "stage_s"]
+STAGE_STARTS = re.compile(r"Running stage '([^']+)'")
 
 
 def read_table(path: Path) -> list[dict]:
@@ -78,6 +89,14 @@ def read_table(path: Path) -> list[dict]:
 
 
 def append_row(path: Path, row: dict) -> None:
+    """``row`` at the end of the table; a table written before a column was added is rewritten with it first (its
+    rows empty there)."""
+    rows = read_table(path)
+    if rows and list(rows[0]) != FIELDS:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
     new = not path.exists()
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
@@ -105,25 +124,42 @@ def metrics(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def timed(cmd: list[str], log_path: Path, cwd: Path | None = None) -> tuple[int, float, float]:
-    """Run ``cmd`` with its output in ``log_path``: return code, wall seconds, CPU seconds of all its processes."""
+def timed(cmd: list[str], log_path: Path, cwd: Path | None = None) -> tuple[int, float, float, dict[str, float]]:
+    """Run ``cmd`` with its output in ``log_path``, each line stamped with the seconds since the start: return code,
+    wall seconds, CPU seconds of all its processes, and the wall seconds of each stage DVC ran (from its
+    ``Running stage`` line to the next one or the end: DVC's hashing and caching of a stage's outputs count as the
+    stage's)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[{datetime.datetime.now():%H:%M}] {log_path.stem}: {' '.join(cmd)}", flush=True)
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    with log_path.open("w") as log:
-        returncode = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd).returncode
+    starts: list[tuple[str, float]] = []
+    with log_path.open("w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
+                                                      text=True, errors="replace") as process:
+        for line in process.stdout:
+            elapsed = time.monotonic() - start
+            log.write(f"{elapsed:8.1f} {line}")
+            if found := STAGE_STARTS.search(line):
+                starts.append((found.group(1), elapsed))
+        returncode = process.wait()
     wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    return returncode, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    ends = [at for _, at in starts[1:]] + [wall]
+    stages = {name: round(end - at) for (name, at), end in zip(starts, ends)}
+    return returncode, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), stages
 
 
-def row_of(name: str, overrides: str, run: tuple[int, float, float], root: Path) -> dict:
-    """The table's row for a finished run, its figures read from the metrics the run wrote under ``root``."""
-    returncode, wall, cpu = run
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=root).stdout.strip()
+def head_commit(root: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=root).stdout.strip()
+
+
+def row_of(name: str, overrides: str, run: tuple[int, float, float, dict[str, float]], root: Path) -> dict:
+    """The table's row for a finished run, its figures read from the metrics the run wrote under ``root``; its
+    ``stage_s`` is ``stage=seconds`` for every stage the run ran, space-separated."""
+    returncode, wall, cpu, stages = run
     row = {"row": name, "overrides": overrides, "wall_s": round(wall), "cpu_s": round(cpu),
-           "cores": os.cpu_count(), "commit": commit, "returncode": returncode,
-           "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+           "cores": os.cpu_count(), "commit": head_commit(root), "returncode": returncode,
+           "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+           "stage_s": " ".join(f"{stage}={seconds}" for stage, seconds in stages.items())}
     if returncode == 0:
         ensemble = metrics(root / "metrics/ensemble/metrics.json")
         submission = metrics(root / "metrics/submission/metrics.json")
@@ -175,7 +211,7 @@ def main() -> None:
     if args.from_nothing:
         # Once per preset and commit: the preset changes with the commit, and a new commit is measured again.
         name = f"{args.from_nothing.stem} from nothing"
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = head_commit(Path.cwd())
         if any(r["row"] == name and r["commit"] == commit and r["nested_cv"] for r in read_table(args.table)):
             sys.exit(f"{name}: in {args.table} already for {commit}")
         row = run_from_nothing(args.from_nothing, args.data.resolve(), args.logs.resolve())
@@ -187,9 +223,9 @@ def main() -> None:
     if unknown:
         sys.exit(f"--rows: unknown row {unknown[0]!r} (rows: {', '.join(ROWS)})")
     for name in names:
-        done = read_table(args.table)
-        if any(r["row"] == name and r["nested_cv"] for r in done):
-            print(f"{name}: in {args.table} already", flush=True)
+        done, commit = read_table(args.table), head_commit(Path.cwd())
+        if any(r["row"] == name and r["commit"] == commit and r["nested_cv"] for r in done):
+            print(f"{name}: in {args.table} already for {commit}", flush=True)
             continue
         row = run_row(name, overrides_of(name, done), args.data.resolve(), args.logs)
         append_row(args.table, row)

@@ -164,6 +164,10 @@ class Recipe(Section):
 
     backbone: str  # timm name; offline weights for tf_efficientnet_lite0..2
     image_size: int = Field(ge=32, le=1024)  # of each region
+    # The size each region is predicted at ("FixRes", Touvron et al. 2019): a random-resized crop shows objects
+    # larger than a whole-frame view at the same size does, so a net may predict better a little larger than it
+    # trained. 0: image_size. Only prediction changes: a finished run re-predicts without training again.
+    test_image_size: int = Field(ge=0, le=1024)
     # What the net looks at (pipeline/views/augment.py's REGIONS), each region resized to image_size: [full] the whole
     # frame; one region, a crop model; several, one net that runs its backbone on each and classifies their
     # pooled features side by side (pipeline/training/backbones.py's RegionNet, the 1st-place form).
@@ -184,6 +188,10 @@ class Recipe(Section):
     # Each target mixed with the uniform distribution at this weight (timm's recipe: 0.1); 0: none
     label_smoothing: float = Field(ge=0.0, lt=1.0, strict=False)
     seed: int = Field(ge=0)
+
+    @property
+    def predict_size(self) -> int:
+        return self.test_image_size or self.image_size
 
     @pydantic.model_validator(mode="after")
     def _one_ema(self) -> "Recipe":
@@ -304,8 +312,10 @@ def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
 def _check_models(params: Params, source: Path) -> None:
     sizes = {f"features.backbones.{name}.image_size": entry.image_size
              for name, entry in params.features.backbones.items()}
-    sizes.update({f"finetune.models.{name}.image_size": params.finetune.recipe(name).image_size
-                  for name in params.finetune.models})
+    for name in params.finetune.models:
+        recipe = params.finetune.recipe(name)
+        sizes[f"finetune.models.{name}.image_size"] = recipe.image_size
+        sizes[f"finetune.models.{name}.test_image_size"] = recipe.test_image_size
     too_large = [(key, size) for key, size in sizes.items() if size > params.frames.size]
     if too_large:
         key, size = too_large[0]

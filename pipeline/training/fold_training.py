@@ -57,9 +57,10 @@ class PseudoLabels:
 def run_config(params: Params, model: str, fold: int, spec: CompetitionSpec, pseudo: PseudoLabels | None,
                augment_on: str, world: int) -> dict:
     """Everything that decides this fold's training; a checkpoint resumes only under the same config. The process
-    count is in it (it changes the steps per epoch and the batch each step sees); the test-time views are not:
-    other views re-predict with a finished run's weights instead of training again."""
-    return {"model": model, "fold": fold, "recipe": params.finetune.recipe(model).model_dump(),
+    count is in it (it changes the steps per epoch and the batch each step sees); the test-time views and size are
+    not: other views, or another size, re-predict with a finished run's weights instead of training again."""
+    recipe = params.finetune.recipe(model).model_dump(exclude={"test_image_size"})
+    return {"model": model, "fold": fold, "recipe": recipe,
             "amp": params.finetune.amp, "augment": params.augment.model_dump(), "dropout": params.dropout,
             "augment_on": augment_on, "world": world, "competition": spec.slug,
             "folds_csv_sha256": hashlib.sha256(folds_csv(spec.slug).read_bytes()).hexdigest(),

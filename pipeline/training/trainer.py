@@ -250,7 +250,7 @@ class Trainer:
         """(softmax probabilities, pooled pre-logit embeddings), each averaged over ``views``, made where ``on``
         says (``cpu`` or ``device``: where the training batches were augmented); the whole arrays on rank 0,
         (None, None) on the other ranks, which each predict every world-th image."""
-        model, size = self.scored.eval(), self.recipe.image_size
+        model, size = self.scored.eval(), self.recipe.predict_size
         rank, world = self.distributed.rank, self.distributed.world
         rows = np.asarray(rows)
         mine = np.arange(rank, len(rows), world)
