@@ -133,8 +133,10 @@ def timed(cmd: list[str], log_path: Path, cwd: Path | None = None) -> tuple[int,
     print(f"[{datetime.datetime.now():%H:%M}] {log_path.stem}: {' '.join(cmd)}", flush=True)
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     starts: list[tuple[str, float]] = []
+    # Unbuffered, or DVC's lines would reach the pipe in bursts and the stamps say when a buffer filled.
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
-                                                      text=True, errors="replace") as process:
+                                                      text=True, errors="replace", env=environment) as process:
         for line in process.stdout:
             elapsed = time.monotonic() - start
             log.write(f"{elapsed:8.1f} {line}")
