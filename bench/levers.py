@@ -140,6 +140,7 @@ def timed(cmd: list[str], log_path: Path, cwd: Path | None = None) -> tuple[int,
         for line in process.stdout:
             elapsed = time.monotonic() - start
             log.write(f"{elapsed:8.1f} {line}")
+            log.flush()
             if found := STAGE_STARTS.search(line):
                 starts.append((found.group(1), elapsed))
         returncode = process.wait()

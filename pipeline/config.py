@@ -109,7 +109,10 @@ class AugmentParams(Section):
     dropout_holes: int = Field(ge=0, le=32)  # CoarseDropout, 0 turns it off
     # Largest hole side, as a fraction of the image side; holes are 0.05 to this, so it is at least 0.05.
     dropout_size: float = Field(ge=0.05, le=1.0, strict=False)
-    hflip: bool  # only for competitions whose classes survive a mirror (not State Farm)
+    # auto: on where the competition's description says flip_safe (its classes survive a mirror; not State Farm's),
+    # and then the fine-tuned nets also predict a mirrored test-time view; true on a competition that is not
+    # flip-safe is refused.
+    hflip: Literal["auto"] | bool
 
 
 class BackboneParams(Section):

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data.competitions import DOGS_VS_CATS, OWN_DATA, load_spec
+from pipeline.config import load_params
+from pipeline.data.competitions import DOGS_VS_CATS, OWN_DATA, augment_of, finetune_views, load_spec
 from pipeline.data.metrics import binary_log_loss, competition_metric, multiclass_log_loss
 from pipeline.data.raw_data import check_competition_files, ingest, train_table
 from pipeline.ensemble.submission_format import score
@@ -230,3 +231,16 @@ def test_own_data_without_a_test_folder_reports_cv_and_writes_no_submission(repo
     # The two classes are a dark and a light red: a working model is nearly sure of each, chance is log 2.
     assert metrics["file"] == "" and metrics["cv_log_loss"] < 0.5 * math.log(2)
     assert not list((repo_copy / "submissions").glob("*.csv"))
+
+
+def test_hflip_auto_mirrors_where_the_description_is_flip_safe_and_leaves_state_farm_as_it_was():
+    params = load_params()  # the default: augment.hflip: auto
+    assert params.augment.hflip == "auto"
+    state_farm = load_spec("state-farm-distracted-driver-detection")
+    assert augment_of(params, state_farm).hflip is False
+    assert augment_of(params, state_farm).model_dump() == {**params.augment.model_dump(), "hflip": False}
+    assert finetune_views(params, state_farm) == list(params.finetune.test_views)  # no mirrored view: as before
+    assert augment_of(params, DOGS_VS_CATS).hflip is True
+    assert finetune_views(params, DOGS_VS_CATS) == [*params.finetune.test_views, "hflip"]
+    off = params.model_copy(update={"augment": params.augment.model_copy(update={"hflip": False})})
+    assert augment_of(off, DOGS_VS_CATS).hflip is False and "hflip" not in finetune_views(off, DOGS_VS_CATS)

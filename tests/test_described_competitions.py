@@ -1,7 +1,10 @@
-"""A competition is a description in competitions/, not code: three described beyond State Farm, Dogs vs. Cats and
+"""A competition is a description in competitions/, not code: seven described beyond State Farm, Dogs vs. Cats and
 own data (Aerial Cactus: ROC AUC on one probability column; APTOS 2019: quadratic weighted kappa on a class;
-Plant Pathology 2020: mean column-wise ROC AUC on one-hot labels) run from their stand-ins to a submission in their
-own format, scored in their own metric; a labels CSV given as a local folder is checked row by row."""
+Plant Pathology 2020: mean column-wise ROC AUC on one-hot labels; Histopathologic Cancer Detection's .tif images;
+Cassava's accuracy; Plant Seedlings' class folders without a CSV and micro F1; Dog Breed Identification's 120
+breeds) run from their stand-ins to a submission in their own format, scored in their own metric, mirrored where
+they are flip-safe; a labels CSV given as a local folder is checked row by row; a user's own held-out labels
+without Kaggle's Usage column are scored as one set."""
 from __future__ import annotations
 
 import json
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from pipeline.config import StandinParams
@@ -26,6 +30,9 @@ from tests.conftest import TINY_STANDIN, run, run_stage_in, set_params
 DVC = [sys.executable, "-m", "dvc"]
 CACTUS, APTOS, PLANTS = ("aerial-cactus-identification", "aptos2019-blindness-detection",
                          "plant-pathology-2020-fgvc7")
+HISTOPATHOLOGY, CASSAVA, SEEDLINGS, DOG_BREEDS = ("histopathologic-cancer-detection",
+                                                  "cassava-leaf-disease-classification",
+                                                  "plant-seedlings-classification", "dog-breed-identification")
 # Each stage of a run, in dvc.yaml's order, run in this process (a subprocess each would import torch afresh).
 STAGES = [("download",), ("sample",), ("frames",), ("features", "tf_efficientnet_lite0"), ("folds",),
           ("heads", "tf_efficientnet_lite0"), ("finetune", "net", "--fold", "0"),
@@ -62,15 +69,18 @@ def test_every_description_reads_and_names_a_metric_the_pipeline_has():
         assert load_spec(slug).metric in METRICS
 
 
-@pytest.mark.parametrize("slug", [CACTUS, APTOS, PLANTS])
+@pytest.mark.parametrize("slug", [CACTUS, APTOS, PLANTS, HISTOPATHOLOGY, CASSAVA, SEEDLINGS, DOG_BREEDS])
 def test_the_stand_in_is_drawn_in_the_competitions_own_layout(slug, tmp_path):
     spec = load_spec(slug)
-    write_standin(tmp_path, spec, StandinParams(**TINY_STANDIN), workers=1)
-    labels = pd.read_csv(tmp_path / spec.labels_csv, dtype=str)
+    write_standin(tmp_path, spec, StandinParams(**{**TINY_STANDIN, "frames_per_class": 1}), workers=1)
     sample = pd.read_csv(tmp_path / spec.sample_submission, dtype=str)
     assert list(sample.columns) == list(spec.submission_columns)
     with zipfile.ZipFile(tmp_path / spec.train_archive) as archive:
         names = set(archive.namelist())
+    if spec.labels_from == "class_folders":  # Plant Seedlings: no CSV, a folder per class, named as the classes
+        assert not spec.labels_csv and {n.split("/")[1] for n in names} == set(spec.classes)
+        return
+    labels = pd.read_csv(tmp_path / spec.labels_csv, dtype=str)
     # The CSV names flat images of one folder: the id plus the competition's suffix (.png for APTOS' fundus photos)
     assert {spec.train_member(i) for i in labels[spec.id_column]} <= names
     assert all(n.count("/") == 1 for n in names)
@@ -126,6 +136,60 @@ def test_plant_pathology_gives_cv_mean_column_auc_and_a_probability_per_class(re
     submission = _check_submission(repo_copy, PLANTS)
     classes = list(load_spec(PLANTS).classes)
     assert np.allclose(submission[classes].sum(axis=1), 1, atol=1e-4)
+
+
+# Each newer description on its stand-in: (slug, the ensemble's metric key, the stand-in's frames per class; Dog Breed
+# Identification's 120 breeds get one, or the tiny stand-in would hold 3,360 images).
+NEWER = [(HISTOPATHOLOGY, "roc_auc", 4), (CASSAVA, "accuracy", 4), (SEEDLINGS, "micro_f1", 4),
+         (DOG_BREEDS, "log_loss", 1)]
+
+
+@pytest.mark.parametrize("slug, key, frames_per_class", NEWER, ids=[n[0] for n in NEWER])
+def test_a_newer_description_runs_its_stand_in_to_a_submission_in_its_own_format_flipped_as_it_allows(
+        repo_copy, slug, key, frames_per_class):
+    spec = load_spec(slug)
+    set_params(repo_copy, competition=slug, **{**TWO_FOLDS, "standin": {"frames_per_class": frames_per_class}})
+    _run_stages(repo_copy)
+    ensemble = _metrics(repo_copy, "ensemble")
+    assert ensemble["metric"].startswith(spec.metric) and f"cv_{key}" in ensemble
+    submission = _check_submission(repo_copy, slug)
+    if spec.submission_values == "class":  # Plant Seedlings: file,species with the folders' names, spaces kept
+        assert set(submission[spec.submission_column].astype(str)) <= set(spec.classes)
+    assert {f"public_{key}", f"private_{key}"} <= set(_metrics(repo_copy, "submission"))
+    # augment.hflip: auto, and every one of them is flip-safe: the nets trained on mirrors and predicted the mirror
+    fold = _metrics(repo_copy, "finetune-net-fold0")
+    assert fold["hflip"] is True
+    config = torch.load(repo_copy / "models" / slug / "finetune-net" / "fold0" / "final.pt", weights_only=True)["config"]
+    assert config["augment"]["hflip"] is True
+
+
+def test_held_out_labels_without_a_usage_column_are_scored_as_one_set_and_other_usages_refused_naming_the_row(
+        repo_copy, tmp_path):
+    # A user's own held-out images: an id and a label, no public/private split of Kaggle's
+    set_params(repo_copy, competition=CASSAVA, **TWO_FOLDS)
+    _run_stages(repo_copy)
+    raw = repo_copy / raw_dir(CASSAVA)
+    solution = pd.read_csv(raw / "solution.csv", dtype=str)
+    solution.drop(columns="Usage").to_csv(raw / "solution.csv", index=False)
+    status, lines = run_stage_in(repo_copy, "submission")
+    assert status == 0
+    scored = _metrics(repo_copy, "submission")
+    assert scored["solution_parts"] == "one set"
+    assert scored["public_accuracy"] == scored["private_accuracy"] == scored["leaderboard_accuracy"]
+    assert any("has no Usage column: its labels are scored as one set" in line for line in lines)
+    # Kaggle's column with a value of neither part: refused at the download, naming the row (line 5: header + 3)
+    local = tmp_path / "cassava files"
+    shutil.copytree(raw, local)
+    solution.loc[3, "Usage"] = "Hidden"
+    solution.to_csv(local / "solution.csv", index=False)
+    shutil.rmtree(raw)
+    set_params(repo_copy, data={"source": "local", "local_path": str(local)})
+    result = run([sys.executable, "-m", "pipeline.stages.download"], repo_copy, check=False)
+    assert result.returncode == 2
+    [error] = result.stderr.strip().splitlines()
+    assert error.endswith("solution.csv: row 5: Usage 'Hidden'; expected Public or Private (or no Usage column: the "
+                          "labels are then scored as one set)")
+    assert not raw.exists()  # nothing half-written
 
 
 @pytest.fixture

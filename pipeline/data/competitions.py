@@ -4,8 +4,8 @@ A competition is described, not coded: one YAML file per competition in ``compet
 keys), read here into one ``CompetitionSpec``; stages look theirs up by the ``competition`` key of params.yaml
 and never hard-code a file name or class list. The shapes of labels, as Kaggle's image competitions have them:
 
-- ``class_folders``: images sit in ``train/<class>/`` and a labels CSV lists id, class and maybe a group
-  (State Farm's ``driver_imgs_list.csv``; own data's ``labels.csv``);
+- ``class_folders``: images sit in ``train/<class>/``, and a labels CSV may list id, class and a group
+  (State Farm's ``driver_imgs_list.csv``; own data's ``labels.csv``; Plant Seedlings has the folders alone);
 - ``file_name``: the class is the file name's first dot-separated part, ``train/dog.123.jpg`` (Dogs vs. Cats);
 - ``id_column``: a CSV of id and class, the images flat in one folder (Aerial Cactus, APTOS 2019, Cassava);
 - ``one_hot``: a CSV of id and one 0/1 column per class (Plant Pathology 2020).
@@ -21,7 +21,7 @@ import pandas as pd
 import pydantic
 import yaml
 
-from pipeline.config import PARAMS_FILE, Params, unrecorded
+from pipeline.config import PARAMS_FILE, AugmentParams, Params, unrecorded
 from pipeline.data.metrics import METRICS, Metric
 from pipeline.errors import PipelineError
 from pipeline.paths import raw_dir
@@ -158,8 +158,10 @@ def _problem(description: _Description) -> tuple[str, str] | None:
         return "classes", "missing (list the classes, or set classes_from_data: true)"
     if len(set(d.classes)) != len(d.classes):
         return "classes", "a class is listed twice"
-    if labels.shape != "file_name" and not labels.csv:
+    if labels.shape in ("id_column", "one_hot") and not labels.csv:
         return "labels.csv", f"missing: labels of shape {labels.shape} are read from a CSV"
+    if labels.shape == "class_folders" and not labels.csv and (labels.group or labels.columns):
+        return "labels.csv", "missing: a group or columns are read from a CSV (class folders alone give the labels)"
     if labels.shape == "one_hot" and (labels.group or labels.columns):
         return "labels", "one_hot labels take id and csv only (the class columns are the classes)"
     if submission.values == "positive":
@@ -201,7 +203,7 @@ def read_description(path: Path, slug: str) -> CompetitionSpec:
     columns = labels.columns or [c for c in (labels.group, labels.id, label_column) if c and labels.shape != "one_hot"]
     if labels.shape == "one_hot":
         columns = [labels.id, *d.classes]
-    if labels.shape == "file_name":
+    if labels.shape == "file_name" or not labels.csv:
         columns = []
     return CompetitionSpec(
         slug=slug, title=d.title, classes=tuple(d.classes), kaggle=d.kaggle,
@@ -260,6 +262,22 @@ def competition_of(params: Params, source: Path = PARAMS_FILE, raw: Path | None 
     return spec
 
 
+def augment_of(params: Params, spec: CompetitionSpec) -> AugmentParams:
+    """Section augment as it runs on ``spec``: ``hflip: auto`` decided by the description (on where flip-safe)."""
+    if params.augment.hflip != "auto":
+        return params.augment
+    return params.augment.model_copy(update={"hflip": spec.flip_safe})
+
+
+def finetune_views(params: Params, spec: CompetitionSpec) -> list[str]:
+    """The fine-tuned nets' test-time views: ``finetune.test_views``, and the mirrored frame beside them where
+    ``augment.hflip: auto`` turned flips on (a net that trained on mirrors predicts them as well)."""
+    views = list(params.finetune.test_views)
+    if params.augment.hflip == "auto" and spec.flip_safe and "hflip" not in views:
+        views.append("hflip")
+    return views
+
+
 def _check_params(params: Params, spec: CompetitionSpec, source: Path) -> None:
     if params.data.source == "kaggle" and not spec.kaggle:
         raise PipelineError(f"{source}: data.source: {spec.slug} is not on Kaggle; use local (or standin)")
@@ -277,7 +295,7 @@ def _check_params(params: Params, spec: CompetitionSpec, source: Path) -> None:
         raise PipelineError(f"{source}: folds.near_duplicate_backbone: {params.folds.near_duplicate_backbone!r} is "
                             f"not under features.backbones")
     if not spec.flip_safe:
-        if params.augment.hflip:
+        if params.augment.hflip is True:
             raise PipelineError(f"{source}: augment.hflip: {spec.slug} classes change under a horizontal flip")
         for section in ("features", "finetune"):
             if "hflip" in getattr(params, section).test_views:

@@ -51,7 +51,7 @@ def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None
     if spec.labels_in_csv_rows:
         return _with_user_groups(_listed_images(raw, spec, archive), raw, spec)
     found: dict[str, tuple[str, str]] = {}  # image id -> (class, member)
-    expected = (f"{spec.train_prefix}<{'|'.join(spec.classes)}>/<image>.jpg" if spec.labels_from == "class_folders"
+    expected = (f"{spec.train_prefix}<{'|'.join(spec.classes)}>/<image>" if spec.labels_from == "class_folders"
                 else f"{spec.train_prefix}<{'|'.join(spec.classes)}>.<n>.jpg")
     for member in archive.names(spec.train_prefix):
         parts = PurePosixPath(member[len(spec.train_prefix):]).parts
@@ -66,7 +66,7 @@ def train_table(raw: Path, spec: CompetitionSpec, max_unpacked_bytes: int | None
         if image in found:
             raise PipelineError(f"{archive.path}: image {image!r} appears in two class folders")
         found[image] = (label, member)
-    if spec.labels_from == "file_name":
+    if spec.labels_from == "file_name" or not spec.labels_csv:  # the file names or the folders alone label them
         rows = [(image, label, "", member) for image, (label, member) in found.items()]
         table = pd.DataFrame(rows, columns=TRAIN_COLUMNS).sort_values("img", ignore_index=True)
         return _with_user_groups(table, raw, spec)
@@ -228,9 +228,10 @@ def check_competition_files(raw: Path, spec: CompetitionSpec, max_unpacked_bytes
 
 
 def check_solution(path: Path, spec: CompetitionSpec, test_ids: list[str]) -> None:
-    """Hidden test labels (the stand-ins', or a competitor's own held-out drivers): id, label, ``Usage``
-    (Public/Private) for exactly the test images, each once, with known classes."""
-    table = _read_csv(path, (spec.submission_id, spec.label_column, "Usage"))
+    """Hidden test labels (the stand-ins', or a competitor's own held-out images): id and label for exactly the test
+    images, each once, with known classes, and optionally Kaggle's ``Usage`` (Public/Private; without it the labels
+    are scored as one set)."""
+    table = _read_csv(path, (spec.submission_id, spec.label_column))
     ids = table[spec.submission_id]
     if ids.duplicated().any():
         raise PipelineError(f"{path}: image {ids[ids.duplicated()].iloc[0]!r} listed twice")
@@ -238,9 +239,11 @@ def check_solution(path: Path, spec: CompetitionSpec, test_ids: list[str]) -> No
     unknown = sorted(set(table[spec.label_column]) - set(spec.classes))
     if unknown:
         raise PipelineError(f"{path}: unknown class {unknown[0]!r}; expected one of {list(spec.classes)}")
-    usage = sorted(set(table.Usage) - {"Public", "Private"})
-    if usage:
-        raise PipelineError(f"{path}: Usage {usage[0]!r}; expected Public or Private")
+    if "Usage" in table.columns:
+        other = ~table.Usage.isin(["Public", "Private"])
+        if other.any():
+            raise PipelineError(f"{path}: row {_row(other)}: Usage {table.Usage[other].iloc[0]!r}; expected Public or "
+                                f"Private (or no Usage column: the labels are then scored as one set)")
 
 
 def _same_images(in_archive, in_csv, archive_label: str, csv_path: Path) -> None:

@@ -54,7 +54,9 @@ class Style:
 
 
 POSES = tuple(f"c{i}" for i in range(10))
-SHADES = ((0, 0, 0), (150, 40, 40), (40, 130, 60), (40, 60, 150), (150, 130, 30), (120, 40, 130))
+# Twelve car colours: 120 classes at most (Dog Breed Identification's breeds).
+SHADES = ((0, 0, 0), (150, 40, 40), (40, 130, 60), (40, 60, 150), (150, 130, 30), (120, 40, 130),
+          (40, 130, 140), (200, 110, 40), (90, 90, 90), (200, 170, 150), (30, 60, 30), (100, 60, 30))
 FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
@@ -152,8 +154,9 @@ def _write_sample(test: pd.DataFrame, spec: CompetitionSpec, classes, out_dir: P
         sample[spec.submission_column] = 0.5
     elif spec.submission_values == "class":
         sample[spec.submission_column] = classes[0]
-    for classname in (classes if spec.submission_values == "probabilities" else []):
-        sample[classname] = 1.0 / len(classes)
+    if spec.submission_values == "probabilities":  # all columns at once: 120 breeds one by one fragment the frame
+        sample = pd.concat([sample, pd.DataFrame(1.0 / len(classes), index=sample.index, columns=list(classes))],
+                           axis=1)
     sample.to_csv(out_dir / spec.sample_submission, index=False)
 
 

@@ -41,8 +41,8 @@ def to_submission(ids, proba: np.ndarray, spec: CompetitionSpec, thresholds=()) 
         table[spec.submission_column] = proba[:, spec.classes.index(spec.positive_class)]
     elif spec.submission_values == "class":
         table[spec.submission_column] = np.array(spec.classes)[spec.scorer.decide(proba, thresholds)]
-    else:
-        table[list(spec.classes)] = proba
+    else:  # every class column at once (Dog Breed Identification's 120 one by one fragment the frame)
+        table = pd.concat([table, pd.DataFrame(proba, columns=list(spec.classes))], axis=1)
     return table
 
 
@@ -90,7 +90,14 @@ def validate_submission(table: pd.DataFrame, sample: pd.DataFrame, spec: Competi
 
 def score(table: pd.DataFrame, solution: pd.DataFrame, spec: CompetitionSpec) -> dict[str, float]:
     """The competition's metric on Kaggle's public and private parts of the test set, as the leaderboard shows it
-    (``leaderboard_<key>``, ``public_<key>``, ``private_<key>``; key: log_loss, roc_auc, kappa, ...)."""
+    (``leaderboard_<key>``, ``public_<key>``, ``private_<key>``; key: log_loss, roc_auc, kappa, ...). A solution
+    without a ``Usage`` column (a user's own held-out labels: an id and a label) is one set, public and private
+    both."""
+    if "Usage" not in solution.columns:
+        solution = solution.assign(Usage="Public")
+        whole = score(table, solution, spec)
+        key = spec.scorer.key
+        return {**whole, f"private_{key}": whole[f"public_{key}"]}
     truth = solution[[spec.submission_id, spec.label_column, "Usage"]].rename(columns={spec.label_column: "truth"})
     merged = truth.astype({spec.submission_id: str, "truth": str}).merge(
         table.astype({spec.submission_id: str}), on=spec.submission_id, validate="one_to_one")

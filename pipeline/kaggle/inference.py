@@ -31,7 +31,7 @@ from pipeline.atomic import atomic_file
 from pipeline.compute.cores import share
 from pipeline.compute.devices import pick_device
 from pipeline.config import Params, load_params
-from pipeline.data.competitions import DESCRIPTIONS, CompetitionSpec, competition_of
+from pipeline.data.competitions import DESCRIPTIONS, CompetitionSpec, competition_of, finetune_views
 from pipeline.data.frames import check_room, fit_frame, frames_bytes
 from pipeline.data.images import ImageArchive
 from pipeline.data.predictions import read_table, unit_length, write_table
@@ -158,7 +158,8 @@ def heads_predictions(bundle: Path, params: Params, spec: CompetitionSpec, model
 
 def fine_tuned_predictions(bundle: Path, params: Params, spec: CompetitionSpec, model: str, folds: list[int],
                            frames: np.ndarray, device: torch.device) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each fold's fine-tuned net on the test frames in ``finetune.test_views``: (probabilities, embeddings) per fold,
+    """Each fold's fine-tuned net on the test frames in its test-time views (``finetune_views``): (probabilities,
+    embeddings) per fold,
     the views made where that net's training batches were (on a GPU only when there is one here)."""
     from pipeline.training.trainer import Trainer  # torch's distributed pieces: only where a fine-tuned net predicts
 
@@ -177,7 +178,7 @@ def fine_tuned_predictions(bundle: Path, params: Params, spec: CompetitionSpec, 
         trainer = Trainer(net, recipe.model_copy(update={"ema_decay": 0.0, "ema_half_life": 0.0}), feed, 1)  # the weights are the EMA's
         trained_on = saved.get("machine", {}).get("augment_on", "cpu")
         on = trained_on if device.type == "cuda" else "cpu"
-        proba, embedded = trainer.predict([frames], np.arange(len(frames)), list(params.finetune.test_views),
+        proba, embedded = trainer.predict([frames], np.arange(len(frames)), finetune_views(params, spec),
                                           f"{model} fold {fold} test", on)
         probabilities.append(proba)
         embeddings.append(embedded)

@@ -24,7 +24,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.compute.cores import stage_command
 from pipeline.compute.devices import pick_device
 from pipeline.config import Params, load_params
-from pipeline.data.competitions import CompetitionSpec, competition_of
+from pipeline.data.competitions import CompetitionSpec, augment_of, competition_of
 from pipeline.data.frames import Frames, load_frames
 from pipeline.data.tables import RunImages
 from pipeline.errors import PipelineError
@@ -68,8 +68,8 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images:
         for p in range(settings.train_passes):
             # One seed per (pass, image): the same augmentation whatever the worker count.
             seeds = np.random.SeedSequence([settings.seed, p]).generate_state(len(ids["train"]))
-            dataset = FrameImages(frames.both, rows["train"], train_transform(params.augment, size, settings.seed),
-                                  size, seeds=seeds)
+            transform = train_transform(augment_of(params, spec), size, settings.seed)
+            dataset = FrameImages(frames.both, rows["train"], transform, size, seeds=seeds)
             speeds.append(extract(model, dataset, augmented[p], feed, f"{backbone} train pass {p + 1}",
                                   names["train"]))
         augmented.flush()

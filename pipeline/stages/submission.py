@@ -81,8 +81,14 @@ def main_for() -> None:
             live.summary.update(file=target.name, sha256=file_sha256(target))
         solution_path = raw / spec.solution_csv
         if solution_path.is_file() and len(table):  # hidden labels: a stand-in's, or the user's own hold-out
-            scores = score(table, read_submission(solution_path, spec.submission_id), spec)
+            solution = read_submission(solution_path, spec.submission_id)
+            scores = score(table, solution, spec)
             live.summary.update(scores)
+            # Kaggle's public/private split, or a user's own held-out labels without one: scored as one set
+            live.summary["solution_parts"] = "public/private" if "Usage" in solution.columns else "one set"
+            if "Usage" not in solution.columns:
+                log.info("%s has no Usage column: its labels are scored as one set (public and private both that "
+                         "set)", solution_path)
             if f"private_{key}" in scores:
                 live.summary["cv_over_private"] = cv / scores[f"private_{key}"]
             log.info("CV %s %.4f; local leaderboard%s: %s", spec.metric, cv,

@@ -22,7 +22,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.compute.cores import share
 from pipeline.compute.machine import loader_workers
 from pipeline.config import Params, load_params
-from pipeline.data.competitions import CompetitionSpec, competition_of
+from pipeline.data.competitions import CompetitionSpec, augment_of, competition_of, finetune_views
 from pipeline.data.frames import Frames, load_frames
 from pipeline.data.metrics import competition_metric
 from pipeline.data.predictions import write_embeddings, write_fold, write_trained_on
@@ -61,7 +61,7 @@ def run_config(params: Params, model: str, fold: int, spec: CompetitionSpec, pse
     not: other views, or another size, re-predict with a finished run's weights instead of training again."""
     recipe = params.finetune.recipe(model).model_dump(exclude={"test_image_size"})
     return {"model": model, "fold": fold, "recipe": recipe,
-            "amp": params.finetune.amp, "augment": params.augment.model_dump(), "dropout": params.dropout,
+            "amp": params.finetune.amp, "augment": augment_of(params, spec).model_dump(), "dropout": params.dropout,
             "augment_on": augment_on, "world": world, "competition": spec.slug,
             "folds_csv_sha256": hashlib.sha256(folds_csv(spec.slug).read_bytes()).hexdigest(),
             "pseudo": None if pseudo is None else {"weight": pseudo.weight, **pseudo.teacher}}
@@ -92,7 +92,8 @@ def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpe
         targets = np.concatenate([np.eye(len(spec.classes), dtype=np.float32)[targets], pseudo.probabilities])
         weights = torch.as_tensor(np.r_[np.ones(len(train_rows)), np.full(len(pseudo.ids), pseudo.weight)],
                                   dtype=torch.float32)
-    train_set = augmented_images(frames.both, rows, params.augment, recipe, params.finetune.augment_on, device)
+    train_set = augmented_images(frames.both, rows, augment_of(params, spec), recipe, params.finetune.augment_on,
+                                 device)
     return FoldImages(fold, train_set, torch.as_tensor(targets), frames.both, frames.rows("train", held_out.img),
                       functools.partial(competition_metric, spec, spec.class_indices(held_out.label)),
                       weights), held_out.img, train_rows.img
@@ -123,7 +124,7 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
 
     trainer.fit(images, checkpoint, start, report)
     machine = trained_under(trainer, augment_on)
-    test, views = RunImages.load(spec.slug).test, list(params.finetune.test_views)
+    test, views = RunImages.load(spec.slug).test, finetune_views(params, spec)
     # Views made where the training batches were augmented: on a GPU both on the device, on a CPU both in NumPy.
     oof, oof_embeddings = trainer.predict(frames.both, images.held_out, views, f"fold {fold} held-out", augment_on)
     test_proba, test_embeddings = trainer.predict(frames.both, frames.rows("test", test.img), views,
@@ -139,6 +140,7 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
             (out / "teacher.json").write_text(json.dumps(pseudo.teacher, indent=2) + "\n")
     live.summary[f"fold_{spec.scorer.key}"] = images.score(oof)
     live.summary["threads"] = machine["threads"]  # beside the score in `dvc exp show`: it moves the last digits
+    live.summary["hflip"] = augment_of(params, spec).hflip  # what augment.hflip: auto decided
     live.end()
     log.info("%s fold %d: held-out %s %.4f with %d test view(s); wrote %s", name, fold, spec.metric,
              live.summary[f"fold_{spec.scorer.key}"], len(views), fold_dir(spec.slug, name, fold))
