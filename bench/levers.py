@@ -75,6 +75,12 @@ ROWS: dict[str, list[str]] = {
     # The EMA as a half-life (1.5 epochs: what 0.99 a step is at the default's ~44 steps an epoch) with timm's
     # warm-up, as the GPU preset has it, instead of the constant 0.99 from the first step.
     "ema_hl": ["finetune.defaults.ema_decay=0", "finetune.defaults.ema_half_life=1.5"],
+    # Mixup / CutMix on the fine-tuned net (timm.data.Mixup; timm's recipes use mixup 0.2 / cutmix 1.0 for short runs).
+    "mixup": ["finetune.defaults.mixup_alpha=0.2"],
+    "cutmix": ["finetune.defaults.cutmix_alpha=1.0"],
+    # Progressive resizing at the default's pixel cost: 96 -> 160 px over the 5 epochs (96, 112, 128, 144, 160: the
+    # mean of the squares is 1.03x 128 px's), predicting at 160.
+    "prog96_160": ["finetune.models.net.image_size=160", "finetune.defaults.progressive_from=96"],
 }
 FIELDS = ["row", "overrides", "nested_cv", "finetune_cv", "unseen", "unseen_public", "unseen_private",
           "fold_log_loss", "wall_s", "cpu_s", "threads", "cores", "commit", "finished", "returncode", "stage_s"]

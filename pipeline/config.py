@@ -190,6 +190,13 @@ class Recipe(Section):
     augment_strength: float = Field(ge=0.0, le=2.0, strict=False)  # scales section augment; 0: none
     # Each target mixed with the uniform distribution at this weight (timm's recipe: 0.1); 0: none
     label_smoothing: float = Field(ge=0.0, lt=1.0, strict=False)
+    # Mixup / CutMix (timm.data.Mixup, a pair per batch): the Beta distribution's alpha of each, 0: off; both on,
+    # every batch is one or the other at even odds. Targets (and pseudo-labels' weights) mix as the images do.
+    mixup_alpha: float = Field(ge=0.0, le=10.0, strict=False)
+    cutmix_alpha: float = Field(ge=0.0, le=10.0, strict=False)
+    # Progressive resizing (fastai's recipe): the first epoch trains at this size, each later one larger, in equal
+    # steps rounded to 16 px, up to image_size at the last; 0: image_size throughout.
+    progressive_from: int = Field(ge=0, le=1024)
     seed: int = Field(ge=0)
 
     @property
@@ -200,6 +207,12 @@ class Recipe(Section):
     def _one_ema(self) -> "Recipe":
         if self.ema_decay and self.ema_half_life:
             raise ValueError("ema_decay and ema_half_life are both set; give one and set the other to 0")
+        if (self.mixup_alpha or self.cutmix_alpha) and len(self.regions) > 1:
+            raise ValueError("mixup_alpha / cutmix_alpha: a net over several regions mixes no images (its batch "
+                             "holds each frame's regions side by side); set them to 0")
+        if self.progressive_from > self.image_size:
+            raise ValueError(f"progressive_from: {self.progressive_from} is larger than image_size "
+                             f"({self.image_size}), the size the last epoch trains at")
         return self
 
 

@@ -152,6 +152,23 @@ def main_threads(device_type: str, cores: int, workers: int) -> int:
     return cores
 
 
+def training_steps(images: int, batch_size: int, world: int) -> tuple[int, bool]:
+    """(steps per epoch of one rank, whether the last partial batch is dropped). Every batch full, as timm's loader
+    has it: one batch shape per process, so cuDNN plans each convolution once (a cold plan costs a GPU seconds), and
+    Mixup always has its pairs; the sampler reshuffles every epoch, so every image is still seen, and padding would
+    leak into BatchNorm's batch statistics. A rank's share smaller than a batch (tiny data) is one batch."""
+    share = -(-images // world)  # DistributedSampler evens the shares out
+    if share < batch_size:
+        return 1, False
+    return share // batch_size, True
+
+
+def pads_prediction(device_type: str) -> bool:
+    """Whether predictions pad their last batch to the full batch's shape: on a GPU, where a new shape costs cuDNN
+    plans; on a CPU the padding would only be computed and thrown away."""
+    return device_type == "cuda"
+
+
 def pin_memory(device_type: str) -> bool:
     """Page-locked batches copy to a GPU asynchronously; a CPU model reads them where they are."""
     return device_type == "cuda"

@@ -20,7 +20,7 @@ import torch
 
 from pipeline.atomic import atomic_dir
 from pipeline.compute.cores import share
-from pipeline.compute.machine import loader_workers
+from pipeline.compute.machine import loader_workers, training_steps
 from pipeline.config import Params, load_params
 from pipeline.data.competitions import CompetitionSpec, augment_of, competition_of, finetune_views
 from pipeline.data.frames import Frames, load_frames
@@ -77,7 +77,8 @@ def new_trainer(params: Params, model_name: str, spec: CompetitionSpec, n_train:
     config = data_config(model)
     feed = Feed.on(distributed.device, recipe.batch_size, params.finetune.workers, config["mean"], config["std"],
                    params.finetune.amp)
-    return Trainer(model, recipe, feed, -(-n_train // (recipe.batch_size * distributed.world)), distributed)
+    steps, _ = training_steps(n_train, recipe.batch_size, distributed.world)
+    return Trainer(model, recipe, feed, steps, distributed)
 
 
 def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpec, frames: Frames,

@@ -49,3 +49,13 @@ def ema_settings(ema_decay: float, ema_half_life: float, steps_per_epoch: int) -
         return {"decay": 0.5 ** (1 / max(ema_half_life * steps_per_epoch, 1.0)), "use_warmup": True,
                 "warmup_gamma": 1.0, "warmup_power": 1.0}
     return {"decay": ema_decay} if ema_decay else None
+
+
+def epoch_sizes(image_size: int, progressive_from: int, epochs: int) -> list[int]:
+    """The training size of each epoch: ``image_size`` throughout, or with progressive resizing from
+    ``progressive_from`` at the first epoch to ``image_size`` at the last in equal steps, each rounded to 16 px (a
+    size the backbone's strides divide) and never past ``image_size``."""
+    if not progressive_from or epochs == 1:
+        return [image_size] * epochs
+    steps = [progressive_from + (image_size - progressive_from) * e / (epochs - 1) for e in range(epochs)]
+    return [min(image_size, max(16, 16 * round(size / 16))) for size in steps[:-1]] + [image_size]

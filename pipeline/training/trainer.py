@@ -2,11 +2,17 @@
 
 - ``Trainer``: a timm model with AdamW over two named parameter groups (the
   pretrained body at ``lr * body_lr_factor``, the new head at ``lr``), warm-up +
-  cosine per batch, optional progressive unfreezing, gradient clipping, AMP,
-  optional EMA of the weights; ``train_epoch`` and ``predict`` (probabilities and
-  pooled pre-logit embeddings, averaged over test-time views). A fixed schedule:
-  every epoch of the recipe runs and the final (EMA) weights predict, so nothing is
-  chosen on the held-out fold that the out-of-fold predictions are scored on.
+  cosine per batch, optional progressive unfreezing and resizing, gradient clipping,
+  AMP, optional EMA of the weights and Mixup / CutMix; ``train_epoch`` and ``predict``
+  (probabilities and pooled pre-logit embeddings, averaged over test-time views). A
+  fixed schedule: every epoch of the recipe runs and the final (EMA) weights predict,
+  so nothing is chosen on the held-out fold that the out-of-fold predictions are
+  scored on.
+- The GPU is never made to wait for the host: a fold's loader is built once (each
+  epoch's shuffle, augmentation seeds and size reach its workers through the sampler),
+  every training batch is full and every prediction batch padded to one shape (cuDNN
+  plans each convolution once), targets live on the device, and the loss is summed
+  there and read once an epoch; predictions stay on the device until a view is done.
 - ``Checkpoint``: ``last.pt`` after every epoch, resumed only under the same
   config (process count and batch size included), loaded as plain weights
   (``weights_only``: a checkpoint is data, never code).
@@ -29,6 +35,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
@@ -37,14 +44,14 @@ from pipeline.atomic import atomic_file
 from pipeline.compute.cores import give_back
 from pipeline.compute.devices import pick_device
 from pipeline.compute.machine import (ddp_device_ids, devices_refusal, fold_processes, needs_loss_scaling,
-                                      process_group_backend)
+                                      process_group_backend, training_steps)
 from pipeline.config import Recipe
 from pipeline.errors import PipelineError
 from pipeline.progress import progress
 from pipeline.training.backbones import data_config
-from pipeline.training.schedule import ema_settings, warmup_cosine_factor
+from pipeline.training.schedule import ema_settings, epoch_sizes, warmup_cosine_factor
 from pipeline.views.device_views import ViewRecipe, view_images
-from pipeline.views.image_data import Feed
+from pipeline.views.image_data import EpochDraws, Feed, padded
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +103,25 @@ class Distributed:
     def device(self) -> torch.device:
         return pick_device(int(os.environ.get("LOCAL_RANK", 0)))
 
-    def sampler(self, dataset, seed: int, epoch: int):
-        """A per-epoch shuffle that a resumed run repeats exactly; each rank gets its share under DDP."""
-        if self.world == 1:
-            return torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed + epoch))
-        sampler = DistributedSampler(dataset, self.world, self.rank, shuffle=True, seed=seed)
-        sampler.set_epoch(epoch)
-        return sampler
+    def order(self, n: int, seed: int) -> Callable[[int], list[int]]:
+        """Each epoch's order of ``n`` training items on this rank: a per-epoch shuffle that a resumed run repeats
+        exactly; each rank gets its share under DDP."""
+        def of_epoch(epoch: int) -> list[int]:
+            if self.world == 1:
+                generator = torch.Generator().manual_seed(seed + epoch)
+                return list(torch.utils.data.RandomSampler(range(n), generator=generator))
+            sampler = DistributedSampler(range(n), self.world, self.rank, shuffle=True, seed=seed)
+            sampler.set_epoch(epoch)
+            return list(sampler)
+        return of_epoch
+
+    def all_agree(self, flag: torch.Tensor) -> bool:
+        """Whether ``flag`` (a boolean on this rank's device) holds on every rank: each rank learns the same
+        answer, so all raise together instead of leaving the others waiting in an all-reduce."""
+        if self.world > 1:
+            flag = flag.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag)
 
     def gather_rows(self, rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray | None:
         """Every rank's ``values`` for its ``rows``, merged into one [n, ...] array on rank 0 (None elsewhere).
@@ -134,7 +153,7 @@ class FoldImages:
     images, predicted and scored (``score``: probabilities -> loss) once training has ended."""
 
     fold: int
-    train_set: Dataset  # FrameImages or DeviceAugmentedImages: items reseeded through its ``seeds``
+    train_set: Dataset  # FrameImages or DeviceAugmentedImages: items drawn with their seeds (image_data.Draw)
     targets: torch.Tensor  # a class index per training image, or class probabilities (soft targets)
     frames: list[np.ndarray]  # the frame arrays (train, test) that rows index
     held_out: np.ndarray  # rows of the held-out images
@@ -174,6 +193,9 @@ class Trainer:
             self.optimizer, [body_factor if group["name"] == "body" else curve for group in groups])
         ema = ema_settings(recipe.ema_decay, recipe.ema_half_life, steps_per_epoch)
         self.ema = ModelEmaV3(model, **ema) if ema else None
+        mixing = recipe.mixup_alpha or recipe.cutmix_alpha
+        self.mixup = Mixup(mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha, mode="batch",
+                           label_smoothing=0.0, num_classes=model.num_classes) if mixing else None
         self.ema_counts_steps = bool(ema and ema.get("use_warmup"))  # timm's warm-up reads the step
         self.scaler = torch.amp.GradScaler(feed.device.type) if needs_loss_scaling(feed.precision) else None
         self.trained = model
@@ -190,14 +212,20 @@ class Trainer:
             report: Callable[[int, dict[str, float]], None]) -> None:
         """Train from epoch ``start`` to the recipe's last, saving ``last.pt`` after each; ``report`` gets each
         epoch's figures on rank 0. The held-out images are not looked at: no epoch is chosen by them."""
-        for epoch in range(start, self.recipe.epochs):
-            # Per-(epoch, image) augmentation seeds and a per-epoch shuffle: a resumed run sees the same data.
-            train_set = images.train_set
-            train_set.seeds = np.random.SeedSequence([self.recipe.seed, images.fold, epoch]).generate_state(
-                len(train_set))
-            data = self.feed.loader(train_set, self.distributed.sampler(train_set, self.recipe.seed, epoch))
-            train_loss, speed = self.train_epoch(data, images.targets, f"fold {images.fold} epoch {epoch + 1}",
-                                                 images.weights)
+        if start >= self.recipe.epochs:
+            return
+        train_set, recipe, device = images.train_set, self.recipe, self.feed.device
+        # One loader for the fold: each epoch's shuffle, per-(epoch, image) augmentation seeds and size reach its
+        # workers through the sampler, so a resumed run sees the same data and persistent workers stay up.
+        _, drop_last = training_steps(len(train_set), recipe.batch_size, self.distributed.world)
+        draws = EpochDraws(self.distributed.order(len(train_set), recipe.seed), len(train_set), recipe.seed,
+                           images.fold, epoch_sizes(recipe.image_size, recipe.progressive_from, recipe.epochs))
+        data = self.feed.loader(train_set, draws, drop_last=drop_last)
+        targets = images.targets.to(device)
+        weights = None if images.weights is None else images.weights.to(device)
+        for epoch in range(start, recipe.epochs):
+            draws.set_epoch(epoch)
+            train_loss, speed = self.train_epoch(data, targets, f"fold {images.fold} epoch {epoch + 1}", weights)
             if self.distributed.rank == 0:
                 report(epoch, {"train_loss": train_loss, "train_images_per_s": speed})
                 checkpoint.save_last(self, epoch)
@@ -206,25 +234,48 @@ class Trainer:
                     weights: torch.Tensor | None = None) -> tuple[float, float]:
         """One pass of ``data`` (a loader over a ``FoldImages.train_set``); ``targets[i]`` is item i's class index,
         or its class probabilities (soft targets), ``weights[i]`` its weight in the loss (default: all equal).
-        Returns (mean loss, images per second)."""
+        Returns (mean loss, images per second). Nothing in a step waits for the device: the loss is summed there
+        and read, and checked, once the epoch is done."""
+        device = self.feed.device
+        targets = targets.to(device)  # a no-op when fit has put them there once
+        weights = None if weights is None else weights.to(device)
         self.trained.train()
-        losses, seen, start = [], 0, time.perf_counter()
+        loss_sum, steps, seen, start = torch.zeros((), device=device), 0, 0, time.perf_counter()
         with progress(total=len(data.sampler), desc=label) as bar:
             for indices, inputs in self.feed.inputs(data):
+                rows = indices.to(device, non_blocking=True)
+                batch_targets, batch_weights = targets[rows], None if weights is None else weights[rows]
+                if self.mixup is not None:
+                    inputs, batch_targets, batch_weights = self.mixed(inputs, batch_targets, batch_weights)
                 with self.feed.autocast():
                     logits = self.trained(inputs).float()
-                loss = _loss(logits, targets[indices].to(self.feed.device),
-                             None if weights is None else weights[indices].to(self.feed.device),
-                             self.recipe.label_smoothing)
-                if not torch.isfinite(loss):  # stop here: a NaN net would only write NaN predictions later
-                    raise PipelineError(f"{label}: the training loss became {loss.item()} after {seen} images; "
-                                        f"lower the learning rate (lr) or set grad_clip")
+                loss = _loss(logits, batch_targets, batch_weights, self.recipe.label_smoothing)
                 self.backward_step(loss)
-                losses.append(loss.item())
+                loss_sum += loss.detach()
+                steps += 1
                 seen += len(indices)
                 bar.update(len(indices))
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        return float(np.mean(losses)), seen / (time.perf_counter() - start)
+            mean = loss_sum / max(steps, 1)
+            finite = self.distributed.all_agree(torch.isfinite(mean))
+            mean_loss = float(mean)  # the epoch's one read of the device
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
+        if not finite:  # stop here: a NaN net would only write NaN predictions later
+            raise PipelineError(f"{label}: the training loss became non-finite ({mean_loss} on average over the "
+                                f"epoch's {seen} images); lower the learning rate (lr) or set grad_clip")
+        return mean_loss, seen / (time.perf_counter() - start)
+
+    def mixed(self, inputs: torch.Tensor, targets: torch.Tensor,
+              weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Mixup or CutMix of the batch with itself reversed (timm's ``mode="batch"``): the images mixed in place by
+        timm, the targets (made class probabilities) and weights at the same share. timm mixes only class indices
+        itself; pseudo-labels are probabilities, and a pseudo-labelled image's weight must follow its share."""
+        share = self.mixup._mix_batch(inputs)
+        if not targets.is_floating_point():
+            targets = torch.nn.functional.one_hot(targets, self.model.num_classes).float()
+        targets = targets * share + targets.flip(0) * (1 - share)
+        if weights is not None:
+            weights = weights * share + weights.flip(0) * (1 - share)
+        return inputs, targets, weights
 
     def backward_step(self, loss: torch.Tensor) -> None:
         """Backward, clip, optimizer and schedule step, EMA update."""
@@ -250,24 +301,31 @@ class Trainer:
         """(softmax probabilities, pooled pre-logit embeddings), each averaged over ``views``, made where ``on``
         says (``cpu`` or ``device``: where the training batches were augmented); the whole arrays on rank 0,
         (None, None) on the other ranks, which each predict every world-th image."""
-        model, size = self.scored.eval(), self.recipe.predict_size
+        model, size, device = self.scored.eval(), self.recipe.predict_size, self.feed.device
         rank, world = self.distributed.rank, self.distributed.world
         rows = np.asarray(rows)
         mine = np.arange(rank, len(rows), world)
-        proba = np.zeros((len(mine), model.num_classes), np.float32)
-        embeddings = np.zeros((len(mine), model.num_features), np.float32)
+        # Summed on the device over the views, copied once: a copy a batch would make the host wait for each one.
+        proba = torch.zeros((len(mine), model.num_classes), device=device)
+        embeddings = torch.zeros((len(mine), model.num_features), device=device)
         made = ViewRecipe(on, size, data_config(model)["interpolation"], tuple(self.recipe.regions))
+        batch_size = 2 * self.feed.batch_size
+        per_frame = len(self.recipe.regions)  # a multi-region net's batch holds each frame's regions side by side
         with torch.inference_mode(), progress(total=len(mine) * len(views), desc=label) as bar:
             for view in views:
-                dataset = view_images(made, view, frames, rows[mine], self.feed.device)
-                for indices, inputs in self.feed.inputs(self.feed.loader(dataset, batch_size=2 * self.feed.batch_size)):
+                dataset = view_images(made, view, frames, rows[mine], device)
+                for indices, inputs in self.feed.inputs(self.feed.loader(dataset, batch_size=batch_size)):
+                    count = len(indices)
+                    if self.feed.pad_predictions:  # one shape for every batch; the padding is cut off below
+                        inputs = padded(inputs, batch_size * per_frame)
                     with self.feed.autocast():
                         pooled = model.forward_head(model.forward_features(inputs), pre_logits=True)
                         logits = model.get_classifier()(pooled)
-                    proba[indices.numpy()] += logits.float().softmax(-1).cpu().numpy()
-                    embeddings[indices.numpy()] += pooled.float().cpu().numpy()
-                    bar.update(len(indices))
-        proba, embeddings = proba / len(views), embeddings / len(views)
+                    at = indices.to(device, non_blocking=True)
+                    proba.index_add_(0, at, logits[:count].float().softmax(-1))
+                    embeddings.index_add_(0, at, pooled[:count].float())
+                    bar.update(count)
+        proba, embeddings = (proba / len(views)).cpu().numpy(), (embeddings / len(views)).cpu().numpy()
         merged = (self.distributed.gather_rows(mine, proba, len(rows)),
                   self.distributed.gather_rows(mine, embeddings, len(rows)))
         return merged

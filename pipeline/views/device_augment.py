@@ -17,6 +17,7 @@ same sampled parameters. The frame cache holds one frame shape per split, so a b
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import kornia.augmentation as K
@@ -76,29 +77,36 @@ class DeviceAugment(torch.nn.Module):
 
 class DeviceAugmentedImages(RawFrames):
     """Rows of the frame arrays, unaugmented; ``to_images`` augments the batch on the device (``DeviceAugment``)
-    to ``size x size`` uint8 NHWC.
+    to ``size x size`` uint8 NHWC (or the size of the batch's ``Draw``s: progressive resizing).
 
-    ``seeds`` (one per item, set per epoch by the trainer) seed each batch's draw from its first item's seed, in a
-    forked RNG, so the draws neither depend on worker count nor disturb the global RNG that dropout uses.
+    Each batch's parameters are drawn from its first item's seed (``seeds``, or the ``Draw``'s) by the CPU
+    generator alone, in a fork of it (kornia draws its parameters on the CPU), so the draws neither depend on
+    worker count nor disturb any generator dropout uses: ``torch.manual_seed`` would also reseed every CUDA
+    generator, which a fork of the CPU's does not restore, and a GPU's dropout would restart from the augmentation
+    seed at every batch.
     """
 
     def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], ranges: AugmentRanges, size: int,
                  seeds: Sequence[int] | None = None, regions: Sequence[str] = ("full",)):
         super().__init__(arrays, rows, size, seeds)
-        self.augment, self.regions = DeviceAugment(ranges, size), list(regions)
+        self.ranges, self.regions = ranges, list(regions)
+        self.augments = {size: DeviceAugment(ranges, size)}
 
     def to_images(self, batch: dict, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
         """The batch's frames augmented, each cut to each of ``regions`` first (a frame's regions one after
         another, as image_data.FrameImages lays them out)."""
         frames = batch["frames"].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-        seed = int(self.seeds[int(indices[0])]) if self.seeds is not None else int(indices[0])
+        size = batch["size"]
+        if size not in self.augments:
+            self.augments[size] = DeviceAugment(self.ranges, size)
+        augment = self.augments[size]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(batch["seed"])  # the CPU's generator only: see the class
             if self.regions == ["full"]:
-                images = self.augment(frames)
+                images = augment(frames)
             else:
                 boxes = [region_box(region, *frames.shape[-2:]) for region in self.regions]
-                images = torch.stack([self.augment(frames[..., top:bottom, left:right])
+                images = torch.stack([augment(frames[..., top:bottom, left:right])
                                       for top, bottom, left, right in boxes], 1).flatten(0, 1)
         return images.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
@@ -111,4 +119,11 @@ def augmented_images(arrays: Sequence[np.ndarray], rows: Sequence[int], augment:
     size, strength, regions = recipe.image_size, recipe.augment_strength, recipe.regions
     if resolve_augment_on(on, device) == "device":
         return DeviceAugmentedImages(arrays, rows, AugmentRanges.of(augment, strength), size, regions=regions)
-    return FrameImages(arrays, rows, train_transform(augment, size, recipe.seed, strength), size, regions=regions)
+    return FrameImages(arrays, rows, train_transform(augment, size, recipe.seed, strength), size, regions=regions,
+                       resized=functools.partial(_transform_at, augment, recipe.seed, strength))
+
+
+def _transform_at(augment: AugmentParams, seed: int, strength: float, size: int):
+    """The CPU augmentation at another ``size`` (a progressive-resizing epoch's): a module-level function, so
+    that a worker process can unpickle the dataset that holds it."""
+    return train_transform(augment, size, seed, strength)

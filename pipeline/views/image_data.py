@@ -9,8 +9,9 @@ as one line.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import pipeline.offline  # noqa: F401  (first: it keeps albumentations from calling PyPI)
 import albumentations as A
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.compute.cores import share
 from pipeline.compute.devices import gpu_capability
-from pipeline.compute.machine import autocast_dtype, loader_workers, main_threads, pin_memory
+from pipeline.compute.machine import autocast_dtype, loader_workers, main_threads, pads_prediction, pin_memory
 from pipeline.data.frames import gather
 from pipeline.errors import PipelineError
 from pipeline.views.augment import in_regions
@@ -35,7 +36,47 @@ def _quiet_worker(_: int) -> None:
     cv2.setNumThreads(1)  # each worker is one decoding core; OpenCV's own pool would oversubscribe
 
 
-def loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.device, sampler=None) -> DataLoader:
+class Draw(NamedTuple):
+    """One training item of one epoch, as ``EpochDraws`` hands it to a dataset: the item, the seed of its
+    augmentation and the epoch's image size."""
+
+    index: int
+    seed: int
+    size: int
+
+
+class EpochDraws(torch.utils.data.Sampler):
+    """Each epoch's shuffle of a training set, every item with its augmentation seed and the epoch's size: what
+    reaches the workers of a loader built once per fold (persistent workers never see a dataset changed after they
+    started). ``order(epoch)`` gives the epoch's item order (a per-epoch shuffle, or a rank's share under DDP);
+    the seeds are per (seed, fold, epoch, item), so a resumed run and any worker count see the same images."""
+
+    def __init__(self, order: Callable[[int], Sequence[int]], n: int, seed: int, fold: int, sizes: Sequence[int]):
+        self.order, self.n, self.seed, self.fold, self.sizes = order, n, seed, fold, list(sizes)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.order(self.epoch))
+
+    def __iter__(self) -> Iterator[Draw]:
+        seeds = np.random.SeedSequence([self.seed, self.fold, self.epoch]).generate_state(self.n)
+        size = self.sizes[self.epoch]
+        return iter([Draw(int(i), int(seeds[i]), size) for i in self.order(self.epoch)])
+
+
+def _drawn(items: Sequence[int | Draw], seeds: Sequence[int] | None, size: int) -> tuple[np.ndarray, list, int]:
+    """(indices, a seed per item or None each, the size) of a batch given as indices or as ``Draw``s."""
+    if len(items) and isinstance(items[0], Draw):
+        return np.array([d.index for d in items], np.int64), [d.seed for d in items], items[0].size
+    indices = np.asarray(items, dtype=np.int64)
+    return indices, [None if seeds is None else int(seeds[i]) for i in indices], size
+
+
+def loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.device, sampler=None,
+           drop_last: bool = False) -> DataLoader:
     """Batches in the dataset's order (or the sampler's), assembled in the workers, pinned for a GPU. Workers and
     the main process's threads follow this process's share of the cores (pipeline/compute/machine.py)."""
     cores = share()
@@ -44,7 +85,7 @@ def loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.
     # One decoding thread per process, set before workers fork: OpenCV's thread pool does not survive a fork
     # (a forked worker deadlocks in it), and parallelism comes from the workers anyway.
     cv2.setNumThreads(1)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
                       pin_memory=pin_memory(device.type), worker_init_fn=_quiet_worker,
                       persistent_workers=workers > 0, collate_fn=_already_batched,
                       prefetch_factor=4 if workers else None,
@@ -61,19 +102,27 @@ def batches(data: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield batch["index"], batch["image"]
 
 
-def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                   device: torch.device) -> torch.Tensor:
-    """uint8 NHWC -> normalised float NCHW in channels_last memory (a permute, no copy) on ``device``."""
+def to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW in channels_last memory (a permute, no copy) on ``device``; ``mean`` and
+    ``std`` [1, 3, 1, 1] already there (made once per feed: a tensor built from a list each batch is a host copy)."""
     images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    return images.sub_(mean_t).div_(std_t).contiguous(memory_format=torch.channels_last)
+    return images.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+def padded(inputs: torch.Tensor, rows: int) -> torch.Tensor:
+    """``inputs`` with zero images after them up to ``rows``: a prediction's last batch the shape of every other
+    (BatchNorm is in eval mode there, so the padding changes no other row; cut it off the outputs)."""
+    if len(inputs) >= rows:
+        return inputs
+    return torch.cat([inputs, inputs.new_zeros((rows - len(inputs), *inputs.shape[1:]))]).contiguous(
+        memory_format=torch.channels_last)
 
 
 @dataclass(frozen=True)
 class Feed:
-    """How images reach a model: the device, batch size, decoding workers, the model's normalisation, and the
-    autocast dtype (``precision``: ``bfloat16``, ``float16`` or None for float32; ``Feed.on`` decides it)."""
+    """How images reach a model: the device, batch size, decoding workers, the model's normalisation, the
+    autocast dtype (``precision``: ``bfloat16``, ``float16`` or None for float32) and whether predictions pad their
+    last batch to a full one's shape (``Feed.on`` decides both from the device)."""
 
     device: torch.device
     batch_size: int
@@ -81,22 +130,32 @@ class Feed:
     mean: Sequence[float]
     std: Sequence[float]
     precision: str | None
+    pad_predictions: bool = False
 
     @classmethod
     def on(cls, device: torch.device, batch_size: int, workers: int | str, mean: Sequence[float],
            std: Sequence[float], amp: bool) -> "Feed":
         """A feed for ``device``, its autocast dtype chosen from what the device computes natively."""
-        return cls(device, batch_size, workers, mean, std, autocast_dtype(device.type, gpu_capability(device), amp))
+        return cls(device, batch_size, workers, mean, std, autocast_dtype(device.type, gpu_capability(device), amp),
+                   pads_prediction(device.type))
 
-    def loader(self, dataset: Dataset, sampler=None, batch_size: int | None = None) -> DataLoader:
-        return loader(dataset, batch_size or self.batch_size, self.workers, self.device, sampler)
+    def loader(self, dataset: Dataset, sampler=None, batch_size: int | None = None,
+               drop_last: bool = False) -> DataLoader:
+        return loader(dataset, batch_size or self.batch_size, self.workers, self.device, sampler, drop_last)
+
+    @functools.cached_property
+    def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's mean and std on the device, once."""
+        return tuple(torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1).to(self.device)
+                     for v in (self.mean, self.std))
 
     def inputs(self, data: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(indices, normalised model input on the device) per batch."""
+        mean, std = self.normalisation
         for indices, images in batches(data):
             if not torch.is_tensor(images):  # frames to make into images on the device (device_views, device_augment)
                 images = data.dataset.to_images(images, indices, self.device)
-            yield indices, to_model_input(images, self.mean, self.std, self.device)
+            yield indices, to_model_input(images, mean, std, self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision where ``precision`` says; the same code on a CPU (tests run fp16 there) and a GPU."""
@@ -107,17 +166,19 @@ class Feed:
 
 class FrameImages(Dataset):
     """Rows ``rows`` of the frame arrays (laid end to end), transformed to ``size x size`` uint8 HWC by
-    ``transform`` (a view or an augmentation). ``seeds`` (one per item) reseeds a random transform per sample, so
-    the augmentation an image gets does not depend on worker count or order. With ``regions``
+    ``transform`` (a view or an augmentation). ``seeds`` (one per item), or the seed each ``Draw`` carries, reseeds a
+    random transform per sample, so the augmentation an image gets does not depend on worker count or order; a
+    ``Draw`` of another size is transformed by ``resized(size)`` (progressive resizing). With ``regions``
     (pipeline/views/augment.py's REGIONS) each frame is cut to each region first and transformed region by region: a
     batch of n frames holds n x len(regions) images, a frame's regions one after another (what backbones.RegionNet
     expects)."""
 
     def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], transform: A.Compose, size: int,
-                 seeds: Sequence[int] | None = None, regions: Sequence[str] = ("full",)):
+                 seeds: Sequence[int] | None = None, regions: Sequence[str] = ("full",),
+                 resized: Callable[[int], A.Compose] | None = None):
         self.arrays, self.rows, self.transform, self.size, self.seeds = list(arrays), np.asarray(rows), transform, \
             size, seeds
-        self.regions = list(regions)
+        self.regions, self.resized, self.transforms = list(regions), resized, {size: transform}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -125,16 +186,20 @@ class FrameImages(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([index])
 
-    def __getitems__(self, indices: Sequence[int]) -> dict:
+    def __getitems__(self, items: Sequence[int | Draw]) -> dict:
         """A whole batch in one uint8 tensor (no per-sample tensors to stack)."""
-        frames = gather(self.arrays, self.rows[np.asarray(indices, dtype=np.int64)])
+        indices, seeds, size = _drawn(items, self.seeds, self.size)
+        if size not in self.transforms:
+            self.transforms[size] = self.resized(size)
+        transform = self.transforms[size]
+        frames = gather(self.arrays, self.rows[indices])
         per_frame = len(self.regions)
-        images = torch.empty(len(indices) * per_frame, self.size, self.size, 3, dtype=torch.uint8)
-        for i, (index, frame) in enumerate(zip(indices, frames)):
-            if self.seeds is not None:
-                self.transform.set_random_seed(int(self.seeds[index]))
+        images = torch.empty(len(indices) * per_frame, size, size, 3, dtype=torch.uint8)
+        for i, (seed, frame) in enumerate(zip(seeds, frames)):
+            if seed is not None:
+                transform.set_random_seed(seed)
             for j, part in enumerate(in_regions(frame, self.regions)):
-                images[i * per_frame + j] = torch.from_numpy(self.transform(image=np.ascontiguousarray(part))["image"])
+                images[i * per_frame + j] = torch.from_numpy(transform(image=np.ascontiguousarray(part))["image"])
         return {"index": torch.as_tensor(indices), "image": images, "error": [""] * len(indices)}
 
 
@@ -152,6 +217,11 @@ class RawFrames(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([index])
 
-    def __getitems__(self, indices: Sequence[int]) -> dict:
-        frames = torch.from_numpy(gather(self.arrays, self.rows[np.asarray(indices, dtype=np.int64)]))
-        return {"index": torch.as_tensor(indices), "image": {"frames": frames}, "error": [""] * len(indices)}
+    def __getitems__(self, items: Sequence[int | Draw]) -> dict:
+        """The batch's frames, with the seed of its first item (or its first index) and its size: a batch is
+        augmented on the device with one draw of parameters per image from that seed."""
+        indices, seeds, size = _drawn(items, self.seeds, self.size)
+        frames = torch.from_numpy(gather(self.arrays, self.rows[indices]))
+        seed = seeds[0] if seeds and seeds[0] is not None else int(indices[0]) if len(indices) else 0
+        return {"index": torch.as_tensor(indices), "image": {"frames": frames, "seed": seed, "size": size},
+                "error": [""] * len(indices)}
