@@ -1,7 +1,7 @@
 """The fine-tuning loop as a GPU needs it, checked on the CPU: a fold's loader built once (each epoch's shuffle,
 seeds and size reach persistent workers through the sampler), every training batch full and every padded prediction
-batch one shape, augmentation that leaves every other generator alone; and the recipe's Mixup / CutMix and
-progressive resizing."""
+batch one shape, frames uploaded once to the device where they fit, augmentation that leaves every other generator
+alone; and the recipe's Mixup / CutMix and progressive resizing."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.compute.machine import pads_prediction, training_steps
+from pipeline.compute.machine import frames_resident, pads_prediction, training_steps
 from pipeline.config import Recipe, load_params
 from pipeline.training.backbones import create_classifier
 from pipeline.training.schedule import epoch_sizes
 from pipeline.training.trainer import Distributed, FoldImages, Trainer
 from pipeline.views.augment import AugmentRanges, view_transform
 from pipeline.views.device_augment import DeviceAugmentedImages, augmented_images
-from pipeline.views.image_data import EpochDraws, Feed, FrameImages
+from pipeline.views.device_views import DeviceViews
+from pipeline.views.image_data import EpochDraws, Feed, FrameImages, ResidentFrames
 from tests.conftest import REPO
 
 FRAMES = np.random.default_rng(0).integers(0, 255, (10, 48, 64, 3), dtype=np.uint8)  # a frame cache of ten images
@@ -152,3 +153,33 @@ def test_a_frame_view_dataset_takes_plain_indices_as_before():
     dataset = FrameImages([FRAMES], np.arange(10), view_transform("full", 32), 32)
     batch = dataset.__getitems__([3, 4])
     assert batch["image"].shape == (2, 32, 32, 3) and batch["index"].tolist() == [3, 4]
+
+
+def test_frames_stay_on_the_device_when_they_fit_beside_training_and_not_on_a_16_gb_card():
+    development_set = 2511 * 240 * 320 * 3  # 0.58 GB at 320x240
+    state_farm = 102150 * 240 * 320 * 3  # 23.5 GB
+    assert frames_resident(development_set, (75 * 2**30, 80 * 2**30))
+    assert frames_resident(state_farm, (135 * 2**30, 141 * 2**30))  # an H200
+    assert not frames_resident(state_farm, (15 * 2**30, 16 * 2**30))  # a T4: the memory-mapped cache, in workers
+    assert not frames_resident(development_set, None)  # a CPU keeps reading the cache
+
+
+@pytest.mark.parametrize("dataset", ["augment", "views"])
+def test_frames_uploaded_once_give_the_batches_the_memory_mapped_cache_gives(dataset, tmp_path):
+    np.save(tmp_path / "train.npy", FRAMES)
+    arrays = [np.load(tmp_path / "train.npy", mmap_mode="r")]  # as load_frames maps the cache
+    resident = ResidentFrames.upload(arrays, np.arange(10), torch.device("cpu"), chunk=3)  # chunks of 3: 4 copies
+    assert torch.equal(resident.frames, torch.from_numpy(FRAMES))
+    ranges = AugmentRanges.of(load_params(REPO / "params.yaml").augment, 1.6)
+
+    def made(source) -> list[torch.Tensor]:
+        if dataset == "augment":
+            images = DeviceAugmentedImages(source, np.array([7, 2, 5, 9, 0, 3]), ranges, 32, seeds=np.arange(6))
+        else:
+            images = DeviceViews(source, np.array([7, 2, 5, 9, 0, 3]), "zoom", 32)
+        feed = Feed(torch.device("cpu"), 4, 1, [0.5] * 3, [0.5] * 3, None)
+        data = feed.loader(images)
+        assert data.num_workers == (0 if isinstance(source, ResidentFrames) else 1)  # nothing left for a worker
+        return [x for _, x in feed.inputs(data)]
+
+    assert all(torch.equal(a, b) for a, b in zip(made(resident), made(arrays), strict=True))

@@ -10,6 +10,11 @@ def pick_device(local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def device_memory(device: torch.device) -> tuple[int, int] | None:
+    """(free, total) bytes of the GPU's memory; None for any other device."""
+    return torch.cuda.mem_get_info(device) if device.type == "cuda" else None
+
+
 def gpu_capability(device: torch.device) -> tuple[int, int] | None:
     """The GPU's compute capability (8, 0) for an A100, (7, 5) for a T4; None for any other device."""
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else None

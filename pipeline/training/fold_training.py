@@ -33,7 +33,7 @@ from pipeline.training.backbones import create_classifier, data_config
 from pipeline.training.schedule import seed_everything
 from pipeline.training.trainer import Checkpoint, Distributed, FoldImages, Trainer
 from pipeline.views.device_augment import augmented_images, resolve_augment_on
-from pipeline.views.image_data import Feed
+from pipeline.views.image_data import Feed, ResidentFrames, frames_on
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,12 @@ def new_trainer(params: Params, model_name: str, spec: CompetitionSpec, n_train:
 
 
 def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpec, frames: Frames,
-                pseudo: PseudoLabels | None, device: torch.device) -> tuple[FoldImages, pd.Series, pd.Series]:
+                pseudo: PseudoLabels | None, device: torch.device,
+                arrays: list[np.ndarray] | ResidentFrames | None = None) -> tuple[FoldImages, pd.Series, pd.Series]:
     """The fold's training images (and the pseudo-labelled test and held-out images) with targets, and the ids of its
-    held-out and of its labelled training images."""
+    held-out and of its labelled training images; their pixels read from ``arrays`` (``frames_on``: on the device
+    already, or the memory-mapped cache)."""
+    arrays = frames.both if arrays is None else arrays
     recipe, folds = params.finetune.recipe(model_name), load_folds(spec.slug)
     train_rows, held_out = folds[folds.fold != fold], folds[folds.fold == fold]
     rows, targets, weights = frames.rows("train", train_rows.img), spec.class_indices(train_rows.label), None
@@ -93,9 +96,9 @@ def fold_images(params: Params, model_name: str, fold: int, spec: CompetitionSpe
         targets = np.concatenate([np.eye(len(spec.classes), dtype=np.float32)[targets], pseudo.probabilities])
         weights = torch.as_tensor(np.r_[np.ones(len(train_rows)), np.full(len(pseudo.ids), pseudo.weight)],
                                   dtype=torch.float32)
-    train_set = augmented_images(frames.both, rows, augment_of(params, spec), recipe, params.finetune.augment_on,
+    train_set = augmented_images(arrays, rows, augment_of(params, spec), recipe, params.finetune.augment_on,
                                  device)
-    return FoldImages(fold, train_set, torch.as_tensor(targets), frames.both, frames.rows("train", held_out.img),
+    return FoldImages(fold, train_set, torch.as_tensor(targets), arrays, frames.rows("train", held_out.img),
                       functools.partial(competition_metric, spec, spec.class_indices(held_out.label)),
                       weights), held_out.img, train_rows.img
 
@@ -108,9 +111,11 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
     spec = competition_of(params)
     seed_everything(params.finetune.recipe(model_name).seed + fold)
     frames = load_frames(frames_dir(spec.slug))
-    images, held_out_ids, trained_ids = fold_images(params, model_name, fold, spec, frames, pseudo, distributed.device)
-    trainer = new_trainer(params, model_name, spec, len(images.train_set), distributed)
     augment_on = resolve_augment_on(params.finetune.augment_on, distributed.device)
+    arrays = frames_on(frames, augment_on, distributed.device)  # on a GPU they fit, uploaded once
+    images, held_out_ids, trained_ids = fold_images(params, model_name, fold, spec, frames, pseudo, distributed.device,
+                                                    arrays)
+    trainer = new_trainer(params, model_name, spec, len(images.train_set), distributed)
     checkpoint = Checkpoint(checkpoint_dir(spec.slug, name, fold),
                             run_config(params, model_name, fold, spec, pseudo, augment_on, distributed.world))
     start = checkpoint.resume(trainer)
@@ -127,8 +132,8 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
     machine = trained_under(trainer, augment_on)
     test, views = RunImages.load(spec.slug).test, finetune_views(params, spec)
     # Views made where the training batches were augmented: on a GPU both on the device, on a CPU both in NumPy.
-    oof, oof_embeddings = trainer.predict(frames.both, images.held_out, views, f"fold {fold} held-out", augment_on)
-    test_proba, test_embeddings = trainer.predict(frames.both, frames.rows("test", test.img), views,
+    oof, oof_embeddings = trainer.predict(arrays, images.held_out, views, f"fold {fold} held-out", augment_on)
+    test_proba, test_embeddings = trainer.predict(arrays, frames.rows("test", test.img), views,
                                                   f"fold {fold} test", augment_on)
     if live is None:
         return

@@ -51,7 +51,7 @@ from pipeline.progress import progress
 from pipeline.training.backbones import data_config
 from pipeline.training.schedule import ema_settings, epoch_sizes, warmup_cosine_factor
 from pipeline.views.device_views import ViewRecipe, view_images
-from pipeline.views.image_data import EpochDraws, Feed, padded
+from pipeline.views.image_data import EpochDraws, Feed, ResidentFrames, padded
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class FoldImages:
     fold: int
     train_set: Dataset  # FrameImages or DeviceAugmentedImages: items drawn with their seeds (image_data.Draw)
     targets: torch.Tensor  # a class index per training image, or class probabilities (soft targets)
-    frames: list[np.ndarray]  # the frame arrays (train, test) that rows index
+    frames: list[np.ndarray] | ResidentFrames  # the frame arrays (train, test) that rows index, or them on the device
     held_out: np.ndarray  # rows of the held-out images
     score: Callable[[np.ndarray], float]
     weights: torch.Tensor | None = None  # each training image's weight in the loss (pseudo-labels weigh less)
@@ -296,7 +296,7 @@ class Trainer:
         if self.ema is not None:  # the scheduler's count of steps, which a resumed run restores with it
             self.ema.update(self.model, step=self.schedule.last_epoch if self.ema_counts_steps else None)
 
-    def predict(self, frames: Sequence[np.ndarray], rows: Sequence[int], views: Sequence[str],
+    def predict(self, frames: Sequence[np.ndarray] | ResidentFrames, rows: Sequence[int], views: Sequence[str],
                 label: str = "predict", on: str = "cpu") -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         """(softmax probabilities, pooled pre-logit embeddings), each averaged over ``views``, made where ``on``
         says (``cpu`` or ``device``: where the training batches were augmented); the whole arrays on rank 0,

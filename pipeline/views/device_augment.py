@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from pipeline.config import AugmentParams, Recipe
 from pipeline.views.augment import AugmentRanges, region_box, train_transform
-from pipeline.views.image_data import FrameImages, RawFrames
+from pipeline.views.image_data import FrameImages, RawFrames, ResidentFrames
 
 
 def resolve_augment_on(setting: str, device: torch.device) -> str:
@@ -86,7 +86,8 @@ class DeviceAugmentedImages(RawFrames):
     seed at every batch.
     """
 
-    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], ranges: AugmentRanges, size: int,
+    def __init__(self, arrays: Sequence[np.ndarray] | ResidentFrames, rows: Sequence[int], ranges: AugmentRanges,
+                 size: int,
                  seeds: Sequence[int] | None = None, regions: Sequence[str] = ("full",)):
         super().__init__(arrays, rows, size, seeds)
         self.ranges, self.regions = ranges, list(regions)
@@ -111,8 +112,8 @@ class DeviceAugmentedImages(RawFrames):
         return images.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def augmented_images(arrays: Sequence[np.ndarray], rows: Sequence[int], augment: AugmentParams, recipe: Recipe,
-                     on: str, device: torch.device) -> Dataset:
+def augmented_images(arrays: Sequence[np.ndarray] | ResidentFrames, rows: Sequence[int], augment: AugmentParams,
+                     recipe: Recipe, on: str, device: torch.device) -> Dataset:
     """A fine-tuning run's training images (``rows`` of the frame arrays, each cut to the recipe's regions, at its
     image size), augmented by section ``augment`` at the recipe's strength where ``on`` (``finetune.augment_on``)
     says: albumentations on the CPU, or kornia on ``device``."""

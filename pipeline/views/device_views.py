@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from pipeline.errors import PipelineError
 from pipeline.views.augment import CROPS, INTERPOLATIONS, region_box, view_transform
-from pipeline.views.image_data import FrameImages, RawFrames
+from pipeline.views.image_data import FrameImages, RawFrames, ResidentFrames
 
 MODES = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
 
@@ -31,7 +31,7 @@ class DeviceViews(RawFrames):
     device, as ``view_transform`` does on the CPU; with ``regions``, within each region, a frame's regions one after
     another (as image_data.FrameImages lays them out)."""
 
-    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], view: str, size: int,
+    def __init__(self, arrays: Sequence[np.ndarray] | ResidentFrames, rows: Sequence[int], view: str, size: int,
                  interpolation: str = "bicubic", regions: Sequence[str] = ("full",)):
         super().__init__(arrays, rows, size)
         self.regions = list(regions)
@@ -74,7 +74,7 @@ class ViewRecipe:
     regions: tuple[str, ...] = ("full",)
 
 
-def view_images(recipe: ViewRecipe, view: str, arrays: list[np.ndarray], rows: np.ndarray,
+def view_images(recipe: ViewRecipe, view: str, arrays: list[np.ndarray] | ResidentFrames, rows: np.ndarray,
                 device: torch.device) -> FrameImages | DeviceViews:
     """One test-time view of ``rows`` of the frame arrays (each cut to the recipe's regions), made where its ``on``
     says: the features stage's ``features.views_on``, or for a fine-tuned net where its training batches were

@@ -21,9 +21,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.compute.cores import share
-from pipeline.compute.devices import gpu_capability
-from pipeline.compute.machine import autocast_dtype, loader_workers, main_threads, pads_prediction, pin_memory
-from pipeline.data.frames import gather
+from pipeline.compute.devices import device_memory, gpu_capability
+from pipeline.compute.machine import (autocast_dtype, frames_resident, loader_workers, main_threads, pads_prediction,
+                                      pin_memory)
+from pipeline.data.frames import Frames, gather
 from pipeline.errors import PipelineError
 from pipeline.views.augment import in_regions
 
@@ -80,13 +81,14 @@ def loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.
     """Batches in the dataset's order (or the sampler's), assembled in the workers, pinned for a GPU. Workers and
     the main process's threads follow this process's share of the cores (pipeline/compute/machine.py)."""
     cores = share()
-    workers = loader_workers(workers, device.type, cores)
+    resident = getattr(dataset, "resident", False)  # frames on the device already: nothing for a worker to do
+    workers = 0 if resident else loader_workers(workers, device.type, cores)
     torch.set_num_threads(main_threads(device.type, cores, workers))
     # One decoding thread per process, set before workers fork: OpenCV's thread pool does not survive a fork
     # (a forked worker deadlocks in it), and parallelism comes from the workers anyway.
     cv2.setNumThreads(1)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-                      pin_memory=pin_memory(device.type), worker_init_fn=_quiet_worker,
+                      pin_memory=pin_memory(device.type) and not resident, worker_init_fn=_quiet_worker,
                       persistent_workers=workers > 0, collate_fn=_already_batched,
                       prefetch_factor=4 if workers else None,
                       # Its own generator: starting an epoch must not draw from the global RNG that dropout uses.
@@ -203,13 +205,48 @@ class FrameImages(Dataset):
         return {"index": torch.as_tensor(indices), "image": images, "error": [""] * len(indices)}
 
 
+@dataclass(frozen=True)
+class ResidentFrames:
+    """Rows of the frame arrays uploaded once to a device (``frames``, uint8 [n, h, w, 3] there; ``rows``, the
+    sorted frame-array rows they are): a batch is an index into them, made where the model is, with no worker and no
+    copy (pipeline/compute/machine.py's ``frames_resident`` decides when they fit)."""
+
+    frames: torch.Tensor
+    rows: np.ndarray
+
+    @classmethod
+    def upload(cls, arrays: Sequence[np.ndarray], rows: Sequence[int], device: torch.device,
+               chunk: int = 256) -> "ResidentFrames":
+        """``rows`` of the arrays (laid end to end) onto ``device``, ``chunk`` frames at a time through one host
+        buffer (pinned for a GPU): the memory-mapped cache is never read into host memory whole."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        shape = arrays[0].shape[1:]
+        frames = torch.empty((len(rows), *shape), dtype=torch.uint8, device=device)
+        buffer = torch.empty((min(chunk, len(rows)), *shape), dtype=torch.uint8, pin_memory=pin_memory(device.type))
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            buffer[:len(part)].copy_(torch.from_numpy(gather(arrays, part)))
+            frames[start:start + len(part)].copy_(buffer[:len(part)])  # blocking: the buffer is reused next
+        return cls(frames, rows)
+
+    def take(self, rows: np.ndarray) -> torch.Tensor:
+        """The frames of frame-array ``rows`` (all uploaded), on the device."""
+        return self.frames[torch.from_numpy(np.searchsorted(self.rows, rows)).to(self.frames.device)]
+
+
 class RawFrames(Dataset):
     """Rows of the frame arrays as they are, for the device paths (views and augmentation made on the GPU):
-    the batch is ``{"frames": uint8 NHWC}`` and the subclass's ``to_images`` turns it into model images."""
+    the batch is ``{"frames": uint8 NHWC}`` and the subclass's ``to_images`` turns it into model images. ``arrays``
+    may be ``ResidentFrames`` already on the device: batches are then indexed there, in the main process."""
 
-    def __init__(self, arrays: Sequence[np.ndarray], rows: Sequence[int], size: int,
+    def __init__(self, arrays: Sequence[np.ndarray] | ResidentFrames, rows: Sequence[int], size: int,
                  seeds: Sequence[int] | None = None):
-        self.arrays, self.rows, self.size, self.seeds = list(arrays), np.asarray(rows), size, seeds
+        self.arrays = arrays if isinstance(arrays, ResidentFrames) else list(arrays)
+        self.rows, self.size, self.seeds = np.asarray(rows), size, seeds
+
+    @property
+    def resident(self) -> bool:
+        return isinstance(self.arrays, ResidentFrames)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -221,7 +258,18 @@ class RawFrames(Dataset):
         """The batch's frames, with the seed of its first item (or its first index) and its size: a batch is
         augmented on the device with one draw of parameters per image from that seed."""
         indices, seeds, size = _drawn(items, self.seeds, self.size)
-        frames = torch.from_numpy(gather(self.arrays, self.rows[indices]))
+        rows = self.rows[indices]
+        frames = self.arrays.take(rows) if self.resident else torch.from_numpy(gather(self.arrays, rows))
         seed = seeds[0] if seeds and seeds[0] is not None else int(indices[0]) if len(indices) else 0
         return {"index": torch.as_tensor(indices), "image": {"frames": frames, "seed": seed, "size": size},
                 "error": [""] * len(indices)}
+
+
+def frames_on(frames: Frames, made_on: str, device: torch.device) -> list[np.ndarray] | ResidentFrames:
+    """The frames as a fine-tuning fold's batches read them: every frame uploaded once to ``device`` where its batches
+    are made there (``made_on``: ``device``) and the frames fit beside training (``frames_resident``); else the
+    memory-mapped arrays, read by the loader's workers."""
+    arrays = frames.both
+    if made_on != "device" or not frames_resident(sum(a.nbytes for a in arrays), device_memory(device)):
+        return arrays
+    return ResidentFrames.upload(arrays, np.arange(sum(len(a) for a in arrays)), device)
