@@ -34,7 +34,7 @@ from pipeline.training.extraction import extract
 from pipeline.training.feature_cache import AUGMENTED, new_array, views_file, write_index, write_meta
 from pipeline.views.augment import train_transform
 from pipeline.views.device_views import ViewRecipe, view_images
-from pipeline.views.image_data import Feed, FrameImages
+from pipeline.views.image_data import Feed, FrameImages, frames_on, made_where
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,12 @@ def cache_features(backbone: str, params: Params, spec: CompetitionSpec, images:
     write_index(out_dir, "test", images.test.img)
 
     speeds = []
+    arrays = frames_on(frames, made_where(settings.views_on, device), device)  # on a GPU they fit, uploaded once
     for split in ("train", "test"):
         shape = (len(settings.test_views), len(ids[split]), model.num_features)
         views = new_array(out_dir, views_file(split), shape)
         for v, view in enumerate(settings.test_views):
-            dataset = view_images(ViewRecipe(settings.views_on, size, config["interpolation"]), view, frames.both,
+            dataset = view_images(ViewRecipe(settings.views_on, size, config["interpolation"]), view, arrays,
                                   rows[split], device)
             speeds.append(extract(model, dataset, views[v], feed, f"{backbone} {split} {view}", names[split]))
         views.flush()

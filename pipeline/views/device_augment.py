@@ -27,13 +27,13 @@ from torch.utils.data import Dataset
 
 from pipeline.config import AugmentParams, Recipe
 from pipeline.views.augment import AugmentRanges, region_box, train_transform
-from pipeline.views.image_data import FrameImages, RawFrames, ResidentFrames
+from pipeline.views.image_data import FrameImages, RawFrames, ResidentFrames, made_where
 
 
 def resolve_augment_on(setting: str, device: torch.device) -> str:
     """``auto``: on the device when it is a GPU; a CPU does the same work either way, and albumentations is its
     reference path."""
-    return ("device" if device.type == "cuda" else "cpu") if setting == "auto" else setting
+    return made_where(setting, device)
 
 
 class DeviceAugment(torch.nn.Module):

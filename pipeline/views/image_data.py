@@ -265,6 +265,12 @@ class RawFrames(Dataset):
                 "error": [""] * len(indices)}
 
 
+def made_where(setting: str, device: torch.device) -> str:
+    """Where images are made (``features.views_on``, ``finetune.augment_on``): ``auto`` is on the device when it is a
+    GPU, else on the CPU; ``cpu`` and ``device`` as they say."""
+    return ("device" if device.type == "cuda" else "cpu") if setting == "auto" else setting
+
+
 def frames_on(frames: Frames, made_on: str, device: torch.device) -> list[np.ndarray] | ResidentFrames:
     """The frames as a fine-tuning fold's batches read them: every frame uploaded once to ``device`` where its batches
     are made there (``made_on``: ``device``) and the frames fit beside training (``frames_resident``); else the
