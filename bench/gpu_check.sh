@@ -141,6 +141,7 @@ for name in ("ensemble", "submission"):
         summary["preset"][name] = {k: v for k, v in json.loads(path.read_text()).items() if not isinstance(v, str) or k == "metric"}
 bench = (out / "bench.log").read_text()
 summary["bench_ratios"] = re.findall(r"ratio b/a:\s+([\d.]+)", bench)
+summary["first_epoch_ratios"] = re.findall(r"first epoch [\d.]+ img/s: ([\d.]+)x as long", bench)
 (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 print(json.dumps({k: summary[k] for k in ("seconds", "suite", "bench_ratios")}))
 PY

@@ -37,6 +37,7 @@ def test_the_gpu_check_runs_every_step_at_toy_size_and_leaves_its_results_in_at_
     assert {"finetune net --fold 1", "finetune regions3 --fold 1", "ensemble", "submission"} <= set(preset["stages"])
     assert preset["ensemble"]["cv_log_loss"] > 0 and preset["submission"]["private_log_loss"] > 0
     assert len(summary["bench_ratios"]) == 3  # features (views on the CPU), fine-tuning (augmented on cpu, device)
+    assert len(summary["first_epoch_ratios"]) == 2  # fine-tuning's first epoch against a steady one, each way
     assert "torch" in (out / "env.txt").read_text()
 
 
