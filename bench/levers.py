@@ -81,6 +81,9 @@ ROWS: dict[str, list[str]] = {
     # Progressive resizing at the default's pixel cost: 96 -> 160 px over the 5 epochs (96, 112, 128, 144, 160: the
     # mean of the squares is 1.03x 128 px's), predicting at 160.
     "prog96_160": ["finetune.models.net.image_size=160", "finetune.defaults.progressive_from=96"],
+    # The frozen-feature heads out of the blend (and the neighbours found in the fine-tuned net's embeddings): what
+    # the features pass and the heads (~8 % of the default's minutes, row default's stage_s) add to the ensemble.
+    "noheads": ["ensemble.models=[finetune-net]", "ensemble.neighbour_features=[finetune-net]"],
 }
 FIELDS = ["row", "overrides", "nested_cv", "finetune_cv", "unseen", "unseen_public", "unseen_private",
           "fold_log_loss", "wall_s", "cpu_s", "threads", "cores", "commit", "finished", "returncode", "stage_s"]
