@@ -225,6 +225,9 @@ class Trainer:
         weights = None if images.weights is None else images.weights.to(device)
         for epoch in range(start, recipe.epochs):
             draws.set_epoch(epoch)
+            if self.mixup is not None:  # timm draws each batch's share from NumPy's generator: seeded per epoch, so
+                # a resumed run mixes its later epochs as an uninterrupted one does
+                np.random.seed(np.random.SeedSequence([recipe.seed, images.fold, epoch, 1]).generate_state(1)[0])
             train_loss, speed = self.train_epoch(data, targets, f"fold {images.fold} epoch {epoch + 1}", weights)
             if self.distributed.rank == 0:
                 report(epoch, {"train_loss": train_loss, "train_images_per_s": speed})
@@ -241,7 +244,8 @@ class Trainer:
         weights = None if weights is None else weights.to(device)
         self.trained.train()
         loss_sum, steps, seen, start = torch.zeros((), device=device), 0, 0, time.perf_counter()
-        with progress(total=len(data.sampler), desc=label) as bar:
+        total = len(data) * data.batch_size if data.drop_last else len(data.sampler)  # the images it will see
+        with progress(total=total, desc=label) as bar:
             for indices, inputs in self.feed.inputs(data):
                 rows = indices.to(device, non_blocking=True)
                 batch_targets, batch_weights = targets[rows], None if weights is None else weights[rows]
