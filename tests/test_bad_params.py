@@ -40,7 +40,7 @@ def _one_line_error(result) -> str:
     [
         (lambda p: p.update(dropuot=p.pop("dropout")), "params.yaml: dropuot: unknown key (did you mean 'dropout'?)"),
         (lambda p: p.update(dropout=1.5), "params.yaml: dropout: Input should be less than 1"),
-        (lambda p: p["finetune"]["defaults"].update(ema_half_life=1.5),
+        (lambda p: p["finetune"]["defaults"].update(ema_decay=0.99),
          "params.yaml: finetune.models.net: ema_decay and ema_half_life are both set; give one and set the other to 0"),
         (lambda p: p.update(dropout="high"), "params.yaml: dropout: Input should be a valid number"),
         (lambda p: p["folds"].update(n_splits=1), "params.yaml: folds.n_splits: Input should be greater than or equal to 2"),
