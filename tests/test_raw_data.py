@@ -88,8 +88,8 @@ def _solution_edit(folder: Path, edit) -> None:
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.iloc[1:], "solution.csv: lists img_"),
     (lambda t: t.assign(classname="c42"), "solution.csv: unknown class 'c42'"),
-    (lambda t: t.assign(Usage="Hidden"), "solution.csv: Usage 'Hidden'; expected Public or Private"),
-    (lambda t: t.drop(columns="Usage"), "solution.csv: missing column(s) ['Usage']"),
+    (lambda t: t.assign(Usage="Hidden"), "solution.csv: row 2: Usage 'Hidden'; expected Public or Private"),
+    (lambda t: t.drop(columns="classname"), "solution.csv: missing column(s) ['classname']"),
 ])
 def test_the_users_hidden_labels_are_checked_like_every_other_file(repo_copy, tiny_competition, tmp_path, run_stage,
                                                                    edit, message):
