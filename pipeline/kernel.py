@@ -18,30 +18,87 @@ waits for the score of that submission and records it with the experiment, as ``
 
     python -m pipeline.kernel build [--owner NAME]
     python -m pipeline.kernel push [--owner NAME] [--message "..."] [--wait 3600] [--poll 30]
+
+``train`` trains on Kaggle's free GPUs instead of here, in three verbs as the Slurm executor has them
+(pipeline/kaggle/training.py; docs/kernel.md): ``send`` uploads the commit and pushes a notebook that runs the stages
+up to the fine-tuned nets on a T4; ``status`` asks Kaggle how it goes; ``collect`` downloads its output, checks that
+every dependency hashes as in this workspace and imports it as a DVC experiment (``dvc exp show`` lists it).
+
+    python -m pipeline.kernel train send [-S key=value ...] [--preset presets/gpu.yaml] [--packages wheels|index]
+        [--accelerator NvidiaTeslaT4] [--name RUN] [--owner NAME] [--wait]
+    python -m pipeline.kernel train status [RUN]
+    python -m pipeline.kernel train collect [RUN]
 """
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
-from pipeline.errors import cli
+from pipeline.errors import PipelineError, cli
+from pipeline.kaggle import training
 from pipeline.kaggle.kernels import build, owner_name, push
 
 
+def train(args: argparse.Namespace) -> None:
+    if args.verb == "send":
+        plan = training.send(owner_name(args.owner), args.overrides, args.preset, args.packages, args.accelerator,
+                             args.name, args.poll, args.wait)
+        if not args.wait_for_run:
+            return
+        folder = training.RUNS / plan.run
+        while (state := training.status(plan)) in ("queued", "running", "new_script", "unknown"):
+            time.sleep(args.poll)
+        if state != "complete":
+            raise PipelineError(f"{plan.run}: {plan.notebook} v{plan.version} ended {state}")
+        training.collect(plan, folder)
+        return
+    folder = training.latest_run(args.run)
+    plan = training.TrainRun.load(folder)
+    if args.verb == "status":
+        training.status(plan)
+    else:
+        training.collect(plan, folder)
 
 
 @cli  # it waits on Kaggle; building the bundle is a few copies
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The run as a Kaggle notebook for a code competition")
-    parser.add_argument("action", choices=["build", "push"])
-    parser.add_argument("--owner", help="the Kaggle account (default: the credentials' user name)")
-    parser.add_argument("--message", "-m", help="the submission's description (default: commit, experiment, CV)")
-    parser.add_argument("--wait", type=float, default=3600, help="seconds to wait for each of Kaggle's steps")
-    parser.add_argument("--poll", type=float, default=30, help="seconds between two looks")
+    parser = argparse.ArgumentParser(description="The run as a Kaggle notebook: a code competition's submission, "
+                                                 "or training on Kaggle's GPUs")
+    actions = parser.add_subparsers(dest="action", required=True)
+    for action in ("build", "push"):
+        sub = actions.add_parser(action, help="the run as a code competition's notebook" if action == "build" else
+                                 "build, upload, run on Kaggle, submit that version, record the score")
+        sub.add_argument("--owner", help="the Kaggle account (default: the credentials' user name)")
+        if action == "push":
+            sub.add_argument("--message", "-m", help="the submission's description (default: commit, experiment, CV)")
+            sub.add_argument("--wait", type=float, default=3600, help="seconds to wait for each of Kaggle's steps")
+            sub.add_argument("--poll", type=float, default=30, help="seconds between two looks")
+    verbs = actions.add_parser("train", help="train on Kaggle's GPUs").add_subparsers(dest="verb", required=True)
+    sending = verbs.add_parser("send", help="upload the commit and start the training notebook")
+    sending.add_argument("-S", "--set-param", action="append", default=[], dest="overrides",
+                         help="a param for this run, as `dvc exp run -S` takes it (one value; repeat for more)")
+    sending.add_argument("--preset", type=Path, help="a preset laid over params.yaml first, e.g. presets/gpu.yaml")
+    sending.add_argument("--packages", choices=["wheels", "index"], default="wheels",
+                         help="wheels: the packages Kaggle's image lacks go up with the dataset (the notebook runs "
+                              "offline); index: the notebook installs them from PyPI (its internet on)")
+    sending.add_argument("--accelerator", default="NvidiaTeslaT4", help="Kaggle's machine shape")
+    sending.add_argument("--name", help="the run's and experiment's name (default: k<commit>-<date>-<time>)")
+    sending.add_argument("--owner", help="the Kaggle account (default: the credentials' user name)")
+    sending.add_argument("--wait", dest="wait_for_run", action="store_true",
+                         help="wait for the notebook, then collect")
+    sending.add_argument("--poll", type=float, default=60, help="seconds between two looks")
+    sending.add_argument("--upload-wait", dest="wait", type=float, default=3600,
+                         help="seconds to wait for Kaggle to ready the dataset")
+    for verb in ("status", "collect"):
+        verbs.add_parser(verb).add_argument("run", nargs="?", help="default: the run sent last")
     args = parser.parse_args()
     if args.action == "build":
         build(owner_name(args.owner))
-    else:
+    elif args.action == "push":
         push(owner_name(args.owner), args.message, args.wait, args.poll)
+    else:
+        train(args)
 
 
 if __name__ == "__main__":

