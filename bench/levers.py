@@ -85,10 +85,11 @@ ROWS: dict[str, list[str]] = {
     # the features pass and the heads (~8 % of the default's minutes, row default's stage_s) add to the ensemble.
     "noheads": ["ensemble.models=[finetune-net]", "ensemble.neighbour_features=[finetune-net]"],
     # The minutes the new loop freed (the default from nothing: ~490 s, against the 696 s the 1.25x budget is read
-    # from) spent on pixels and epochs: lite1 at 160 px (1.56x the fine-tuning pixels), at 176 px (1.89x), and the
-    # default's 128 px for 7 epochs (1.4x).
+    # from) spent on pixels and epochs: lite1 at 160 px (1.56x the fine-tuning pixels), at 176 px (1.89x), at 192 px
+    # (2.25x), and the default's 128 px for 7 epochs (1.4x).
     "lite1_160": ["finetune.models.net.image_size=160"],
     "lite1_176": ["finetune.models.net.image_size=176"],
+    "lite1_192": ["finetune.models.net.image_size=192"],
     "lite1_e7": ["finetune.models.net.epochs=7"],
 }
 FIELDS = ["row", "overrides", "nested_cv", "finetune_cv", "unseen", "unseen_public", "unseen_private",
