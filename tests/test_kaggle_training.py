@@ -131,23 +131,25 @@ def test_send_names_a_competition_whose_rules_the_account_has_not_accepted(works
 
 
 @responses.activate
-def test_collect_says_in_one_line_why_a_session_failed_on_kaggle(workspace, monkeypatch, tmp_path, capsys):
+def test_send_wait_polls_until_the_session_ends_and_says_in_one_line_why_it_failed(workspace, monkeypatch, tmp_path, capsys):
     repo, _ = workspace
     _kaggle_env(monkeypatch, repo, tmp_path)
     _answer_upload_and_push()
-    _main(monkeypatch, "train", "send", "--packages", "index", "--name", "failed", "--poll", "0.01")
-    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/GetKernelSessionStatus",
-                  json={"status": "ERROR", "failureMessage": "Your notebook tried to allocate more memory than is "
-                                                             "available."})
+    states = iter(["QUEUED", "RUNNING", "ERROR"])
+    responses.add_callback(responses.POST, KAGGLE + "kernels.KernelsApiService/GetKernelSessionStatus",
+                           callback=lambda request: (200, {}, json.dumps(
+                               {"status": (state := next(states, "ERROR")), "failureMessage": "Your notebook tried to "
+                                "allocate more memory than is available." if state == "ERROR" else ""})))
     try:
-        with pytest.raises(SystemExit) as refused:
-            _main(monkeypatch, "train", "collect", "failed")
+        with pytest.raises(SystemExit) as refused:  # send --wait: polled until it ended, then collected
+            _main(monkeypatch, "train", "send", "--packages", "index", "--name", "failed", "--poll", "0.01", "--wait")
     finally:
         shutil.rmtree(repo / ".kaggle-train" / "failed")
     assert refused.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: pipeline-tester/{STATE_FARM.slug}-train v4 did not finish (error): Your notebook tried to allocate "
         f"more memory than is available; its log: `kaggle kernels output pipeline-tester/{STATE_FARM.slug}-train/4`")
+    assert sum(c.request.url.endswith("GetKernelSessionStatus") for c in responses.calls) >= 3  # queued, running, error
     assert not any(c.request.url.endswith("ListKernelSessionOutput") for c in responses.calls)
 
 

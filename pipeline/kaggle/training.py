@@ -285,19 +285,19 @@ def send(owner: str, overrides: list[str], preset: Path | None, packages: str, a
     api = authenticated_api()
     _check_quota(api, spec.slug)
     try:
-        return _upload_and_push(api, plan, folder, spec.slug, accelerator, poll, wait)
+        return _upload_and_push(api, plan, folder, poll, wait)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # no half-sent run: plan.json is written last
         raise
 
 
-def _upload_and_push(api, plan: TrainRun, folder: Path, slug_of_competition: str, accelerator: str, poll: float,
-                     wait: float) -> TrainRun:
+def _upload_and_push(api, plan: TrainRun, folder: Path, poll: float, wait: float) -> TrainRun:
+    """The dataset (bundle, description, wheels) uploaded and the notebook pushed; plan.json written last."""
     from pipeline.kaggle.client import calling_kaggle, scrubbed
     from pipeline.kaggle.kernels import upload_dataset, _quietly
 
     run, commit, requirements, packages = plan.run, plan.commit, plan.requirements, plan.packages
-    spec_slug, slug = slug_of_competition, plan.notebook.split("/")[1]
+    spec_slug, slug, accelerator = plan.competition, plan.notebook.split("/")[1], plan.accelerator
     dataset = folder / "dataset"
     dataset.mkdir(parents=True)
     _git("bundle", "create", "--quiet", str((dataset / BUNDLE).resolve()), "HEAD")
