@@ -25,12 +25,10 @@ from pipeline.config import RECORD_READS
 from pipeline.data.competitions import STATE_FARM
 from pipeline.paths import folds_csv, raw_dir
 from tests.conftest import GIT_IDENTITY, make_repo, run, set_params
+from tests.kaggle_http import FAKE_KEY, KAGGLE, answer_upload_and_push
 from tests.test_dvc_graph import imported_files
 
 DVC = [sys.executable, "-m", "dvc"]
-KAGGLE = "https://api.kaggle.com/v1/"
-UPLOAD = "https://www.kaggle.com/api/v1/blobs/upload/resumable?token=xyz"
-FAKE_KEY = "0123456789abcdef-fake-kaggle-key"
 pytestmark = pytest.mark.slow
 # Read by a stage without being one of its params, on purpose: how many processes decode never changes a number.
 NOT_OUTPUT_PARAMS = {"frames.workers", "features.workers", "finetune.workers"}
@@ -354,16 +352,7 @@ def test_kernel_push_uploads_runs_submits_that_version_and_saves_its_score_with_
     made = repo / "metrics" / "submission" / "metrics.json"
     made.write_text(json.dumps({**json.loads(made.read_text()), "experiment": "kernel-run"}))
     run(DVC + ["exp", "save", "-n", "kernel-run", "submission"], repo)
-    statuses = iter([404, 404, 200])  # ours, the client's own look before creating, then ready
-    responses.add_callback(responses.POST, KAGGLE + "datasets.DatasetApiService/GetDatasetStatus",
-                           callback=lambda request: (s := next(statuses, 200), {}, json.dumps(
-                               {"status": "ready"} if s == 200 else {"message": "not found"})))
-    responses.add(responses.POST, KAGGLE + "blobs.BlobApiService/StartBlobUpload",
-                  json={"token": "blob-token", "createUrl": UPLOAD})
-    responses.add(responses.PUT, UPLOAD, status=200)
-    responses.add(responses.POST, KAGGLE + "datasets.DatasetApiService/CreateDataset",
-                  json={"ref": "pipeline-tester/run", "status": "ok"})
-    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/SaveKernel", json={"versionNumber": 3})
+    answer_upload_and_push(version=3)
     kernel_states = iter(["RUNNING", "COMPLETE"])
     responses.add_callback(responses.POST, KAGGLE + "kernels.KernelsApiService/GetKernelSessionStatus",
                            callback=lambda request: (200, {}, json.dumps({"status": next(kernel_states, "COMPLETE")})))

@@ -19,12 +19,10 @@ import yaml
 from pipeline import kernel
 from pipeline.data.competitions import STATE_FARM
 from tests.conftest import GIT_IDENTITY, make_repo, run, set_params
+from tests.kaggle_http import FAKE_KEY, KAGGLE, answer_upload_and_push
 
 DVC = [sys.executable, "-m", "dvc"]
-KAGGLE = "https://api.kaggle.com/v1/"
-UPLOAD = "https://www.kaggle.com/api/v1/blobs/upload/resumable?token=xyz"
 OUTPUT = "https://www.kaggleusercontent.com/kf/1/output/"
-FAKE_KEY = "0123456789abcdef-fake-kaggle-key"
 pytestmark = pytest.mark.slow
 
 
@@ -61,16 +59,7 @@ def _main(monkeypatch, *args: str) -> None:
 def _answer_upload_and_push(quota_used: str = "3600s") -> None:
     responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/GetAcceleratorQuotaStatistics",
                   json={"gpuQuota": {"timeUsed": quota_used, "totalTimeAllowed": "108000s"}})
-    statuses = iter([404, 404, 200])  # ours, the client's own look before creating, then ready
-    responses.add_callback(responses.POST, KAGGLE + "datasets.DatasetApiService/GetDatasetStatus",
-                           callback=lambda request: (s := next(statuses, 200), {}, json.dumps(
-                               {"status": "ready"} if s == 200 else {"message": "not found"})))
-    responses.add(responses.POST, KAGGLE + "blobs.BlobApiService/StartBlobUpload",
-                  json={"token": "blob-token", "createUrl": UPLOAD})
-    responses.add(responses.PUT, UPLOAD, status=200)
-    responses.add(responses.POST, KAGGLE + "datasets.DatasetApiService/CreateDataset",
-                  json={"ref": "pipeline-tester/run", "status": "ok"})
-    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/SaveKernel", json={"versionNumber": 4})
+    answer_upload_and_push(version=4)
 
 
 def _serve_output(working: Path) -> None:
