@@ -22,8 +22,11 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from pipeline.config import StandinParams
 from pipeline.data.competitions import described, load_spec
 from pipeline.data.metrics import METRICS, fit_thresholds
+from pipeline.data.raw_data import check_competition_files
+from pipeline.data.solution import read_solution
 from pipeline.data.standin import write_standin
 from pipeline.ensemble.submission_format import validate_submission
+from pipeline.errors import PipelineError
 from pipeline.paths import raw_dir
 from tests.conftest import TINY_STANDIN, run, run_stage_in, set_params
 
@@ -69,6 +72,14 @@ def test_every_description_reads_and_names_a_metric_the_pipeline_has():
         assert load_spec(slug).metric in METRICS
 
 
+# solution.csv's columns as each competition names them: the labels CSV's own label column, the submission's class
+# column, a 0/1 column of a one-probability submission, a 0/1 column per class of a one-hot competition.
+OWN_SOLUTION_COLUMNS = {CACTUS: lambda spec: ["id", "has_cactus"], APTOS: lambda spec: ["id_code", "diagnosis"],
+                        PLANTS: lambda spec: ["image_id", "healthy", "multiple_diseases", "rust", "scab"],
+                        HISTOPATHOLOGY: lambda spec: ["id", "label"], CASSAVA: lambda spec: ["image_id", "label"],
+                        SEEDLINGS: lambda spec: ["file", "species"], DOG_BREEDS: lambda spec: ["id", "breed"]}
+
+
 @pytest.mark.parametrize("slug", [CACTUS, APTOS, PLANTS, HISTOPATHOLOGY, CASSAVA, SEEDLINGS, DOG_BREEDS])
 def test_the_stand_in_is_drawn_in_the_competitions_own_layout(slug, tmp_path):
     spec = load_spec(slug)
@@ -77,6 +88,9 @@ def test_the_stand_in_is_drawn_in_the_competitions_own_layout(slug, tmp_path):
     assert list(sample.columns) == list(spec.submission_columns)
     with zipfile.ZipFile(tmp_path / spec.train_archive) as archive:
         names = set(archive.namelist())
+    # The hidden labels in the competition's own columns, as Kaggle publishes a solution
+    solution = pd.read_csv(tmp_path / spec.solution_csv, dtype=str)
+    assert list(solution.columns) == [*OWN_SOLUTION_COLUMNS[slug](spec), "Usage"]
     if spec.labels_from == "class_folders":  # Plant Seedlings: no CSV, a folder per class, named as the classes
         assert not spec.labels_csv and {n.split("/")[1] for n in names} == set(spec.classes)
         return
@@ -136,6 +150,9 @@ def test_plant_pathology_gives_cv_mean_column_auc_and_a_probability_per_class(re
     submission = _check_submission(repo_copy, PLANTS)
     classes = list(load_spec(PLANTS).classes)
     assert np.allclose(submission[classes].sum(axis=1), 1, atol=1e-4)
+    # scored against the stand-in's one-hot solution (image_id, a 0/1 column per class), as Kaggle publishes it
+    scored = _metrics(repo_copy, "submission")
+    assert 0 <= scored["public_mean_column_auc"] <= 1 and 0 <= scored["private_mean_column_auc"] <= 1
 
 
 # Each newer description on its stand-in: (slug, the ensemble's metric key, the stand-in's frames per class; Dog Breed
@@ -271,3 +288,54 @@ def test_kappa_thresholds_fit_out_of_fold_beat_the_halfway_cuts_on_a_model_that_
     halfway = kappa.score(labels[scored_rows], proba[scored_rows])
     fitted = kappa.score(labels[scored_rows], proba[scored_rows], thresholds)
     assert fitted > halfway + 0.05
+
+
+def _standin(slug: str, folder: Path) -> tuple:
+    spec = load_spec(slug)
+    folder.mkdir()
+    write_standin(folder, spec, StandinParams(**{**TINY_STANDIN, "frames_per_class": 1}), workers=1)
+    return spec, pd.read_csv(folder / spec.solution_csv, dtype=str)
+
+
+def _checked(folder: Path, spec) -> pd.DataFrame:
+    check_competition_files(folder, spec, max_unpacked_bytes=10**9)  # what the download stage checks
+    return read_solution(folder / spec.solution_csv, spec)
+
+
+def test_held_out_labels_are_read_in_the_competitions_own_columns_and_any_other_form_refused_naming_them(tmp_path):
+    # Plant Seedlings: the submission's file,species, not our word "label"
+    spec, solution = _standin(SEEDLINGS, tmp_path / "seedlings")
+    assert set(_checked(tmp_path / "seedlings", spec)["label"]) <= set(spec.classes)
+    solution.rename(columns={"species": "label"}).to_csv(tmp_path / "seedlings" / "solution.csv", index=False)
+    with pytest.raises(PipelineError) as refused:
+        _checked(tmp_path / "seedlings", spec)
+    assert str(refused.value) == (f"{tmp_path / 'seedlings' / 'solution.csv'}: columns ['file', 'label', 'Usage']; "
+                                  f"expected 'file' and 'species' (class names)")
+    # Cassava: "label" is the competition's own word, and still read
+    spec, solution = _standin(CASSAVA, tmp_path / "cassava")
+    assert list(_checked(tmp_path / "cassava", spec)["label"]) == list(solution["label"])
+    # Plant Pathology: a 0/1 column per class; a row with two classes is refused naming its line
+    spec, solution = _standin(PLANTS, tmp_path / "plants")
+    read = _checked(tmp_path / "plants", spec)
+    assert [solution.loc[i, c] for i, c in enumerate(read["label"])] == ["1"] * len(read)
+    solution.loc[1, "rust"] = solution.loc[1, "scab"] = "1"
+    solution.to_csv(tmp_path / "plants" / "solution.csv", index=False)
+    with pytest.raises(PipelineError, match=r"solution.csv: row 3: .*; expected one class column at 1 and the others "
+                                            r"at 0$"):
+        _checked(tmp_path / "plants", spec)
+
+
+def test_a_probability_per_class_competition_reads_its_solution_one_hot_and_a_positive_one_as_1_and_0(tmp_path):
+    spec, solution = _standin("state-farm-distracted-driver-detection", tmp_path / "drivers")
+    by_name = _checked(tmp_path / "drivers", spec)
+    one_hot = solution[["img"]].join(pd.get_dummies(solution["classname"]).reindex(columns=list(spec.classes),
+                                                                                   fill_value=False).astype(int))
+    one_hot.assign(Usage=solution["Usage"]).to_csv(tmp_path / "drivers" / "solution.csv", index=False)
+    pd.testing.assert_frame_equal(_checked(tmp_path / "drivers", spec), by_name)
+    # Dogs vs. Cats: Kaggle's 1 = dog, 0 = cat, and the class names, read alike
+    spec, solution = _standin("dogs-vs-cats-redux-kernels-edition", tmp_path / "pets")
+    assert set(solution["label"]) == {"0", "1"}
+    as_ones = _checked(tmp_path / "pets", spec)
+    solution.assign(label=solution["label"].map({"1": "dog", "0": "cat"})).to_csv(tmp_path / "pets" / "solution.csv",
+                                                                               index=False)
+    pd.testing.assert_frame_equal(_checked(tmp_path / "pets", spec), as_ones)

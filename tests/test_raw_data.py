@@ -1,6 +1,7 @@
 """Whatever form the user's copy takes, it lands in one layout and is checked image for image."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -42,16 +43,38 @@ def bundle_like_kaggle(competition: Path, path: Path, loose_images: bool, zipped
     return path
 
 
-@pytest.mark.parametrize("loose_images, zipped_csvs", [(False, False), (True, False), (False, True)])
-def test_kaggle_bundle_shapes_all_ingest_to_the_same_checked_layout(tiny_competition, tmp_path, loose_images,
-                                                                      zipped_csvs):
-    bundle = bundle_like_kaggle(tiny_competition, tmp_path / "bundle.zip", loose_images, zipped_csvs)
-    out = tmp_path / "out"
+def unzipped_like_kaggle(competition: Path, folder: Path, under_imgs: bool = True) -> Path:
+    """The competition unzipped: as Kaggle mounts it under /kaggle/input (``imgs/train/...``), or with the images'
+    folders at the top (``train/...``), as a user may unzip it."""
+    folder.mkdir()
+    for csv in ("driver_imgs_list.csv", "sample_submission.csv"):
+        shutil.copy(competition / csv, folder)
+    with zipfile.ZipFile(competition / "imgs.zip") as images:
+        images.extractall(folder / "imgs" if under_imgs else folder)
+    return folder
+
+
+def _ingested(source: Path, out: Path) -> dict[str, str]:
     out.mkdir()
-    ingest(bundle, out, STATE_FARM, LIMIT)
-    assert check(out) == check(tiny_competition)
-    with zipfile.ZipFile(out / "imgs.zip") as a, zipfile.ZipFile(tiny_competition / "imgs.zip") as b:
-        assert sorted(a.namelist()) == sorted(b.namelist())
+    ingest(source, out, STATE_FARM, LIMIT)
+    assert check(out) == check(source if source.is_dir() and (source / "imgs.zip").is_file() else out)
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
+
+
+SOURCES = {"nested zip (Kaggle's bundle)": lambda c, t: bundle_like_kaggle(c, t / "bundle.zip", loose_images=False),
+           "flat zip": lambda c, t: bundle_like_kaggle(c, t / "bundle.zip", loose_images=True),
+           "zipped CSVs": lambda c, t: bundle_like_kaggle(c, t / "bundle.zip", False, zipped_csvs=True),
+           "unzipped (Kaggle's mount)": lambda c, t: unzipped_like_kaggle(c, t / "mount"),
+           "unzipped, images at the top": lambda c, t: unzipped_like_kaggle(c, t / "mine", under_imgs=False)}
+
+
+@pytest.mark.parametrize("form", SOURCES)
+def test_every_form_of_the_same_files_ingests_to_the_same_bytes(tiny_competition, tmp_path, form):
+    # data/raw/<competition> is a function of the files, not of how they came: a run trained on Kaggle (its mount)
+    # is imported where the files came as Kaggle's bundle only if both sides hash the same
+    reference = _ingested(tiny_competition, tmp_path / "from imgs.zip beside the CSVs")
+    del reference["solution.csv"]  # the stand-in's hidden labels: Kaggle's files have none
+    assert _ingested(SOURCES[form](tiny_competition, tmp_path), tmp_path / "out") == reference
 
 
 def test_an_unzipped_folder_is_packed_into_one_archive(tiny_competition, tmp_path):
@@ -89,7 +112,8 @@ def _solution_edit(folder: Path, edit) -> None:
     (lambda t: t.iloc[1:], "solution.csv: lists img_"),
     (lambda t: t.assign(classname="c42"), "solution.csv: unknown class 'c42'"),
     (lambda t: t.assign(Usage="Hidden"), "solution.csv: row 2: Usage 'Hidden'; expected Public or Private"),
-    (lambda t: t.drop(columns="classname"), "solution.csv: missing column(s) ['classname']"),
+    (lambda t: t.drop(columns="classname"), "solution.csv: columns ['img', 'subject', 'Usage']; expected 'img' and "
+                                            "'classname' (class names) or one 0/1 column per class ('c0', 'c1', "),
 ])
 def test_the_users_hidden_labels_are_checked_like_every_other_file(repo_copy, tiny_competition, tmp_path, run_stage,
                                                                    edit, message):

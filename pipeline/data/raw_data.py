@@ -12,16 +12,19 @@ and the test ids in sample-submission order (``load_test_ids``).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from pipeline.data.competitions import CompetitionSpec
 from pipeline.data.images import ImageArchive, ZipWriter
+from pipeline.data.solution import read_solution
 from pipeline.data.tables import RunImages
 from pipeline.errors import PipelineError
 from pipeline.progress import progress
@@ -228,17 +231,14 @@ def check_competition_files(raw: Path, spec: CompetitionSpec, max_unpacked_bytes
 
 
 def check_solution(path: Path, spec: CompetitionSpec, test_ids: list[str]) -> None:
-    """Hidden test labels (the stand-ins', or a competitor's own held-out images): id and label for exactly the test
-    images, each once, with known classes, and optionally Kaggle's ``Usage`` (Public/Private; without it the labels
-    are scored as one set)."""
-    table = _read_csv(path, (spec.submission_id, spec.label_column))
+    """Hidden test labels (the stand-ins', or a competitor's own held-out images) in the competition's own columns
+    (pipeline/data/solution.py): exactly the test images, each once, with known classes, and optionally Kaggle's
+    ``Usage`` (Public/Private; without it the labels are scored as one set)."""
+    table = read_solution(path, spec)
     ids = table[spec.submission_id]
     if ids.duplicated().any():
         raise PipelineError(f"{path}: image {ids[ids.duplicated()].iloc[0]!r} listed twice")
     _same_images(set(ids), set(test_ids), "the sample submission", path)
-    unknown = sorted(set(table[spec.label_column]) - set(spec.classes))
-    if unknown:
-        raise PipelineError(f"{path}: unknown class {unknown[0]!r}; expected one of {list(spec.classes)}")
     if "Usage" in table.columns:
         other = ~table.Usage.isin(["Public", "Private"])
         if other.any():
@@ -286,15 +286,22 @@ def _copy_csv(source: ImageArchive, root: str, name: str, target: Path) -> None:
 
 
 def pack_members(source: ImageArchive, members: list[str], strip: str, target: Path) -> None:
-    """Store ``members`` of ``source`` in a new zip at ``target``, minus the leading ``strip``."""
+    """Store ``members`` of ``source`` in a new zip at ``target``, minus the leading ``strip``: sorted, stored, with
+    fixed timestamps (ZipWriter), so that the same images make the same bytes however they arrived."""
     with ZipWriter(target) as archive:
-        for member in progress(members, desc=f"packing {target.name}"):
+        for member in progress(sorted(members), desc=f"packing {target.name}"):
             with source.open(member) as stream:
                 archive.add(member[len(strip):], stream)
 
 
 def ingest(source_path: Path, out_dir: Path, spec: CompetitionSpec, max_unpacked_bytes: int) -> None:
-    """Copy a competition from a Kaggle bundle zip or a folder into the canonical layout in ``out_dir``."""
+    """Copy a competition from a Kaggle bundle zip or a folder into the canonical layout in ``out_dir``.
+
+    ``data/raw/<competition>`` is a function of the competition's files, not of how they arrived: every image
+    archive is packed anew from the images under the competition's folders (ZipWriter: sorted members, stored, fixed
+    timestamps), whether the source holds it as a nested zip (Kaggle's bundle: ``imgs.zip`` inside the download), as
+    a zip beside the CSVs, or unzipped (a user's folder, Kaggle's mount under /kaggle/input). One md5 on every side
+    is what lets a run trained on Kaggle be imported here (pipeline/kaggle/training.py compares them)."""
     source = ImageArchive(source_path, max_unpacked_bytes)
     root = _find_root(source, spec)
     for name in (spec.labels_csv, spec.sample_submission):
@@ -303,14 +310,32 @@ def ingest(source_path: Path, out_dir: Path, spec: CompetitionSpec, max_unpacked
     if source.names(root + spec.solution_csv) == [root + spec.solution_csv]:  # a competitor's own hold-out
         _copy_member(source, root + spec.solution_csv, out_dir / spec.solution_csv)
     for archive_name in spec.archives:
+        prefixes = list(dict.fromkeys(prefix for archive, prefix in ((spec.train_archive, spec.train_prefix),
+                                                                     (spec.test_archive, spec.test_prefix))
+                                      if archive == archive_name))
         if source.names(root + archive_name) == [root + archive_name]:
-            _copy_member(source, root + archive_name, out_dir / archive_name)
+            with _nested(source, root + archive_name, out_dir, max_unpacked_bytes) as inner:
+                members = [m for prefix in prefixes for m in inner.names(prefix)]
+                pack_members(inner, members, "", out_dir / archive_name)
             continue
-        prefixes = [prefix for archive, prefix in ((spec.train_archive, spec.train_prefix),
-                                                   (spec.test_archive, spec.test_prefix)) if archive == archive_name]
         image_root = _unzipped_root(source, root, archive_name, prefixes[0])
-        members = [m for prefix in dict.fromkeys(prefixes) for m in source.names(image_root + prefix)]
+        members = [m for prefix in prefixes for m in source.names(image_root + prefix)]
         pack_members(source, members, image_root, out_dir / archive_name)
+
+
+@contextlib.contextmanager
+def _nested(source: ImageArchive, member: str, scratch: Path, max_unpacked_bytes: int) -> Iterator[ImageArchive]:
+    """The zip ``member`` of ``source`` opened as an archive: in place from a folder, else copied out of the outer
+    zip first (a zip inside a zip cannot be read at random) into ``scratch``, and removed after."""
+    if not source.is_zip:
+        yield ImageArchive(source.path / member, max_unpacked_bytes)
+        return
+    copied = scratch / f".{PurePosixPath(member).name}.source"
+    try:
+        _copy_member(source, member, copied)
+        yield ImageArchive(copied, max_unpacked_bytes)
+    finally:
+        copied.unlink(missing_ok=True)
 
 
 def _unzipped_root(source: ImageArchive, root: str, archive_name: str, prefix: str) -> str:

@@ -35,6 +35,7 @@ from pipeline.data.competitions import DESCRIPTIONS, OWN_DATA, CompetitionSpec, 
 from pipeline.data.images import ZipWriter
 from pipeline.data.own_data import ingest_own_data
 from pipeline.data.raw_data import copy_groups
+from pipeline.data.solution import solution_table
 from pipeline.data.standin_scene import TRANSITIONS, draw_frame, frame_pose, random_look, random_take
 from pipeline.errors import PipelineError
 from pipeline.progress import progress
@@ -163,7 +164,7 @@ def _write_sample(test: pd.DataFrame, spec: CompetitionSpec, classes, out_dir: P
 def _write_solution(test: pd.DataFrame, spec: CompetitionSpec, params: StandinParams, out_dir: Path) -> None:
     usage_rng = np.random.default_rng([params.seed, 1])
     public = usage_rng.random(len(test)) < params.public_fraction
-    solution = pd.DataFrame({spec.submission_id: test["img"], spec.label_column: test["classname"]})
+    solution = solution_table(test["img"], test["classname"], spec)  # Kaggle's form: the competition's own columns
     if spec.group_column:
         solution[spec.group_column] = test["subject"]
     solution.assign(Usage=np.where(public, "Public", "Private")).to_csv(out_dir / spec.solution_csv, index=False)

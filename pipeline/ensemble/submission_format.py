@@ -11,6 +11,7 @@ import pandas as pd
 
 from pipeline.data.competitions import CompetitionSpec
 from pipeline.data.metrics import competition_metric
+from pipeline.data.solution import LABEL
 from pipeline.errors import PipelineError
 
 FLOAT_FORMAT = "%.6f"  # how a submission's probabilities are written
@@ -90,15 +91,15 @@ def validate_submission(table: pd.DataFrame, sample: pd.DataFrame, spec: Competi
 
 def score(table: pd.DataFrame, solution: pd.DataFrame, spec: CompetitionSpec) -> dict[str, float]:
     """The competition's metric on Kaggle's public and private parts of the test set, as the leaderboard shows it
-    (``leaderboard_<key>``, ``public_<key>``, ``private_<key>``; key: log_loss, roc_auc, kappa, ...). A solution
-    without a ``Usage`` column (a user's own held-out labels: an id and a label) is one set, public and private
+    (``leaderboard_<key>``, ``public_<key>``, ``private_<key>``; key: log_loss, roc_auc, kappa, ...). ``solution``
+    is as pipeline/data/solution.py reads it (id, class names, ``Usage``); one without a ``Usage`` column (a user's own held-out labels: an id and a label) is one set, public and private
     both."""
     if "Usage" not in solution.columns:
         solution = solution.assign(Usage="Public")
         whole = score(table, solution, spec)
         key = spec.scorer.key
         return {**whole, f"private_{key}": whole[f"public_{key}"]}
-    truth = solution[[spec.submission_id, spec.label_column, "Usage"]].rename(columns={spec.label_column: "truth"})
+    truth = solution[[spec.submission_id, LABEL, "Usage"]].rename(columns={LABEL: "truth"})
     merged = truth.astype({spec.submission_id: str, "truth": str}).merge(
         table.astype({spec.submission_id: str}), on=spec.submission_id, validate="one_to_one")
     labels, proba = spec.class_indices(merged.truth), from_submission(merged, spec)

@@ -27,6 +27,7 @@ from pipeline.compute.cores import stage_command
 from pipeline.config import load_params
 from pipeline.data.competitions import CompetitionSpec, competition_of
 from pipeline.data.predictions import read_table
+from pipeline.data.solution import read_solution
 from pipeline.ensemble.submission_format import (FLOAT_FORMAT, file_sha256, read_submission, score, to_submission,
                                        validate_submission)
 from pipeline.errors import PipelineError
@@ -81,7 +82,7 @@ def main_for() -> None:
             live.summary.update(file=target.name, sha256=file_sha256(target))
         solution_path = raw / spec.solution_csv
         if solution_path.is_file() and len(table):  # hidden labels: a stand-in's, or the user's own hold-out
-            solution = read_submission(solution_path, spec.submission_id)
+            solution = read_solution(solution_path, spec)
             scores = score(table, solution, spec)
             live.summary.update(scores)
             # Kaggle's public/private split, or a user's own held-out labels without one: scored as one set
