@@ -20,14 +20,14 @@ waits for the score of that submission and records it with the experiment, as ``
     python -m pipeline.kernel push [--owner NAME] [--message "..."] [--wait 3600] [--poll 30]
 
 ``train`` trains on Kaggle's free GPUs instead of here, in three verbs as the Slurm executor has them
-(pipeline/kaggle/training.py; docs/kernel.md): ``send`` uploads the commit and pushes a notebook that runs the stages
+(pipeline/kaggle/send.py, notebook.py, collect.py; docs/kernel.md): ``send`` uploads the commit and pushes a notebook that runs the stages
 up to the fine-tuned nets on a T4; ``status`` asks Kaggle how it goes; ``collect`` downloads its output, checks that
 every dependency hashes as in this workspace and imports it as a DVC experiment (``dvc exp show`` lists it).
 
     python -m pipeline.kernel train send [-S key=value ...] [--preset presets/gpu.yaml] [--packages wheels|index]
-        [--accelerator NvidiaTeslaT4] [--name RUN] [--owner NAME] [--wait]
+        [--accelerator NvidiaTeslaT4] [--name RUN] [--owner NAME] [--wait] [--resume RUN] [--dry-run]
     python -m pipeline.kernel train status [RUN]
-    python -m pipeline.kernel train collect [RUN]
+    python -m pipeline.kernel train collect [RUN] [--partial]
 """
 from __future__ import annotations
 
@@ -36,27 +36,29 @@ import time
 from pathlib import Path
 
 from pipeline.errors import cli
-from pipeline.kaggle import training
+from pipeline.kaggle import collect
 from pipeline.kaggle.kernels import build, owner_name, push
+from pipeline.kaggle.send import send
+from pipeline.kaggle.train_run import RUNS, TrainRun, latest_run
 
 
 def train(args: argparse.Namespace) -> None:
     if args.verb == "send":
-        plan = training.send(owner_name(args.owner), args.overrides, args.preset, args.packages, args.accelerator,
-                             args.name, args.poll, args.wait)
-        if not args.wait_for_run:
+        plan = send(owner_name(args.owner), args.overrides, args.preset, args.packages, args.accelerator, args.name,
+                    args.poll, args.wait, resume=args.resume, dry_run=args.dry_run, find_links=args.find_links)
+        if not args.wait_for_run or args.dry_run:
             return
-        folder = training.RUNS / plan.run
-        while training.status(plan) in ("queued", "running", "new_script"):
+        folder = RUNS / plan.run
+        while collect.status(plan) in ("queued", "running", "new_script"):
             time.sleep(args.poll)
-        training.collect(plan, folder)  # says why in one line when the session did not complete
+        collect.collect(plan, folder)  # says why in one line when the session did not complete
         return
-    folder = training.latest_run(args.run)
-    plan = training.TrainRun.load(folder)
+    folder = latest_run(args.run)
+    plan = TrainRun.load(folder)
     if args.verb == "status":
-        training.status(plan)
+        collect.status(plan)
     else:
-        training.collect(plan, folder)
+        collect.collect(plan, folder, partial=args.partial)
 
 
 @cli  # it waits on Kaggle; building the bundle is a few copies
@@ -88,8 +90,17 @@ def main() -> None:
     sending.add_argument("--poll", type=float, default=60, help="seconds between two looks")
     sending.add_argument("--upload-wait", dest="wait", type=float, default=3600,
                          help="seconds to wait for Kaggle to ready the dataset")
+    sending.add_argument("--resume", metavar="RUN", help="start from the stages RUN's session finished (its "
+                                                          "preset and values; `collect --partial RUN` shows them)")
+    sending.add_argument("--dry-run", action="store_true", help="check and print the plan; send nothing")
+    sending.add_argument("--find-links", type=Path, metavar="DIR",
+                         help="take the wheels from this folder only (an offline wheelhouse), not from PyPI")
     for verb in ("status", "collect"):
-        verbs.add_parser(verb).add_argument("run", nargs="?", help="default: the run sent last")
+        sub = verbs.add_parser(verb)
+        sub.add_argument("run", nargs="?", help="default: the run sent last")
+        if verb == "collect":
+            sub.add_argument("--partial", action="store_true",
+                             help="a session that ended early: import the stages it finished, train nothing here")
     args = parser.parse_args()
     if args.action == "build":
         build(owner_name(args.owner))

@@ -13,14 +13,17 @@ FAKE_KEY = "0123456789abcdef-fake-kaggle-key"
 
 def answer_upload_and_push(version: int) -> None:
     """A new private dataset created and ready on the third look, its files uploaded, the notebook saved as
-    ``version``."""
+    ``version``; the account has entered the competition."""
     statuses = iter([404, 404, 200])  # ours, the client's own look before creating, then ready
     responses.add_callback(responses.POST, KAGGLE + "datasets.DatasetApiService/GetDatasetStatus",
                            callback=lambda request: (s := next(statuses, 200), {}, json.dumps(
                                {"status": "ready"} if s == 200 else {"message": "not found"})))
+    responses.add(responses.POST, KAGGLE + "datasets.DatasetApiService/GetDataset", json={"currentVersionNumber": 1})
     responses.add(responses.POST, KAGGLE + "blobs.BlobApiService/StartBlobUpload",
                   json={"token": "blob-token", "createUrl": UPLOAD})
     responses.add(responses.PUT, UPLOAD, status=200)
     responses.add(responses.POST, KAGGLE + "datasets.DatasetApiService/CreateDataset",
                   json={"ref": "pipeline-tester/run", "status": "ok"})
     responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/SaveKernel", json={"versionNumber": version})
+    responses.add(responses.POST, KAGGLE + "competitions.CompetitionApiService/GetCompetition",
+                  json={"userHasEntered": True})

