@@ -56,8 +56,7 @@ def wheels_for(dataset: Path, version_info=sys.version_info) -> list[Path]:
     shipped = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != PURE)
     if python_tag(version_info) not in shipped:
         raise SystemExit(f"error: {folder}: no wheels for Python {version_info[0]}.{version_info[1]} (this image's); "
-                         f"the run shipped {', '.join(shipped) or 'none'}: send again with --python "
-                         f"{version_info[0]}.{version_info[1]}, or with --packages index")
+                         f"the run shipped {', '.join(shipped) or 'none'}: send again with --packages index")
     return sorted([*(folder / python_tag(version_info)).glob("*.whl"), *(folder / PURE).glob("*.whl")])
 
 
