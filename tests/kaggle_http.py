@@ -18,12 +18,19 @@ def answer_upload_and_push(version: int) -> None:
     responses.add_callback(responses.POST, KAGGLE + "datasets.DatasetApiService/GetDatasetStatus",
                            callback=lambda request: (s := next(statuses, 200), {}, json.dumps(
                                {"status": "ready"} if s == 200 else {"message": "not found"})))
-    responses.add(responses.POST, KAGGLE + "datasets.DatasetApiService/GetDataset", json={"currentVersionNumber": 1})
+    versions = [0]  # each dataset or version created is the next version
+
+    def created(request):
+        versions[0] += 1
+        return 200, {}, json.dumps({"ref": "pipeline-tester/run", "status": "ok"})
+
+    responses.add_callback(responses.POST, KAGGLE + "datasets.DatasetApiService/GetDataset",
+                           callback=lambda request: (200, {}, json.dumps({"currentVersionNumber": versions[0]})))
+    for call in ("CreateDataset", "CreateDatasetVersion"):
+        responses.add_callback(responses.POST, KAGGLE + f"datasets.DatasetApiService/{call}", callback=created)
     responses.add(responses.POST, KAGGLE + "blobs.BlobApiService/StartBlobUpload",
                   json={"token": "blob-token", "createUrl": UPLOAD})
     responses.add(responses.PUT, UPLOAD, status=200)
-    responses.add(responses.POST, KAGGLE + "datasets.DatasetApiService/CreateDataset",
-                  json={"ref": "pipeline-tester/run", "status": "ok"})
     responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/SaveKernel", json={"versionNumber": version})
     responses.add(responses.POST, KAGGLE + "competitions.CompetitionApiService/GetCompetition",
                   json={"userHasEntered": True})

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -67,32 +69,45 @@ def _answer_upload_and_push(quota_used: str = "3600s") -> None:
     answer_upload_and_push(version=4)
 
 
-def _serve_output(working: Path) -> None:
-    """/kaggle/working as Kaggle serves a finished session's output: a listing, then each file from its URL."""
+def _serve_output(working: Path, status: str = "COMPLETE") -> None:
+    """/kaggle/working as Kaggle serves a session's output: a listing, then each file from its URL."""
     files = sorted(p for p in working.rglob("*") if p.is_file())
-    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/GetKernelSessionStatus",
-                  json={"status": "COMPLETE"})
-    responses.add(responses.POST, KAGGLE + "kernels.KernelsApiService/ListKernelSessionOutput",
-                  json={"files": [{"fileName": str(p.relative_to(working)), "url": OUTPUT + str(p.relative_to(working))}
-                                  for p in files], "log": "[]"})
+    responses.upsert(responses.POST, KAGGLE + "kernels.KernelsApiService/GetKernelSessionStatus",
+                     json={"status": status, "failureMessage": "" if status == "COMPLETE" else "Killed"})
+    responses.upsert(responses.POST, KAGGLE + "kernels.KernelsApiService/ListKernelSessionOutput",
+                     json={"files": [{"fileName": str(p.relative_to(working)), "url": OUTPUT + str(p.relative_to(working))}
+                                     for p in files], "log": "[]"})
     for path in files:
-        responses.add(responses.GET, OUTPUT + str(path.relative_to(working)), body=path.read_bytes())
+        responses.upsert(responses.GET, OUTPUT + str(path.relative_to(working)), body=path.read_bytes())
 
 
-def _run_notebook(repo: Path, kaggle_input: Path, tmp: Path) -> Path:
+def _run_notebook(repo: Path, kaggle_input: Path, tmp: Path, run_name: str = "trial",
+                  stop_after: str | None = None) -> Path:
     """The pushed notebook as Kaggle runs it: its dataset and the competition under /kaggle/input, no network (a
-    network namespace of its own where this machine allows one, every process it starts included)."""
-    [script] = (repo / ".kaggle-train" / "trial" / "notebook").glob("*.py")
-    metadata = json.loads((repo / ".kaggle-train" / "trial" / "dataset" / "dataset-metadata.json").read_text())
-    shutil.copytree(repo / ".kaggle-train" / "trial" / "dataset", kaggle_input / metadata["id"].split("/")[1])
+    network namespace of its own where this machine allows one, every process it starts included). With
+    ``stop_after``, the session is killed once that stage is in its output, as Kaggle's time limit would."""
+    sent = repo / ".kaggle-train" / run_name
+    [script] = (sent / "notebook").glob("*.py")
+    metadata = json.loads((sent / "dataset" / "dataset-metadata.json").read_text())
+    mounted = kaggle_input / "datasets" / metadata["id"]  # a new version replaces the one mounted before
+    shutil.rmtree(mounted, ignore_errors=True)
+    shutil.copytree(sent / "dataset", mounted)
     working = tmp / "working"
-    working.mkdir()
+    working.mkdir(parents=True)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(KAGGLE_INPUT=str(kaggle_input), KAGGLE_WORKING=str(working), TMPDIR=str(tmp),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **GIT_IDENTITY)
     offline = ["unshare", "-n"] if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0 else []
-    ran = subprocess.run([*offline, sys.executable, str(script)], cwd=tmp, env=env, capture_output=True, text=True)
-    assert ran.returncode == 0, ran.stderr[-3000:]
+    with subprocess.Popen([*offline, sys.executable, str(script)], cwd=tmp, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as session:
+        progress = working / run_name / "trained.json"
+        while stop_after and session.poll() is None:
+            if progress.is_file() and stop_after in json.loads(progress.read_text())["stages"]:
+                os.killpg(session.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        _, errors = session.communicate()
+    assert session.returncode == (-signal.SIGKILL if stop_after else 0), errors[-3000:]
     return working
 
 
@@ -165,8 +180,8 @@ def test_send_refuses_uncommitted_changes_and_a_bad_param_before_calling_kaggle(
             _main(monkeypatch, "train", "send", "--name", "dirty")
     finally:
         (repo / "params.yaml").write_text(params)
-    assert capsys.readouterr().err.strip() == ("error: the working tree has uncommitted changes: Kaggle trains the "
-                                               "commit, so commit first")
+    assert capsys.readouterr().err.strip() == ("error: the working tree has uncommitted changes (params.yaml): Kaggle "
+                                               "trains the commit, so commit first")
 
 
 def test_the_wheels_shipped_are_what_kaggles_image_lacks_at_this_environments_versions():
@@ -267,3 +282,56 @@ def test_a_run_sent_trained_and_collected_is_an_experiment_whose_every_dependenc
              if not o["path"].startswith("metrics/")}
     assert again == {o["path"]: o["md5"] for o in notebook_lock["finetune@net-0"]["outs"]
                      if not o["path"].startswith("metrics/")}
+
+
+def _made(entry: dict) -> dict:
+    """A lock entry without its metrics files' hashes (they record the seconds a stage took)."""
+    return {**entry, "outs": [o for o in entry.get("outs", []) if not o["path"].startswith("metrics/")]}
+
+
+@responses.activate
+def test_a_session_killed_after_a_fold_comes_back_in_part_and_a_resumed_session_trains_only_the_rest(
+        workspace, monkeypatch, tmp_path, capsys, caplog):
+    """After the round trip: the same commit, preset and values as its run `trial`, the session killed once fold 0
+    is in its output; `collect --partial`, then `send --resume` on a second notebook whose source is the first's
+    output: fold 1 alone trains, and every stage's lock is the uninterrupted run's."""
+    repo, kaggle_input = workspace
+    run(["git", "checkout", "HEAD", "--", "params.yaml"], repo)  # the experiment of the round trip laid it over
+    _kaggle_env(monkeypatch, repo, tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    _answer_upload_and_push()
+    trial = json.loads((repo / ".kaggle-train" / "trial" / "plan.json").read_text())
+    uninterrupted = yaml.safe_load((repo / ".kaggle-train" / "trial" / "output" / "trial" / "dvc.lock").read_text())
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(trial["preset"])
+    _main(monkeypatch, "train", "send", "--preset", str(preset), *[a for o in trial["overrides"] for a in ("-S", o)],
+          "--packages", "index", "--name", "cut", "--poll", "0.01")
+    working = _run_notebook(repo, kaggle_input, tmp_path / "first", "cut", stop_after="finetune@net-0")
+    cut = json.loads((working / "cut" / "trained.json").read_text())
+    assert cut["stages"][-1] == "finetune@net-0" and not cut["complete"]
+    _serve_output(working, status="ERROR")
+
+    with pytest.raises(SystemExit):  # without --partial: refused, saying how
+        _main(monkeypatch, "train", "collect", "cut")
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "`collect --partial cut` imports the stages it finished")
+    _main(monkeypatch, "train", "collect", "--partial", "cut")
+    assert "not trained: finetune@net-1" in caplog.text and "send --resume cut" in caplog.text
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert _made(lock["finetune@net-0"]) == _made(uninterrupted["stages"]["finetune@net-0"])
+
+    _main(monkeypatch, "train", "send", "--resume", "cut", "--packages", "index", "--name", "rest", "--poll", "0.01")
+    rest = json.loads((repo / ".kaggle-train" / "rest" / "plan.json").read_text())
+    assert rest["notebook"] == trial["notebook"] + "-b" and rest["resumes_notebook"] == trial["notebook"]
+    metadata = json.loads((repo / ".kaggle-train" / "rest" / "notebook" / "kernel-metadata.json").read_text())
+    assert metadata["kernel_sources"] == [trial["notebook"]]
+    shutil.copytree(working, kaggle_input / "notebooks" / trial["notebook"])  # its output, as Kaggle mounts it
+    second = _run_notebook(repo, kaggle_input, tmp_path / "second", "rest")
+    done = json.loads((second / "rest" / "trained.json").read_text())
+    assert done["complete"] and [s for s in done["planned"] if s not in done["restored"]] == ["finetune@net-1"]
+    resumed = yaml.safe_load((second / "rest" / "dvc.lock").read_text())["stages"]
+    for stage in done["planned"]:
+        assert _made(resumed[stage]) == _made(uninterrupted["stages"][stage]), stage
+    _serve_output(second)
+    _main(monkeypatch, "train", "collect", "rest")
+    assert json.loads(run(DVC + ["status", "--json"], repo).stdout) == {}

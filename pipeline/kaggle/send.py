@@ -43,10 +43,15 @@ def send(owner: str, overrides: list[str], preset: Path | None, packages: str, a
     from pipeline.data.competitions import competition_of
     from pipeline.kaggle.client import authenticated_api
 
-    if git("status", "--porcelain", "--untracked-files=no").strip():
-        raise PipelineError("the working tree has uncommitted changes: Kaggle trains the commit, so commit first")
     commit = git("rev-parse", "HEAD").strip()
     earlier = resumed_run(resume, commit, overrides, preset) if resume else None
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    if earlier and imported_here(earlier):  # `collect --partial` laid the run's params and lock over the commit's
+        changed = [path for path in changed if path not in ("params.yaml", "dvc.lock")
+                   and not path.startswith("metrics/")]
+    if changed:
+        raise PipelineError(f"the working tree has uncommitted changes ({changed[0]}): Kaggle trains the commit, so "
+                            f"commit first")
     preset_text = earlier.preset if earlier else (preset.read_text() if preset else "")
     overrides = earlier.overrides if earlier else list(overrides)
     with tempfile.TemporaryDirectory() as scratch:  # the run's params checked here, before anything goes up
@@ -92,6 +97,16 @@ def resumed_run(resume: str, commit: str, overrides: list[str], preset: Path | N
         raise PipelineError(f"--resume {resume}: that run trained commit {earlier.commit[:7]}, this is {commit[:7]}; "
                             f"check it out (`git checkout {earlier.commit[:7]}`) to resume it")
     return earlier
+
+
+def imported_here(earlier: TrainRun) -> bool:
+    """Whether params.yaml is the commit's with ``earlier``'s preset and values laid over it: what `collect
+    --partial` leaves, whose lock and metrics follow it."""
+    with tempfile.TemporaryDirectory() as scratch:
+        committed = Path(scratch) / "params.yaml"
+        committed.write_text(git("show", "HEAD:params.yaml"))
+        run_params(committed, earlier.preset, earlier.overrides)
+        return committed.read_text() == Path("params.yaml").read_text()
 
 
 def show_plan(plan: TrainRun, find_links: Path | None) -> TrainRun:
