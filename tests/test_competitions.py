@@ -16,6 +16,7 @@ from pipeline.config import load_params
 from pipeline.data.competitions import DOGS_VS_CATS, OWN_DATA, augment_of, finetune_views, load_spec
 from pipeline.data.metrics import binary_log_loss, competition_metric, multiclass_log_loss
 from pipeline.data.raw_data import check_competition_files, ingest, train_table
+from pipeline.data.solution import solution_labels
 from pipeline.ensemble.submission_format import score
 from pipeline.errors import PipelineError
 from pipeline.paths import folds_csv, raw_dir
@@ -111,8 +112,9 @@ def test_binary_log_loss_is_kaggles_and_agrees_with_two_column_log_loss():
 
 def test_a_dogs_vs_cats_submission_is_scored_on_p_dog():
     submission = pd.DataFrame({"id": ["1", "2", "3"], "label": [0.9, 0.3, 0.6]})
-    solution = pd.DataFrame({"id": [1, 2, 3], "label": ["dog", "cat", "cat"], "Usage": ["Public", "Private", "Private"]})
-    scores = score(submission, solution, DOGS_VS_CATS)
+    # Kaggle's solution in the submission's own column: 1 for a dog, 0 for a cat
+    solution = pd.DataFrame({"id": [1, 2, 3], "label": [1, 0, 0], "Usage": ["Public", "Private", "Private"]})
+    scores = score(submission, solution_labels(solution, DOGS_VS_CATS), DOGS_VS_CATS)
     assert scores["public_log_loss"] == pytest.approx(-math.log(0.9))
     assert scores["private_log_loss"] == pytest.approx(-(math.log(0.7) + math.log(0.4)) / 2)
 

@@ -12,6 +12,7 @@ import responses
 
 from pipeline import leaderboard, submit
 from pipeline.data.competitions import STATE_FARM
+from pipeline.data.solution import solution_labels
 from pipeline.ensemble.submission_format import file_sha256, score, validate_submission
 from pipeline.errors import PipelineError
 from pipeline.kaggle import submissions
@@ -51,7 +52,7 @@ def test_local_scoring_splits_public_and_private_like_kaggle():
     table.loc[0, CLASSES] = [0.8] + [0.2 / 9] * 9  # a is c0
     solution = pd.DataFrame({"img": ["a.jpg", "b.jpg", "c.jpg"], "classname": ["c0", "c1", "c2"],
                              "Usage": ["Public", "Private", "Private"]})
-    scores = score(table, solution, STATE_FARM)
+    scores = score(table, solution_labels(solution, STATE_FARM), STATE_FARM)
     assert scores["public_log_loss"] == pytest.approx(-math.log(0.8))
     assert scores["private_log_loss"] == pytest.approx(-math.log(0.1))
     assert scores["leaderboard_log_loss"] == pytest.approx((-math.log(0.8) - 2 * math.log(0.1)) / 3)

@@ -86,22 +86,29 @@ def read_solution(path: Path, spec: CompetitionSpec) -> pd.DataFrame:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as error:
         raise PipelineError(f"{path}: not a readable CSV ({' '.join(str(error).split())})") from None
+    return solution_labels(table, spec, path)
+
+
+def solution_labels(table: pd.DataFrame, spec: CompetitionSpec, where: Path | str = "solution.csv") -> pd.DataFrame:
+    """A solution table in the competition's own columns (as text) -> id, ``label`` (class names), ``Usage`` when
+    given; errors name ``where``."""
+    table = table.astype(str)
     found = list(table.columns)
     column = next((name for name in class_columns(spec) if name in found), None)
     one_hot = one_hot_read(spec) and set(spec.classes) <= set(found)
     if spec.submission_id not in found or (column is None and not one_hot):
-        raise PipelineError(f"{path}: columns {found}; expected {expected_forms(spec)}")
+        raise PipelineError(f"{where}: columns {found}; expected {expected_forms(spec)}")
     if column is not None:
-        labels = _class_names(table[column], spec, path, column)
+        labels = _class_names(table[column], spec, where, column)
     else:
-        labels = _from_one_hot(table[list(spec.classes)], spec, path)
+        labels = _from_one_hot(table[list(spec.classes)], spec, where)
     read = pd.DataFrame({spec.submission_id: table[spec.submission_id], LABEL: labels})
     if "Usage" in found:
         read["Usage"] = table["Usage"]
     return read
 
 
-def _class_names(values: pd.Series, spec: CompetitionSpec, path: Path, column: str) -> pd.Series:
+def _class_names(values: pd.Series, spec: CompetitionSpec, path: Path | str, column: str) -> pd.Series:
     names = values.str.strip()
     if spec.submission_values == "positive" and not names.isin(spec.classes).all():
         # Kaggle's form of a one-probability submission: 1 for the positive class, 0 for the other
@@ -119,7 +126,7 @@ def _class_names(values: pd.Series, spec: CompetitionSpec, path: Path, column: s
     return names
 
 
-def _from_one_hot(columns: pd.DataFrame, spec: CompetitionSpec, path: Path) -> pd.Series:
+def _from_one_hot(columns: pd.DataFrame, spec: CompetitionSpec, path: Path | str) -> pd.Series:
     values = columns.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     bad = ~np.isin(values, (0.0, 1.0)).all(axis=1) | (values.sum(axis=1) != 1)
     if bad.any():
