@@ -25,7 +25,7 @@ up to the fine-tuned nets on a T4; ``status`` asks Kaggle how it goes; ``collect
 every dependency hashes as in this workspace and imports it as a DVC experiment (``dvc exp show`` lists it).
 
     python -m pipeline.kernel train send [-S key=value ...] [--preset presets/gpu.yaml] [--packages wheels|index]
-        [--accelerator NvidiaTeslaT4] [--name RUN] [--owner NAME] [--wait] [--resume RUN] [--dry-run]
+        [--accelerator NvidiaTeslaT4] [--name RUN] [--owner NAME] [--wait] [--resume RUN] [--dry-run] [--force]
     python -m pipeline.kernel train status [RUN]
     python -m pipeline.kernel train collect [RUN] [--partial]
 """
@@ -45,7 +45,8 @@ from pipeline.kaggle.train_run import RUNS, TrainRun, latest_run
 def train(args: argparse.Namespace) -> None:
     if args.verb == "send":
         plan = send(owner_name(args.owner), args.overrides, args.preset, args.packages, args.accelerator, args.name,
-                    args.poll, args.wait, resume=args.resume, dry_run=args.dry_run, find_links=args.find_links)
+                    args.poll, args.wait, resume=args.resume, dry_run=args.dry_run, find_links=args.find_links,
+                    force=args.force)
         if not args.wait_for_run or args.dry_run:
             return
         folder = RUNS / plan.run
@@ -93,6 +94,8 @@ def main() -> None:
     sending.add_argument("--resume", metavar="RUN", help="start from the stages RUN's session finished (its "
                                                           "preset and values; `collect --partial RUN` shows them)")
     sending.add_argument("--dry-run", action="store_true", help="check and print the plan; send nothing")
+    sending.add_argument("--force", action="store_true",
+                         help="send a run estimated past a Kaggle session's 12 hours on one T4")
     sending.add_argument("--find-links", type=Path, metavar="DIR",
                          help="take the wheels from this folder only (an offline wheelhouse), not from PyPI")
     for verb in ("status", "collect"):

@@ -8,7 +8,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "pipeline"
 BASICS = {"config", "errors", "paths", "atomic", "progress", "offline"}  # what every wing uses
-COMMANDS = {"submit", "kernel", "leaderboard", "slurm", "preset"}  # `python -m pipeline.<command>`: README's commands
+COMMANDS = {"submit", "kernel", "leaderboard", "slurm", "preset", "plan"}  # `python -m pipeline.<command>`: README's commands
 # Lowest first: a module may import its own wing, any wing below it and the basics.
 WINGS = ["data", "compute", "views", "training", "ensemble", "kaggle"]
 

@@ -13,7 +13,9 @@ the same commit, preset and values, RUN's notebook as a source of the new one, w
 and checked there, not trained again. The new session runs as the other of two notebooks
 (``<competition>-train`` and ``<competition>-train-b``): a notebook's own output is not among its sources.
 
-``--dry-run`` checks and prints the plan (each Python's wheels, the sources) and sends nothing.
+The run's time on one T4 is printed first (pipeline/training/costs.py, as `python -m pipeline.plan` estimates it);
+past a session's 12 hours the run is refused unless ``--force``. ``--dry-run`` checks and prints the plan (the
+estimate, each Python's wheels, the sources) and sends nothing.
 """
 from __future__ import annotations
 
@@ -27,17 +29,18 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 import pipeline.kaggle.notebook as notebook_script
-from pipeline.kaggle.train_run import BUNDLE, RUN_FILE, RUNS, TrainRun, git, run_params
+from pipeline.kaggle.train_run import AFTER_TRAINING, BUNDLE, RUN_FILE, RUNS, TrainRun, git, run_params
 from pipeline.kaggle.wheels import PYTHONS, image_python, packages_to_ship, ship_wheels
 
 log = logging.getLogger(__name__)
 WHEEL_CACHE = Path.home() / ".cache" / "kaggle-image-pipeline" / "wheels"
 NOTEBOOK_SOURCE = Path(notebook_script.__file__)  # pushed as it is, its run named
+SESSION_S = 12 * 3600  # a Kaggle GPU session's limit
 
 
 def send(owner: str, overrides: list[str], preset: Path | None, packages: str, accelerator: str, name: str | None,
          poll: float, wait: float, resume: str | None = None, dry_run: bool = False,
-         find_links: Path | None = None) -> TrainRun:
+         find_links: Path | None = None, force: bool = False) -> TrainRun:
     """Upload the commit and push the training notebook; the run's plan (``.kaggle-train/<run>/plan.json``)."""
     from pipeline.config import load_params
     from pipeline.data.competitions import competition_of
@@ -57,7 +60,8 @@ def send(owner: str, overrides: list[str], preset: Path | None, packages: str, a
     with tempfile.TemporaryDirectory() as scratch:  # the run's params checked here, before anything goes up
         shutil.copy2("params.yaml", Path(scratch) / "params.yaml")
         run_params(Path(scratch) / "params.yaml", preset_text, overrides)
-        spec = competition_of(load_params(Path(scratch) / "params.yaml"))
+        params, params_text = load_params(Path(scratch) / "params.yaml"), (Path(scratch) / "params.yaml").read_text()
+        spec = competition_of(params)
     if not spec.kaggle:
         raise PipelineError(f"params.yaml: competition: {spec.slug} is not a Kaggle competition; a notebook trains "
                             f"on Kaggle's copy of a competition's files")
@@ -73,6 +77,7 @@ def send(owner: str, overrides: list[str], preset: Path | None, packages: str, a
     plan = TrainRun(run, commit, spec.slug, f"{owner}/{slug}", notebook, overrides, preset_text,
                     earlier.preset_name if earlier else str(preset or ""), packages, requirements, accelerator,
                     resumes=earlier.run if earlier else "", resumes_notebook=earlier.notebook if earlier else "")
+    fits_a_session(params, spec, params_text, dry_run or force)
     if dry_run:
         return show_plan(plan, find_links)
     api = authenticated_api()
@@ -83,6 +88,23 @@ def send(owner: str, overrides: list[str], preset: Path | None, packages: str, a
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # no half-sent run: plan.json is written last
         raise
+
+
+def fits_a_session(params, spec, params_text: str, anyway: bool) -> None:
+    """The run's time on one T4, stage by stage (`python -m pipeline.plan`'s estimate, nothing cached on Kaggle);
+    past a session's limit it is refused unless ``anyway`` (a session cut short keeps the stages it finished)."""
+    from pipeline.training.costs import dvc_stages, kaggle_session
+
+    stages = [s for s in dvc_stages(params_text)[0] if s not in AFTER_TRAINING]
+    seconds, estimate = kaggle_session(params, spec, stages)
+    total = sum(seconds.values())
+    longest = max(seconds, key=seconds.get)
+    log.info("on one T4%s: %.1f h (%s the longest stage, %.1f h; `python -m pipeline.plan` itemises it)",
+             " (an estimate: bench/gpu_costs.csv)" if estimate else "", total / 3600, longest, seconds[longest] / 3600)
+    if total > SESSION_S and not anyway:
+        raise PipelineError(f"the run is estimated at {total / 3600:.1f} h on one T4, past a Kaggle session's "
+                            f"{SESSION_S // 3600} hours: fewer folds or epochs, or --force (a session cut short keeps "
+                            f"its finished stages: collect --partial, then send --resume)")
 
 
 def resumed_run(resume: str, commit: str, overrides: list[str], preset: Path | None) -> TrainRun:
