@@ -33,7 +33,7 @@ from pipeline.paths import frames_dir, raw_dir, sample_dir
 from pipeline.stages.frames import decode_frames
 
 REPO = Path(__file__).resolve().parents[1]
-REPO_FILES = ["pipeline", "competitions", "submissions/README.md", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
+REPO_FILES = ["pipeline", "competitions", "submissions/README.md", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config", "bench/gpu_costs.csv",
               ".dvc/.gitignore", "metrics/leaderboard"]  # the leaderboard's files as a fresh clone has them: empty
 # `dvc exp run` commits; a fresh CI machine has no git identity of its own.
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "pipeline-tests", "GIT_AUTHOR_EMAIL": "tests@pipeline.local",
@@ -192,3 +192,23 @@ def pytest_runtest_logreport(report):
     if path and report.failed and not os.environ.get("PYTEST_XDIST_WORKER"):
         with open(path, "a") as file:
             file.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+
+
+# What a run costs on this machine (pipeline/training/costs.py): its calibration kept, its timing of nets and decoding
+# given figures of the right order for a 2-core CPU, so that a test that estimates a run (`train send`,
+# `pipeline.plan`) times no net. tests/test_plan.py times a tiny net with the real functions.
+CALIBRATED = {"forward": 0.02, "train": 0.06, "decode": 0.004}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def calibrated_costs(tmp_path_factory):
+    from unittest import mock
+
+    from pipeline.training import costs
+
+    cache = tmp_path_factory.mktemp("costs") / "costs.json"
+    given = costs.ImageCost(CALIBRATED["forward"], CALIBRATED["train"])
+    with mock.patch.object(costs, "CACHE", cache), \
+            mock.patch.object(costs, "time_net", lambda backbone, size, batch=costs.BATCH: given), \
+            mock.patch.object(costs, "time_decode", lambda size: CALIBRATED["decode"]):
+        yield cache

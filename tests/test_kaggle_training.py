@@ -126,6 +126,22 @@ def test_send_refuses_an_account_whose_gpu_quota_is_spent_and_uploads_nothing(wo
 
 
 @responses.activate
+def test_send_refuses_a_run_estimated_past_a_kaggle_session_unless_forced(workspace, monkeypatch, tmp_path, capsys):
+    repo, _ = workspace  # no raw data here yet: the competition's own counts, 22,424 and 79,726
+    _kaggle_env(monkeypatch, repo, tmp_path)
+    _answer_upload_and_push()
+    with pytest.raises(SystemExit) as refused:
+        _main(monkeypatch, "train", "send", "-S", "finetune.models.net.epochs=400", "--packages", "index", "--name",
+              "long")
+    assert refused.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: the run is estimated at ") and error.endswith(
+        "h on one T4, past a Kaggle session's 12 hours: fewer folds or epochs, or --force (a session cut short keeps "
+        "its finished stages: collect --partial, then send --resume)")
+    assert not responses.calls and not (repo / ".kaggle-train" / "long").exists()  # nothing asked of Kaggle
+
+
+@responses.activate
 def test_send_names_a_competition_whose_rules_the_account_has_not_accepted(workspace, monkeypatch, tmp_path, capsys):
     repo, _ = workspace
     _kaggle_env(monkeypatch, repo, tmp_path)

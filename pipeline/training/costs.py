@@ -114,20 +114,23 @@ def time_decode(size: int) -> float:
     return (time.perf_counter() - began) / 10
 
 
-def this_machine(nets: list[tuple[str, int]], frame_size: int, cache: Path = CACHE) -> Machine:
+def this_machine(nets: list[tuple[str, int]], frame_size: int, cache: Path | None = None) -> Machine:
     """This machine's rates for ``nets``: from the cache, else timed now and cached."""
+    cache = cache or CACHE
     key = machine_key()
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     mine = known.setdefault(key, {})
     wanted = list(dict.fromkeys([REFERENCE, *nets]))
-    for backbone, size in wanted:
-        if f"{backbone}@{size}" not in mine:
-            cost = time_net(backbone, size)
-            mine[f"{backbone}@{size}"] = [cost.forward, cost.train]
+    missing = [(b, s) for b, s in wanted if f"{b}@{s}" not in mine]
+    for backbone, size in missing:
+        cost = time_net(backbone, size)
+        mine[f"{backbone}@{size}"] = [cost.forward, cost.train]
     if f"decode@{frame_size}" not in mine:
         mine[f"decode@{frame_size}"] = time_decode(frame_size)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(known, indent=2) + "\n")
+        missing.append(("decode", frame_size))
+    if missing:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=2) + "\n")
     return Machine("here", {(b, s): ImageCost(*mine[f"{b}@{s}"]) for b, s in wanted}, mine[f"decode@{frame_size}"],
                    os.cpu_count() or 1, estimate=False)
 
