@@ -6,7 +6,10 @@ Prints, for one backbone at one batch size on this machine:
     (``features.views_on``): cpu (cached frames -> crop and resize with albumentations -> DataLoader
     -> device) and, on a GPU, device (cached frames copied by the workers, cropped and resized on the
     GPU), each -> float16 memmap,
-their ratios b/a (target >= 0.8), and peak RSS of this process and its workers.
+the first pass against a steady second one (target: the first <= 1.3x as long), their ratios b/a (target >= 0.8),
+(c) the same path with timm's tiny ``test_efficientnet``, whose milliseconds per batch are the input path's and the
+loop's own cost, a figure a CPU can move (as bench/finetune.py prints for fine-tuning), and peak RSS of this process
+and its workers.
 Reads the run's frame cache (`dvc repro frames`); ``--images`` cycles its train frames to make a run
 long enough for a GPU.
 
@@ -86,14 +89,26 @@ def main() -> None:
     feed = Feed.on(device, args.batch_size, args.workers, config["mean"], config["std"], params.features.amp)
     forward = model_only(model, args.batch_size, size, feed, args.seconds)
     print(f"(a) model-only forward:        {forward:9.1f} img/s")
-    for place in places:
+
+    def end_to_end(net, place: str, label: str) -> float:
         dataset = view_images(ViewRecipe(place, size, config["interpolation"]), "full", frames.both, rows, device)
         with tempfile.TemporaryDirectory() as tmp:
             out = np.lib.format.open_memmap(Path(tmp) / "bench.npy", mode="w+", dtype=np.float16,
-                                            shape=(len(rows), model.num_features))
-            end_to_end = extract(model, dataset, out, feed, f"end-to-end, views on {place}", names)
-        print(f"(b) end-to-end, views on {place:6s} {end_to_end:9.1f} img/s  ({len(rows)} images)")
-        print(f"    ratio b/a:                   {end_to_end / forward:9.2f}  (target >= 0.8)")
+                                            shape=(len(rows), net.num_features))
+            return extract(net, dataset, out, feed, label, names)
+
+    for place in places:
+        # The stage's pass once cold (a GPU plans each convolution shape in its first batches), then again steady.
+        first = end_to_end(model, place, f"first pass, views on {place}")
+        steady = end_to_end(model, place, f"steady pass, views on {place}")
+        print(f"(b) end-to-end, views on {place:6s} {steady:9.1f} img/s steady, first pass {first:.1f} img/s: "
+              f"{steady / first:.2f}x as long (target <= 1.3)  ({len(rows)} images)")
+        print(f"    ratio b/a:                   {steady / forward:9.2f}  (target >= 0.8)")
+    # timm's test_efficientnet: so small that the path's own work (frames, views, loader, copies) is what it times
+    tiny = create_backbone("test_efficientnet", pretrained=False).eval().to(device, memory_format=torch.channels_last)
+    path = end_to_end(tiny, places[-1], "a tiny model")
+    print(f"(c) the path with a tiny model: {1e3 * args.batch_size / path:8.2f} ms a batch ({path:.1f} img/s): the input "
+          f"path and the loop's own work, views on {places[-1]}")
     report(*breakdown(size, min(len(rows), 300), augmented=False), model_ms=1e3 / forward)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from timm.utils import ModelEmaV3
@@ -28,6 +29,19 @@ def test_the_gpu_preset_validates_over_params_yaml_with_frames_sized_for_every_m
     assert set(params.finetune.models) == set(preset["finetune"]["models"]) | {"net"}
     assert params.ensemble.models == preset["ensemble"]["models"]
     assert "# Which competition to work on" in text  # params.yaml's comments survive
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "presets").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_preset_file_validates_over_params_yaml_as_dvc_repro_reads_it(preset):
+    # the loader every stage uses, the competition's own checks, every image size within the frame cache, and
+    # every model and feature set the ensemble blends defined
+    _, params = apply_preset(preset, REPO / "params.yaml")
+    sizes = [params.finetune.recipe(m).image_size for m in params.finetune.models]
+    sizes += [params.finetune.recipe(m).test_image_size for m in params.finetune.models]
+    assert max(sizes + [b.image_size for b in params.features.backbones.values()]) <= params.frames.size
+    made = {f"finetune-{m}" for m in params.finetune.models} | {f"heads-{b}" for b in params.features.backbones}
+    made |= {f"pseudo-{m}" for m in params.pseudo.models}
+    assert set(params.ensemble.models) <= made
 
 
 def test_the_cpu_quality_preset_validates_and_changes_only_what_its_row_measured():

@@ -176,7 +176,7 @@ def collect(plan: TrainRun, folder: Path, partial: bool = False) -> str:
 
 def fetch_output(plan: TrainRun, folder: Path, partial: bool) -> Path:
     """The session's output, downloaded once into ``folder/output``: the folder of the run in it."""
-    from pipeline.kaggle.client import authenticated_api, Resource, calling_kaggle, scrubbed
+    from pipeline.kaggle.client import Resource, authenticated_api, calling_kaggle, scrubbed
     from pipeline.kaggle.kernels import _quietly
 
     output = folder / "output"
@@ -190,8 +190,8 @@ def fetch_output(plan: TrainRun, folder: Path, partial: bool) -> Path:
         if ended_early:
             raise PipelineError(f"{plan.notebook} v{plan.version} did not finish ({state}): "
                                 f"{scrubbed(failure or 'no reason given').rstrip('.')}; its log: `kaggle kernels "
-                                f"output {plan.notebook}/{plan.version}`; `collect --partial {plan.run}` imports the stages it "
-                                f"finished")
+                                f"output {plan.notebook}/{plan.version}`; `collect --partial {plan.run}` imports the "
+                                f"stages it finished")
         raise PipelineError(f"{plan.notebook} v{plan.version} is {state}; collect once it is complete "
                             f"(`python -m pipeline.kernel train status {plan.run}`)")
     downloading = folder / ".output.partial"

@@ -19,7 +19,7 @@ from pipeline.config import load_params
 from pipeline.data.competitions import competition_of
 from pipeline.ensemble.submission_format import recorded_cv
 from pipeline.errors import PipelineError
-from pipeline.kaggle.client import authenticated_api, Resource, calling_kaggle, scrubbed
+from pipeline.kaggle.client import Resource, authenticated_api, calling_kaggle, scrubbed
 from pipeline.kaggle.inference import MANIFEST, write_bundle
 from pipeline.kaggle.scores import RECORD, record, wait_for_score, wait_until
 from pipeline.kaggle.submissions import git_output, save_experiment  # the same as a CSV submission's
@@ -157,7 +157,8 @@ def upload_dataset(api, folder: Path, competition: str, notes: str, poll: float,
     before = _dataset_version(api, ref)
     if before is not None:
         answer = calling_kaggle(lambda: _quietly(lambda: api.dataset_create_version(
-            str(folder), notes, quiet=True, dir_mode="skip"), metadata), Resource("dataset", ref), "upload a new version of")
+            str(folder), notes, quiet=True, dir_mode="skip"), metadata), Resource("dataset", ref),
+            "upload a new version of")
     else:
         answer = calling_kaggle(lambda: _quietly(lambda: api.dataset_create_new(
             str(folder), public=False, quiet=True, dir_mode="skip"), metadata), Resource("dataset", ref), "create")
@@ -200,7 +201,8 @@ def run_notebook(api, folder: Path, competition: str, poll: float, timeout: floa
     """Push the notebook and wait until Kaggle has run it; (owner/slug, the version that ran)."""
     metadata = folder / "kernel-metadata.json"
     ref = json.loads(metadata.read_text())["id"]
-    pushed = calling_kaggle(lambda: _quietly(lambda: api.kernels_push(str(folder)), metadata), Resource("notebook", ref),
+    pushed = calling_kaggle(lambda: _quietly(lambda: api.kernels_push(str(folder)), metadata),
+                            Resource("notebook", ref),
                             "push")
     if getattr(pushed, "error", None):
         raise PipelineError(f"Kaggle refused the notebook {ref}: {scrubbed(pushed.error)}")
@@ -208,7 +210,8 @@ def run_notebook(api, folder: Path, competition: str, poll: float, timeout: floa
     status = [""]
 
     def ran() -> tuple[str, int] | None:
-        answer = calling_kaggle(lambda: _quietly(lambda: api.kernels_status(f"{ref}/{version}")), Resource("notebook", ref),
+        answer = calling_kaggle(lambda: _quietly(lambda: api.kernels_status(f"{ref}/{version}")),
+                                Resource("notebook", ref),
                                 "look up the state of")
         status[0] = str(getattr(answer.status, "name", answer.status)).lower()
         if status[0].endswith(("error", "cancel_acknowledged", "cancel_requested")):

@@ -77,7 +77,7 @@ def send(owner: str, overrides: list[str], preset: Path | None, packages: str, a
     plan = TrainRun(run, commit, spec.slug, f"{owner}/{slug}", notebook, overrides, preset_text,
                     earlier.preset_name if earlier else str(preset or ""), packages, requirements, accelerator,
                     resumes=earlier.run if earlier else "", resumes_notebook=earlier.notebook if earlier else "")
-    fits_a_session(params, spec, params_text, dry_run or force)
+    fits_a_session(params, spec, params_text, anyway=dry_run or force, itemise=dry_run)
     if dry_run:
         return show_plan(plan, find_links)
     api = authenticated_api()
@@ -90,15 +90,18 @@ def send(owner: str, overrides: list[str], preset: Path | None, packages: str, a
         raise
 
 
-def fits_a_session(params, spec, params_text: str, anyway: bool) -> None:
-    """The run's time on one T4, stage by stage (`python -m pipeline.plan`'s estimate, nothing cached on Kaggle);
-    past a session's limit it is refused unless ``anyway`` (a session cut short keeps the stages it finished)."""
+def fits_a_session(params, spec, params_text: str, anyway: bool, itemise: bool = False) -> None:
+    """The run's time on one T4 (`python -m pipeline.plan`'s estimate, nothing cached on Kaggle), stage by stage
+    with ``itemise``; past a session's limit it is refused unless ``anyway`` (a session cut short keeps the stages
+    it finished)."""
     from pipeline.training.costs import dvc_stages, kaggle_session
 
     stages = [s for s in dvc_stages(params_text)[0] if s not in AFTER_TRAINING]
     seconds, estimate = kaggle_session(params, spec, stages)
     total = sum(seconds.values())
     longest = max(seconds, key=seconds.get)
+    for stage, spent in seconds.items() if itemise else ():
+        log.info("  %-34s %8.0f s on one T4", stage, spent)
     log.info("on one T4%s: %.1f h (%s the longest stage, %.1f h; `python -m pipeline.plan` itemises it)",
              " (an estimate: bench/gpu_costs.csv)" if estimate else "", total / 3600, longest, seconds[longest] / 3600)
     if total > SESSION_S and not anyway:

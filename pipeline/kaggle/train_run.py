@@ -7,7 +7,6 @@ pipeline/kaggle/collect.py takes the output back as a checked DVC experiment.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -132,5 +131,6 @@ def latest_run(given: str | None) -> Path:
             raise PipelineError(f"{RUNS}: no run sent to Kaggle from this workspace yet")
         folder = sent[-1].parent
     if not (folder / "plan.json").is_file():
-        raise PipelineError(f"{folder}: no such run; runs: {', '.join(p.parent.name for p in RUNS.glob('*/plan.json'))}")
+        sent = ", ".join(p.parent.name for p in RUNS.glob("*/plan.json"))
+        raise PipelineError(f"{folder}: no such run; runs: {sent}")
     return folder

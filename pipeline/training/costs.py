@@ -1,9 +1,9 @@
 """What a run's stages cost before it starts: seconds per image measured on this machine, on a T4 and an H100 from
 bench/gpu_costs.csv, and the arithmetic from a stage's image counts to its seconds (``python -m pipeline.plan``).
 
-On this machine a short calibration times each backbone at its size, a forward pass and a training step (batch 16,
-the faster of two after a warm-up), and one JPEG decode as the frames stage decodes (pipeline/data/decoding.py); it is cached per
-machine (CPU model, cores, torch version) under ``~/.cache/kaggle-image-pipeline/costs.json``. A GPU's rate for
+On this machine a short calibration times each backbone at its size, a forward pass and a training step (batch
+16, the faster of two after a warm-up), and one JPEG decode as the frames stage decodes (pipeline/data/decoding.py);
+it is cached per machine (CPU model, cores, torch version) under ``~/.cache/kaggle-image-pipeline/costs.json``. A GPU's rate for
 the reference net (lite0 at 224 px) comes from bench/gpu_costs.csv, each figure with its source; another net or
 size is that rate scaled by what it costs here against the reference (the nets' relative cost on a CPU stands in
 for their FLOP ratio on a card). GPU figures are estimates until a card measures them, and the table says so.
