@@ -3,22 +3,25 @@
 # `dvc repro --single-item` of its stages (a step done is skipped by DVC, one cut short runs again) and appends to
 # WORKDIR/steps.tsv its wall time, images, images per second, peak RSS (the step's largest process), the disk
 # the work folder holds (workspace and DVC's cache: a hard-linked file counted once) and the CPU seconds its
-# processes used (user + system): the work a step is, whatever else the machine was running beside it. Fine-tuning every fold at full
-# count would take days on a CPU: one fold at a reduced recipe that keeps every image (64 px, one epoch), and the
-# ensemble of the heads (the fine-tuned model has one fold). `project` writes the table and the projected GPU-preset
-# `dvc repro` on a 16-core + one-GPU machine, from the per-image costs measured here and the GPU speeds of
-# docs/gpu.md.
+# processes used (user + system): the work a step is, whatever else the machine was running beside it. Fine-tuning
+# is the default's recipe for one fold (~16,800 train photos, its epochs and size) predicting one test view over
+# every test photo; the ensemble blends the heads (the fine-tuned net has one fold). `estimate` writes what
+# `python -m pipeline.plan` expects each step to take here (pipeline/training/costs.py), `compare` appends each step's
+# estimate beside its measurement to bench/full_count.csv (stage, images, estimated_s, measured_s, peak_rss_mib,
+# commit), and `project` the GPU-preset `dvc repro` on a 16-core + one-GPU machine from the per-image costs measured
+# here and the GPU speeds of docs/gpu.md.
 #
 #   bash bench/full_count.sh setup state-farm|dogs-vs-cats [WORKDIR]     # full counts, stand-in generated offline
+#   bash bench/full_count.sh estimate [WORKDIR]                          # before the steps (the calibration: seconds)
 #   bash bench/full_count.sh standin|frames|features|folds|heads|finetune|ensemble|all [WORKDIR]
-#   bash bench/full_count.sh project [WORKDIR]
+#   bash bench/full_count.sh compare|project [WORKDIR]
 #
 # State Farm: 22,360 train + 79,980 test images at 640x480 (the stand-in's driver x class x frame grid nearest the
 # competition's 22,424 + 79,726); Dogs vs. Cats Redux: 25,000 + 12,500, grouped by near-duplicates (folds.group_by:
 # auto), so its `folds` step is where that grouping runs at full count.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-step=${1:?a step: setup standin frames features folds heads finetune ensemble all project}
+step=${1:?a step: setup estimate standin frames features folds heads finetune ensemble all compare project}
 if [ "$step" = setup ]; then
   competition=${2:?state-farm or dogs-vs-cats}
   work=${3:-/tmp/full-count-$competition}
@@ -29,15 +32,14 @@ export PATH="$(dirname "$(command -v python)"):$PATH" PYTHONPATH="$work" PYTHONU
 
 if [ "$step" = setup ]; then
   rm -rf "$work" && mkdir -p "$work/.dvc" "$work/submissions"
-  cp -r "$repo"/pipeline "$repo"/dvc.yaml "$repo"/params.yaml "$repo"/.dvcignore "$work"/
+  cp -r "$repo"/pipeline "$repo"/competitions "$repo"/dvc.yaml "$repo"/params.yaml "$repo"/.dvcignore "$work"/
   cp "$repo"/.dvc/config "$work/.dvc/"
   cd "$work"
   python - "$competition" <<'PY'
 import sys, yaml
 params = yaml.safe_load(open("params.yaml"))
-reduced = {"image_size": 64, "epochs": 1}  # every image once, at the smallest size the model is fed at
-params["finetune"]["models"]["net"].update(reduced)
-params["finetune"]["folds"] = [0]
+params["finetune"]["folds"] = [0]  # one fold of the default's recipe
+params["finetune"]["test_views"] = ["full"]  # one test view over every test photo
 params["ensemble"].update(models=[f"heads-{next(iter(params['features']['backbones']))}"],
                           neighbour_features=[next(iter(params["features"]["backbones"]))])
 if sys.argv[1] == "state-farm":
@@ -99,6 +101,44 @@ case "$step" in
   finetune) run finetune "finetune@net-0" ;;
   ensemble) run ensemble ensemble submission ;;
   all) for s in standin frames features folds heads finetune ensemble; do bash "$repo/bench/full_count.sh" "$s" "$work"; done ;;
+  estimate)
+    python - <<'PY' > estimates.tsv
+# What `python -m pipeline.plan` expects of each step here: the raw data's counts once the stand-in is made, the
+# competition's official ones before.
+from pipeline.config import load_params
+from pipeline.data.competitions import competition_of
+from pipeline.training.costs import image_counts, nets_of, stage_work, this_machine
+
+params = load_params()
+spec = competition_of(params)
+train, test, _ = image_counts(params, spec)
+here = this_machine(nets_of(params), params.frames.size)
+backbone = next(iter(params.features.backbones))
+for step, stage in {"frames": "frames", "features": f"features@{backbone}", "finetune": "finetune@net-0"}.items():
+    work = stage_work(stage, params, spec, train, test)
+    print(f"{step}\t{work.images}\t{work.seconds(here):.0f}")
+PY
+    cat estimates.tsv ;;
+  compare)
+    python - "$repo/bench/full_count.csv" "$(git -C "$repo" rev-parse --short HEAD)" <<'PY'
+import csv, sys
+from pathlib import Path
+import pandas as pd
+target, commit = Path(sys.argv[1]), sys.argv[2]
+steps = pd.read_csv("steps.tsv", sep="\t", names=["step", "seconds", "images", "img_per_s", "peak_rss_mib",
+                                                  "disk_mib", "cpu_s"]).groupby("step").last()
+estimates = pd.read_csv("estimates.tsv", sep="\t", names=["step", "images", "estimated_s"]).set_index("step")
+new = not target.exists()
+with target.open("a", newline="") as f:
+    writer = csv.writer(f)
+    if new:
+        writer.writerow(["stage", "images", "estimated_s", "measured_s", "peak_rss_mib", "commit"])
+    for step in estimates.index.intersection(steps.index):
+        measured, estimated = steps.seconds[step], estimates.estimated_s[step]
+        writer.writerow([step, steps.images[step], estimated, measured, steps.peak_rss_mib[step], commit])
+        print(f"{step:10s} estimated {estimated:8.0f} s, measured {measured:8.0f} s: {estimated / measured - 1:+.0%}")
+PY
+    ;;
   project)
     python - "$repo/presets/gpu.yaml" <<'PY'
 import sys, yaml, pandas as pd
