@@ -142,6 +142,8 @@ for name in ("ensemble", "submission"):
 bench = (out / "bench.log").read_text()
 summary["bench_ratios"] = re.findall(r"ratio b/a:\s+([\d.]+)", bench)
 summary["first_epoch_ratios"] = re.findall(r"first epoch [\d.]+ img/s: ([\d.]+)x as long", bench)
+summary["first_pass_ratios"] = re.findall(r"first pass [\d.]+ img/s: ([\d.]+)x as long", bench)  # features
+summary["tiny_model_ms"] = re.findall(r"with a tiny model: +([\d.]+) ms", bench)  # the loop's own cost, each bench
 (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 print(json.dumps({k: summary[k] for k in ("seconds", "suite", "bench_ratios")}))
 PY

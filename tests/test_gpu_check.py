@@ -38,6 +38,8 @@ def test_the_gpu_check_runs_every_step_at_toy_size_and_leaves_its_results_in_at_
     assert preset["ensemble"]["cv_log_loss"] > 0 and preset["submission"]["private_log_loss"] > 0
     assert len(summary["bench_ratios"]) == 3  # features (views on the CPU), fine-tuning (augmented on cpu, device)
     assert len(summary["first_epoch_ratios"]) == 2  # fine-tuning's first epoch against a steady one, each way
+    assert len(summary["first_pass_ratios"]) == 1  # the features' first pass against a steady one
+    assert len(summary["tiny_model_ms"]) == 2  # the path's own cost with a tiny model: features, fine-tuning
     assert "torch" in (out / "env.txt").read_text()
 
 
