@@ -142,6 +142,19 @@ def test_send_refuses_a_run_estimated_past_a_kaggle_session_unless_forced(worksp
 
 
 @responses.activate
+def test_send_dry_run_prints_the_plan_checks_the_sources_and_sends_nothing(workspace, monkeypatch, tmp_path, caplog):
+    repo, _ = workspace
+    _kaggle_env(monkeypatch, repo, tmp_path)
+    _answer_upload_and_push()
+    _main(monkeypatch, "train", "send", "--dry-run", "--packages", "index", "--name", "dry")
+    said = caplog.text
+    assert "on one T4 (an estimate: bench/gpu_costs.csv)" in said and "finetune@net-1" in said  # stage by stage
+    assert f"sources: the competition {STATE_FARM.slug}" in said and "rules: accepted by this account" in said
+    assert [c.request.url.rsplit("/", 1)[1] for c in responses.calls] == ["GetCompetition"]  # read, nothing sent
+    assert not (repo / ".kaggle-train" / "dry").exists()
+
+
+@responses.activate
 def test_send_names_a_competition_whose_rules_the_account_has_not_accepted(workspace, monkeypatch, tmp_path, capsys):
     repo, _ = workspace
     _kaggle_env(monkeypatch, repo, tmp_path)

@@ -140,6 +140,13 @@ def show_plan(plan: TrainRun, find_links: Path | None) -> TrainRun:
              f", resuming {plan.resumes}" if plan.resumes else "")
     log.info("sources: the competition %s, the dataset %s%s", plan.competition, plan.dataset,
              f", the output of {plan.resumes_notebook}" if plan.resumes_notebook else "")
+    from pipeline.kaggle.client import credentials_found
+
+    if credentials_found():  # the read-only checks a real send makes first
+        check_rules(plan.competition)
+        log.info("the competition's rules: accepted by this account")
+    else:
+        log.info("the competition's rules: not checked (no Kaggle credentials here)")
     if plan.packages == "wheels":
         with tempfile.TemporaryDirectory() as scratch:
             ship_wheels(Path(scratch), WHEEL_CACHE, find_links=find_links)
