@@ -110,7 +110,7 @@ def _solution_edit(folder: Path, edit) -> None:
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.iloc[1:], "solution.csv: lists img_"),
-    (lambda t: t.assign(classname="c42"), "solution.csv: unknown class 'c42'"),
+    (lambda t: t.assign(classname="c42"), "solution.csv: row 2: unknown class 'c42' in classname"),
     (lambda t: t.assign(Usage="Hidden"), "solution.csv: row 2: Usage 'Hidden'; expected Public or Private"),
     (lambda t: t.drop(columns="classname"), "solution.csv: columns ['img', 'subject', 'Usage']; expected 'img' and "
                                             "'classname' (class names) or one 0/1 column per class ('c0', 'c1', "),

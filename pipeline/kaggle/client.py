@@ -96,8 +96,8 @@ class Resource:
     kind: str  # "competition", "dataset" or "notebook"
     ref: str  # its slug, or owner/slug
 
-    def __str__(self) -> str:
-        return f"the {self.kind} {self.ref}"
+    def __str__(self) -> str:  # a competition by its slug alone, as every line has named it
+        return self.ref if self.kind == "competition" else f"the {self.kind} {self.ref}"
 
 
 def _explain(error: Exception, about: Resource, action: str = "download") -> PipelineError:
