@@ -41,7 +41,7 @@ fi
 if [ "$mode" = gpu ]; then
   suite_s=270 test_s=150 preset_s=450 bench_s=20 workers=12 tests=${tests:-tests}
 else
-  suite_s=600 test_s=300 preset_s=600 bench_s=2 workers=2 tests=${tests:--m "not slow"}
+  suite_s=600 test_s=300 preset_s=600 bench_s=1 workers=2 tests=${tests:--m "not slow"}
 fi
 mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
 rm -f "$out"/{env.txt,suite.log,junit.xml,tracebacks.txt,preset.log,bench.log,summary.json}

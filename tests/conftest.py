@@ -91,6 +91,19 @@ def run_stage_in(repo: Path, stage: str, *args: str) -> tuple[int, list[str]]:
     return status, stderr.getvalue().strip().splitlines()
 
 
+# Every stage of a two-fold run, in dvc.yaml's order: what `dvc repro` would run, each in this process.
+TWO_FOLD_STAGES = [("download",), ("sample",), ("frames",), ("features", "tf_efficientnet_lite0"), ("folds",),
+                   ("heads", "tf_efficientnet_lite0"), ("finetune", "net", "--fold", "0"),
+                   ("finetune", "net", "--fold", "1"), ("ensemble",), ("submission",)]
+
+
+def run_two_folds_in(repo: Path) -> None:
+    """Every stage of ``repo``'s two-fold run in this process (``run_stage_in``), in order; stops at a failure."""
+    for stage in TWO_FOLD_STAGES:
+        status, lines = run_stage_in(repo, *stage)
+        assert status == 0, (stage, lines[-5:])
+
+
 @pytest.fixture
 def run_stage():
     """``run_stage_in`` (a stage in this process) for a test."""

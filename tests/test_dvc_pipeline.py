@@ -303,14 +303,16 @@ def test_the_kernel_notebook_gives_the_runs_own_submission_offline_from_its_data
         "models"]  # the student predicted too
 
 
-def test_a_queued_sweep_runs_two_at_once_and_each_reruns_only_what_dropout_reaches(reproduced):
+def test_a_queued_sweep_runs_two_at_once_and_each_reruns_only_what_its_param_reaches(reproduced):
     repo = reproduced[0]
     # The pseudo-label round off (the params check above needed it; two stages fewer per experiment), then the run's
     # lock and metrics committed, as a user commits them: queued experiments see only committed files.
     set_params(repo, pseudo={"models": []}, ensemble={"models": ["heads-tf_efficientnet_lite0", "finetune-net"]})
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "the reproduced pipeline"], repo)
-    run(DVC + ["exp", "run", "--queue", "-S", "dropout=0.2,0.3"], repo)  # DVC's sweep grammar: two experiments
+    # DVC's sweep grammar: two experiments. The heads' width reaches the heads, the ensemble and the submission
+    # only (`dropout` reaches the fine-tuned folds too: tests/test_slurm.py sweeps it).
+    run(DVC + ["exp", "run", "--queue", "-S", "heads.hidden=32,64"], repo)
     run(DVC + ["queue", "start", "-j", "2"], repo)
     deadline = time.time() + 600
     while True:
@@ -322,16 +324,17 @@ def test_a_queued_sweep_runs_two_at_once_and_each_reruns_only_what_dropout_reach
     table = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
     experiments = [exp for commit in table for exp in (commit.get("experiments") or [])]
     runs = {exp["name"]: exp["revs"][0]["data"] for exp in experiments}
-    assert sorted(r["params"]["params.yaml"]["data"]["dropout"] for r in runs.values()) == [0.2, 0.3]
+    assert sorted(r["params"]["params.yaml"]["data"]["heads"]["hidden"] for r in runs.values()) == [32, 64]
     for name, data in runs.items():
         assert "cv_log_loss" in data["metrics"]["metrics/submission/metrics.json"]["data"]
         log = run(DVC + ["queue", "logs", name], repo).stdout
-        assert "Running stage 'heads@tf_efficientnet_lite0'" in log and "Running stage 'finetune@net-0'" in log
+        assert "Running stage 'heads@tf_efficientnet_lite0'" in log and "Running stage 'ensemble'" in log
+        assert "Running stage 'finetune@" not in log and "Stage 'finetune@net-0' didn't change" in log
         assert "Running stage 'features@" not in log and "Running stage 'folds'" not in log  # restored from the cache
         # The frames too: linked from DVC's cache into the experiment's copy, not decoded into a second frame cache.
         assert "Running stage 'frames'" not in log and "Stage 'frames' didn't change" in log
     [baseline] = [commit for commit in table if commit["rev"] != "workspace"]
-    assert baseline["data"]["params"]["params.yaml"]["data"]["dropout"] == 0.5
+    assert baseline["data"]["params"]["params.yaml"]["data"]["heads"]["hidden"] == 256  # the workspace's own
     # One frame cache on disk: the workspace's frame arrays are the cache's files, not copies of them.
     arrays = list((repo / "data" / "frames").rglob("*.npy"))
     assert arrays and all(path.stat().st_nlink > 1 or path.is_symlink() for path in arrays)

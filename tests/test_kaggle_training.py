@@ -224,10 +224,18 @@ def test_the_wheels_shipped_are_what_kaggles_image_lacks_at_this_environments_ve
     assert not {"torch", "torchvision", "numpy", "timm", "pandas", "opencv-python-headless", "kornia"} & set(shipped)
 
 
+def _made(entry: dict) -> dict:
+    """A lock entry without its metrics files' hashes (they record the seconds a stage took)."""
+    return {**entry, "outs": [o for o in entry.get("outs", []) if not o["path"].startswith("metrics/")]}
+
+
 @responses.activate
-def test_a_run_sent_trained_and_collected_is_an_experiment_whose_every_dependency_was_checked(
-        workspace, monkeypatch, tmp_path, capsys):
-    """Last: it leaves the workspace holding the experiment, as `dvc exp run` does."""
+def test_a_run_cut_short_comes_back_in_part_resumes_on_a_second_notebook_and_is_an_experiment_every_hash_checked(
+        workspace, monkeypatch, tmp_path, capsys, caplog):
+    """The whole trip, as a session that Kaggle's time limit cuts: `send`; the notebook killed once fold 0 is in its
+    output; `collect --partial`; `send --resume` on a second notebook whose source is the first's output, where fold 1
+    alone trains; `collect`, every dependency checked against this workspace. Last: it leaves the workspace holding
+    the experiment, as `dvc exp run` does."""
     repo, kaggle_input = workspace
     _kaggle_env(monkeypatch, repo, tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread count there and here: CPU training's digits follow it
@@ -245,111 +253,31 @@ def test_a_run_sent_trained_and_collected_is_an_experiment_whose_every_dependenc
     assert pushed["datasetDataSources"] == [f"pipeline-tester/{STATE_FARM.slug}-train"]
     uploaded = {json.loads(c.request.body)["name"] for c in responses.calls if c.request.url.endswith("StartBlobUpload")}
     assert {"repo.bundle", "train-run.json"} <= uploaded
-    plan = json.loads((repo / ".kaggle-train" / "trial" / "plan.json").read_text())
-    assert plan["version"] == 4 and plan["overrides"] == ["heads.epochs=4"] and "hidden: 64" in plan["preset"]
-    assert set(plan["requirements"]) == {"3.11", "3.12", "3.13"}  # each Python the notebook may find
-    assert any(r.startswith("dvc==") for r in plan["requirements"]["3.12"])
-    assert not any(r.startswith(("torch==", "numpy==")) for r in plan["requirements"]["3.12"])  # as Kaggle has them
-
-    working = _run_notebook(repo, kaggle_input, tmp_path)
-    trained = json.loads((working / "trial" / "trained.json").read_text())
-    assert trained["machine"] == "cpu" and "finetune@net-1" in trained["stages"]
-    assert not (working / "trial" / "outs" / "data" / "frames").exists()  # the frames stay on Kaggle's disk
-    notebook_lock = yaml.safe_load((working / "trial" / "dvc.lock").read_text())["stages"]
-    _serve_output(working)
-
-    # A param changed here after send: refused in one line, nothing imported, params.yaml and dvc.lock as they were.
-    params = (repo / "params.yaml").read_text()
-    edited = params.replace("lr: 0.001\n", "lr: 0.002\n", 1)
-    assert edited != params
-    (repo / "params.yaml").write_text(edited)
-    lock_before = (repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").is_file() else None
-    with pytest.raises(SystemExit) as refused:
-        _main(monkeypatch, "train", "collect")
-    assert refused.value.code == 2
-    message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.startswith("error: trial: not imported, params.yaml: heads.lr: 0.002 here, 0.001 on Kaggle"), message
-    assert (repo / "params.yaml").read_text() == edited
-    assert ((repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").is_file() else None) == lock_before
-    assert not [p for folder in ("models", "data/predictions", "data/features") for p in (repo / folder).rglob("*")
-                if p.is_file()]  # nothing of Kaggle's
-
-    (repo / "params.yaml").write_text(params)
-
-    # The frame cache never travels: decoded here, its hash must be the one Kaggle's stages read. Kaggle's decoder
-    # making other pixels (as another OpenCV could) is refused, naming both sides' versions.
-    downloaded = repo / ".kaggle-train" / "trial" / "output" / "trial" / "dvc.lock"
-    kaggle_lock = downloaded.read_text()
-    frames_md5 = next(d["md5"] for d in notebook_lock["finetune@net-0"]["deps"] if d["path"].startswith("data/frames/"))
-    downloaded.write_text(kaggle_lock.replace(frames_md5, "0" * 32 + ".dir"))
-    with pytest.raises(SystemExit):
-        _main(monkeypatch, "train", "collect")
-    message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.startswith(f"error: trial: not imported, data/frames/{STATE_FARM.slug}: made here with md5 "
-                              f"{frames_md5}, on Kaggle {'0' * 32}.dir"), message
-    assert "the decoders: OpenCV" in message
-    assert ((repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").is_file() else None) == lock_before
-    downloaded.write_text(kaggle_lock)
-
-    _main(monkeypatch, "train", "collect")
-    assert json.loads(run(DVC + ["status", "--json"], repo).stdout) == {}  # nothing left to run, here or there
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    for stage in trained["stages"]:
-        assert lock[stage] == notebook_lock[stage], stage  # the notebook's own hashes
-    table = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
-    [experiment] = [e for c in table for e in (c.get("experiments") or []) if e.get("name") == "trial"]
-    data = experiment["revs"][0]["data"]
-    heads = data["params"]["params.yaml"]["data"]["heads"]
-    assert (heads["hidden"], heads["epochs"]) == (64, 4)  # the preset, then the -S value, on both sides
-    assert "cv_log_loss" in data["metrics"]["metrics/submission/metrics.json"]["data"]
-    assert data["metrics"]["metrics/finetune-net-fold0/metrics.json"]["data"]["device"] == "cpu"
-
-    # On a CPU what came back is what this machine makes of the same commit and params, byte for byte.
-    shutil.rmtree(repo / "models" / STATE_FARM.slug / "finetune-net" / "fold0")  # persisted: it would resume
-    run(DVC + ["repro", "--force", "--single-item", "finetune@net-0"], repo)
-    again = {o["path"]: o["md5"] for o in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["finetune@net-0"]["outs"]
-             if not o["path"].startswith("metrics/")}
-    assert again == {o["path"]: o["md5"] for o in notebook_lock["finetune@net-0"]["outs"]
-                     if not o["path"].startswith("metrics/")}
-
-
-def _made(entry: dict) -> dict:
-    """A lock entry without its metrics files' hashes (they record the seconds a stage took)."""
-    return {**entry, "outs": [o for o in entry.get("outs", []) if not o["path"].startswith("metrics/")]}
-
-
-@responses.activate
-def test_a_session_killed_after_a_fold_comes_back_in_part_and_a_resumed_session_trains_only_the_rest(
-        workspace, monkeypatch, tmp_path, capsys, caplog):
-    """After the round trip: the same commit, preset and values as its run `trial`, the session killed once fold 0
-    is in its output; `collect --partial`, then `send --resume` on a second notebook whose source is the first's
-    output: fold 1 alone trains, and every stage's lock is the uninterrupted run's."""
-    repo, kaggle_input = workspace
-    run(["git", "checkout", "HEAD", "--", "params.yaml"], repo)  # the experiment of the round trip laid it over
-    _kaggle_env(monkeypatch, repo, tmp_path)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    _answer_upload_and_push()
     trial = json.loads((repo / ".kaggle-train" / "trial" / "plan.json").read_text())
-    uninterrupted = yaml.safe_load((repo / ".kaggle-train" / "trial" / "output" / "trial" / "dvc.lock").read_text())
-    preset = tmp_path / "preset.yaml"
-    preset.write_text(trial["preset"])
-    _main(monkeypatch, "train", "send", "--preset", str(preset), *[a for o in trial["overrides"] for a in ("-S", o)],
-          "--packages", "index", "--name", "cut", "--poll", "0.01")
-    working = _run_notebook(repo, kaggle_input, tmp_path / "first", "cut", stop_after="finetune@net-0")
-    cut = json.loads((working / "cut" / "trained.json").read_text())
-    assert cut["stages"][-1] == "finetune@net-0" and not cut["complete"]
+    assert trial["version"] == 4 and trial["overrides"] == ["heads.epochs=4"] and "hidden: 64" in trial["preset"]
+    assert set(trial["requirements"]) == {"3.11", "3.12", "3.13"}  # each Python the notebook may find
+    assert any(r.startswith("dvc==") for r in trial["requirements"]["3.12"])
+    assert not any(r.startswith(("torch==", "numpy==")) for r in trial["requirements"]["3.12"])  # as Kaggle has them
+
+    # The first session, killed by Kaggle's limit once fold 0 is in its output.
+    working = _run_notebook(repo, kaggle_input, tmp_path / "first", "trial", stop_after="finetune@net-0")
+    cut = json.loads((working / "trial" / "trained.json").read_text())
+    assert cut["machine"] == "cpu" and cut["stages"][-1] == "finetune@net-0" and not cut["complete"]
+    assert not (working / "trial" / "outs" / "data" / "frames").exists()  # the frames stay on Kaggle's disk
+    first_lock = yaml.safe_load((working / "trial" / "dvc.lock").read_text())["stages"]
     _serve_output(working, status="ERROR")
-
     with pytest.raises(SystemExit):  # without --partial: refused, saying how
-        _main(monkeypatch, "train", "collect", "cut")
+        _main(monkeypatch, "train", "collect", "trial")
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        "`collect --partial cut` imports the stages it finished")
-    _main(monkeypatch, "train", "collect", "--partial", "cut")
-    assert "not trained: finetune@net-1" in caplog.text and "send --resume cut" in caplog.text
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    assert _made(lock["finetune@net-0"]) == _made(uninterrupted["stages"]["finetune@net-0"])
+        "`collect --partial trial` imports the stages it finished")
 
-    _main(monkeypatch, "train", "send", "--resume", "cut", "--packages", "index", "--name", "rest", "--poll", "0.01")
+    _main(monkeypatch, "train", "collect", "--partial", "trial")
+    assert "not trained: finetune@net-1" in caplog.text and "send --resume trial" in caplog.text
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert _made(lock["finetune@net-0"]) == _made(first_lock["finetune@net-0"])
+
+    # The second session: the first's output mounted as its source, its stages restored, fold 1 alone trained.
+    _main(monkeypatch, "train", "send", "--resume", "trial", "--packages", "index", "--name", "rest", "--poll", "0.01")
     rest = json.loads((repo / ".kaggle-train" / "rest" / "plan.json").read_text())
     assert rest["notebook"] == trial["notebook"] + "-b" and rest["resumes_notebook"] == trial["notebook"]
     metadata = json.loads((repo / ".kaggle-train" / "rest" / "notebook" / "kernel-metadata.json").read_text())
@@ -358,9 +286,60 @@ def test_a_session_killed_after_a_fold_comes_back_in_part_and_a_resumed_session_
     second = _run_notebook(repo, kaggle_input, tmp_path / "second", "rest")
     done = json.loads((second / "rest" / "trained.json").read_text())
     assert done["complete"] and [s for s in done["planned"] if s not in done["restored"]] == ["finetune@net-1"]
-    resumed = yaml.safe_load((second / "rest" / "dvc.lock").read_text())["stages"]
-    for stage in done["planned"]:
-        assert _made(resumed[stage]) == _made(uninterrupted["stages"][stage]), stage
+    notebook_lock = yaml.safe_load((second / "rest" / "dvc.lock").read_text())["stages"]
+    for stage in done["restored"]:
+        assert _made(notebook_lock[stage]) == _made(first_lock[stage]), stage
     _serve_output(second)
+
+    # A param changed here after send: refused in one line, nothing imported, params.yaml and dvc.lock as they were.
+    params = (repo / "params.yaml").read_text()
+    edited = params.replace("lr: 0.001\n", "lr: 0.002\n", 1)
+    assert edited != params
+    (repo / "params.yaml").write_text(edited)
+    lock_before = (repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").is_file() else None
+    with pytest.raises(SystemExit) as refused:
+        _main(monkeypatch, "train", "collect", "rest")
+    assert refused.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: rest: not imported, params.yaml: heads.lr: 0.002 here, 0.001 on Kaggle"), message
+    assert (repo / "params.yaml").read_text() == edited
+    assert ((repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").is_file() else None) == lock_before
+    assert not (repo / "models" / STATE_FARM.slug / "finetune-net" / "fold1").exists()  # nothing of the second session's
+    (repo / "params.yaml").write_text(params)
+
+
+    # The frame cache never travels: decoded here, its hash must be the one Kaggle's stages read. Kaggle's decoder
+    # making other pixels (as another OpenCV could) is refused, naming both sides' versions.
+    downloaded = repo / ".kaggle-train" / "rest" / "output" / "rest" / "dvc.lock"
+    kaggle_lock = downloaded.read_text()
+    frames_md5 = next(d["md5"] for d in notebook_lock["finetune@net-1"]["deps"] if d["path"].startswith("data/frames/"))
+    downloaded.write_text(kaggle_lock.replace(frames_md5, "0" * 32 + ".dir"))
+    with pytest.raises(SystemExit):
+        _main(monkeypatch, "train", "collect", "rest")
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith(f"error: rest: not imported, data/frames/{STATE_FARM.slug}: made here with md5 "
+                              f"{frames_md5}, on Kaggle {'0' * 32}.dir"), message
+    assert "the decoders: OpenCV" in message
+    downloaded.write_text(kaggle_lock)
+
     _main(monkeypatch, "train", "collect", "rest")
-    assert json.loads(run(DVC + ["status", "--json"], repo).stdout) == {}
+    assert json.loads(run(DVC + ["status", "--json"], repo).stdout) == {}  # nothing left to run, here or there
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage in done["planned"]:
+        assert lock[stage] == notebook_lock[stage], stage  # the notebook's own hashes
+    table = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
+    [experiment] = [e for c in table for e in (c.get("experiments") or []) if e.get("name") == "rest"]
+    data = experiment["revs"][0]["data"]
+    heads = data["params"]["params.yaml"]["data"]["heads"]
+    assert (heads["hidden"], heads["epochs"]) == (64, 4)  # the preset, then the -S value, on both sides
+    assert "cv_log_loss" in data["metrics"]["metrics/submission/metrics.json"]["data"]
+    assert data["metrics"]["metrics/finetune-net-fold1/metrics.json"]["data"]["device"] == "cpu"
+
+    # On a CPU what came back is what this machine makes of the same commit and params, byte for byte: the fold
+    # trained after the restore, so the restored frames, features and folds fed it what they feed it here.
+    shutil.rmtree(repo / "models" / STATE_FARM.slug / "finetune-net" / "fold1")  # persisted: it would resume
+    run(DVC + ["repro", "--force", "--single-item", "finetune@net-1"], repo)
+    again = {o["path"]: o["md5"] for o in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["finetune@net-1"]["outs"]
+             if not o["path"].startswith("metrics/")}
+    assert again == {o["path"]: o["md5"] for o in notebook_lock["finetune@net-1"]["outs"]
+                     if not o["path"].startswith("metrics/")}

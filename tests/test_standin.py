@@ -9,7 +9,7 @@ from PIL import Image
 
 from pipeline.config import StandinParams
 from pipeline.data.competitions import STATE_FARM
-from pipeline.data.standin import write_standin
+from pipeline.data.standin import render_workers, write_standin
 from tests.conftest import TINY_STANDIN
 
 
@@ -51,6 +51,12 @@ def test_same_seed_gives_byte_identical_files_whatever_the_worker_count(tiny_com
     write_standin(tmp_path, STATE_FARM, StandinParams(**TINY_STANDIN), workers=2)
     for path in tiny_competition.iterdir():
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_a_tiny_stand_in_is_drawn_in_one_process_and_a_full_count_one_on_every_core():
+    assert render_workers(140, 64 * 48, cores=2) == 1  # the suite's stand-in: spawning would cost more than drawing
+    assert render_workers(102_150, 640 * 480, cores=16) == 16  # State Farm's full count
+    assert render_workers(2_000, 320 * 240, cores=2) == 2
 
 
 def test_another_seed_gives_other_drivers_and_images(tiny_competition, tmp_path):

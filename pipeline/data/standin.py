@@ -142,11 +142,25 @@ def _render_all(table: pd.DataFrame, spec: CompetitionSpec, params: StandinParam
     tasks = [(params.seed, r.driver_index, r.class_index, r.frame, params.frames_per_class, style.poses[r.classname],
               style.shades[r.classname], params.width, params.height, style, params.jpeg_quality,
               FORMATS.get(PurePosixPath(r.member).suffix.lower(), "JPEG")) for r in table.itertuples()]
-    # Every core: 102k full-count frames take ~1,355 s on 2 cores, so ~85 s on a 16-core GPU machine.
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or render_workers(len(tasks), params.width * params.height, len(os.sched_getaffinity(0)))
+    desc = f"drawing the {spec.slug} stand-in"
+    if workers == 1:
+        yield from progress(zip(table["member"], map(_render, tasks)), total=len(tasks), desc=desc)
+        return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from progress(zip(table["member"], pool.imap(_render, tasks, chunksize=16)), total=len(tasks),
-                            desc=f"drawing the {spec.slug} stand-in")
+        yield from progress(zip(table["member"], pool.imap(_render, tasks, chunksize=16)), total=len(tasks), desc=desc)
+
+
+# A 640x480 frame takes ~26 ms of a core to draw (102k full-count frames: ~1,355 s on 2 cores, ~85 s on 16); a
+# spawned worker ~2 s to start (a fresh interpreter importing numpy, pandas, PIL). Below a few seconds of drawing,
+# the workers cost more than they save: a tiny stand-in (every test's) is drawn in the stage's own process.
+SECONDS_PER_PIXEL = 0.026 / (640 * 480)
+SERIAL_SECONDS = 4.0
+
+
+def render_workers(images: int, pixels_per_image: int, cores: int) -> int:
+    """Processes to draw ``images`` frames of ``pixels_per_image`` with: every core, or one where that is quicker."""
+    return 1 if images * pixels_per_image * SECONDS_PER_PIXEL < SERIAL_SECONDS else max(1, cores)
 
 
 def _write_sample(test: pd.DataFrame, spec: CompetitionSpec, classes, out_dir: Path) -> None:
