@@ -121,6 +121,7 @@ touch "$out/bench.log"
 python3 - "$out" "$work" "$mode" "$(( $(date +%s) - start ))" "$steps" <<'PY'
 import json, re, sys
 import xml.etree.ElementTree as ET
+import yaml
 from pathlib import Path
 out, work, mode, seconds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 summary = {"mode": mode, "seconds": seconds, "steps": sys.argv[5]}
@@ -135,6 +136,9 @@ preset = (out / "preset.log").read_text()
 summary["preset"] = {"finished": bool(re.search(r"dvc repro: exit 0 ", preset)),
                      "seconds": int(m.group(1)) if (m := re.search(r"dvc repro: exit \d+ in (\d+) s", preset)) else None,
                      "stages": dict(re.findall(r"^(\S+(?: \S+)*): done in ([\d.]+) s", preset, re.M))}
+if (work / "params.yaml").exists():  # the variant that ran: the preset's models, each on lite0 (bench/gpu_setup.sh)
+    models = yaml.safe_load((work / "params.yaml").read_text())["finetune"]["models"]
+    summary["preset"]["backbones"] = {name: model["backbone"] for name, model in models.items()}
 for name in ("ensemble", "submission"):
     path = work / "metrics" / name / "metrics.json"
     if path.exists():

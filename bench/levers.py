@@ -105,7 +105,18 @@ ROWS: dict[str, list[str]] = {
                        "finetune.defaults.batch_size=128", "finetune.defaults.lr=0.001",
                        "finetune.defaults.freeze_epochs=1"],
     # The CPU preset's net with the 1st-place form beside it on lite1: one net over the frame, the head and the hands.
+    # The frame cache at 260 px as in gpu_lite2_260, so that the frozen features, the heads and (in the row after
+    # it) lite2's folds are the ones already cached; lite1 at 224 px reads the same frames resized.
     "gpu_lite1_regions": [LITE1, "finetune.models.net.image_size=224", "finetune.models.net.epochs=8", *CPU_PRESET_EMA,
+                          "frames.size=260",
+                          "+finetune.models.regions3={backbone: tf_efficientnet_lite1, image_size: 224, epochs: 8, "
+                          "regions: [full, head, hands]}",
+                          "ensemble.models=[heads-tf_efficientnet_lite0,finetune-net,finetune-regions3]",
+                          "ensemble.neighbour_features=[tf_efficientnet_lite0,finetune-net,finetune-regions3]"],
+    # The two nets together: lite2 at 260 px (row gpu_lite2_260) beside the lite1 [full, head, hands] net (row
+    # gpu_lite1_regions). Every fold is one of those rows': only the blend runs.
+    "gpu_lite2_regions": ["finetune.models.net.backbone=tf_efficientnet_lite2", "finetune.models.net.image_size=260",
+                          "finetune.models.net.epochs=8", "frames.size=260", *CPU_PRESET_EMA,
                           "+finetune.models.regions3={backbone: tf_efficientnet_lite1, image_size: 224, epochs: 8, "
                           "regions: [full, head, hands]}",
                           "ensemble.models=[heads-tf_efficientnet_lite0,finetune-net,finetune-regions3]",

@@ -187,6 +187,8 @@ class Recipe(Section):
     # EMA of weights as a half-life in epochs of this run's steps, with timm's warm-up (pipeline/training/schedule.py's
     # ema_settings): the same on any dataset size; 0 turns it off. Give ema_decay or ema_half_life, not both.
     ema_half_life: float = Field(ge=0.0, le=100.0, strict=False)
+    # The half-life's warm-up: false starts it at the first step (the starting weights decay as any step's do)
+    ema_warmup: bool
     augment_strength: float = Field(ge=0.0, le=2.0, strict=False)  # scales section augment; 0: none
     # Each target mixed with the uniform distribution at this weight (timm's recipe: 0.1); 0: none
     label_smoothing: float = Field(ge=0.0, lt=1.0, strict=False)

@@ -225,5 +225,5 @@ def calibrated_costs(tmp_path_factory):
     given = costs.ImageCost(CALIBRATED["forward"], CALIBRATED["train"])
     with mock.patch.object(costs, "CACHE", cache), \
             mock.patch.object(costs, "time_net", lambda backbone, size, batch=costs.BATCH: given), \
-            mock.patch.object(costs, "time_decode", lambda size: CALIBRATED["decode"]):
+            mock.patch.object(costs, "time_decode", lambda size: (CALIBRATED["decode"], 1.0)):
         yield cache

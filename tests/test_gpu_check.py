@@ -36,6 +36,8 @@ def test_the_gpu_check_runs_every_step_at_toy_size_and_leaves_its_results_in_at_
     # The GPU preset's own models went through (the multi-region net too), to a nested CV and a local leaderboard.
     assert {"finetune net --fold 1", "finetune regions3 --fold 1", "ensemble", "submission"} <= set(preset["stages"])
     assert preset["ensemble"]["cv_log_loss"] > 0 and preset["submission"]["private_log_loss"] > 0
+    # each on lite0, the one weights package the lent box's carry holds (the preset's own nets are larger)
+    assert set(preset["backbones"]) == {"net", "regions3"} and set(preset["backbones"].values()) == {"tf_efficientnet_lite0"}
     assert len(summary["bench_ratios"]) == 3  # features (views on the CPU), fine-tuning (augmented on cpu, device)
     assert len(summary["first_epoch_ratios"]) == 2  # fine-tuning's first epoch against a steady one, each way
     assert len(summary["first_pass_ratios"]) == 1  # the features' first pass against a steady one

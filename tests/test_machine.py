@@ -165,6 +165,9 @@ def test_an_ema_half_life_follows_the_net_from_the_first_step_and_counts_steps_a
     resumed.load_state_dict(trainer.state_dict())
     assert resumed.schedule.last_epoch == 4  # the step timm's warm-up reads goes on from there
     assert resumed.ema.get_decay(resumed.schedule.last_epoch + 1) == pytest.approx(4 / 5)  # (k - 1) / k, under 0.84
+    # Without the warm-up (the GPU preset's form of the CPU rows' fixed 0.99 a step): the half-life from step 1.
+    unwarmed = _trainer(None, ema_decay=0.0, ema_half_life=1.0, ema_warmup=False)
+    assert not unwarmed.ema_counts_steps and unwarmed.ema.get_decay(None) == pytest.approx(0.5 ** 0.25)  # every step
 
 
 @pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")  # meta holds no data

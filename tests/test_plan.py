@@ -5,6 +5,8 @@ itself on a tiny net."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -52,9 +54,28 @@ def test_the_calibration_is_timed_once_per_machine_and_read_from_the_cache_after
     assert list(json.loads((tmp_path / "costs.json").read_text())) == [costs.machine_key()]
 
 
-def test_timing_a_net_gives_seconds_per_image_a_training_step_dearer_than_a_forward_pass():
+def test_a_figure_timed_beside_other_work_is_used_once_and_never_cached(tmp_path, monkeypatch):
+    shares = iter([0.5, 1.0, 1.0])  # the first net timed beside a run (its threads had half their time), then alone
+    monkeypatch.setattr(costs, "time_net", lambda b, s, batch=16: ImageCost(0.04, 0.12, next(shares)))
+    busy = this_machine([("tf_efficientnet_lite1", 176)], 224, tmp_path / "costs.json")
+    assert busy.busy and busy.net("tf_efficientnet_lite0", 224) == ImageCost(0.04, 0.12)
+    cached = json.loads((tmp_path / "costs.json").read_text())[costs.machine_key()]
+    assert "tf_efficientnet_lite0@224" not in cached and "tf_efficientnet_lite1@176" in cached
+    again = this_machine([("tf_efficientnet_lite1", 176)], 224, tmp_path / "costs.json")  # timed again, alone
+    assert not again.busy and "tf_efficientnet_lite0@224" in json.loads((tmp_path / "costs.json").read_text())[
+        costs.machine_key()]
+
+
+def test_timing_a_net_gives_seconds_per_image_a_training_step_dearer_than_a_forward_pass_and_sees_other_work():
     cost = time_net("tf_efficientnet_lite0", 32, batch=2)  # the function itself, not tests/conftest.py's figures
     assert 0 < cost.forward < cost.train < 10
+    # beside twice as many busy processes as cores, the timing has at most a third of its threads' time
+    hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2 * (os.cpu_count() or 1))]
+    try:
+        assert time_net("test_efficientnet", 32, batch=2).share < costs.BUSY
+    finally:
+        for hog in hogs:
+            hog.kill()
 
 
 def test_plan_prints_every_stage_here_on_a_t4_and_an_h100_and_a_cached_stage_costs_nothing(repo_copy, monkeypatch,

@@ -3,7 +3,9 @@ bench/gpu_costs.csv, and the arithmetic from a stage's image counts to its secon
 
 On this machine a short calibration times each backbone at its size, a forward pass and a training step (batch
 16, the faster of two after a warm-up), and one JPEG decode as the frames stage decodes (pipeline/data/decoding.py);
-it is cached per machine (CPU model, cores, torch version) under ``~/.cache/kaggle-image-pipeline/costs.json``. A GPU's rate for
+it is cached per machine (CPU model, cores, torch version) under ``~/.cache/kaggle-image-pipeline/costs.json``, unless
+it ran beside other work: a figure timed with less than ``BUSY`` of its threads' time (a `dvc repro` on the same
+cores halves it, and doubles or triples the figure) is used once and timed again next time. A GPU's rate for
 the reference net (lite0 at 224 px) comes from bench/gpu_costs.csv, each figure with its source; another net or
 size is that rate scaled by what it costs here against the reference (the nets' relative cost on a CPU stands in
 for their FLOP ratio on a card). GPU figures are estimates until a card measures them, and the table says so.
@@ -30,6 +32,7 @@ GPU_TABLE = Path("bench/gpu_costs.csv")  # from the repository's root, where DVC
 REFERENCE = ("tf_efficientnet_lite0", 224)  # the net and size bench/gpu_costs.csv's rates are of
 CACHE = Path.home() / ".cache" / "kaggle-image-pipeline" / "costs.json"
 BATCH = 16
+BUSY = 0.8  # of its threads' time: below it, a calibration ran beside other work (alone ~0.95-1.0; beside a run ~0.5)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class ImageCost:
 
     forward: float  # inference
     train: float  # a training step's share: forward, backward, the optimizer
+    share: float = 1.0  # of its threads' time the timing had (under BUSY: other work ran beside it)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Machine:
     decode: float
     cores: int
     estimate: bool  # scaled from another machine's figures, not measured on this one
+    busy: bool = False  # some figures were timed beside other work (slow, not cached)
 
     def net(self, backbone: str, size: int) -> ImageCost:
         return self.nets[(backbone, size)]
@@ -83,23 +88,28 @@ def time_net(backbone: str, size: int, batch: int = BATCH) -> ImageCost:
         with torch.inference_mode():
             model(images)
 
-    return ImageCost(forward=_fastest(forward) / batch, train=_fastest(step) / batch)
+    threads = torch.get_num_threads()
+    (forward_s, forward_share), (train_s, train_share) = _fastest(forward, threads), _fastest(step, threads)
+    return ImageCost(forward=forward_s / batch, train=train_s / batch, share=min(forward_share, train_share))
 
 
-def _fastest(call, warm_ups: int = 1, runs: int = 2) -> float:
-    """The fastest of ``runs`` timed calls after ``warm_ups`` (the first calls of a shape allocate and plan)."""
+def _fastest(call, threads: int, warm_ups: int = 1, runs: int = 2) -> tuple[float, float]:
+    """(the fastest of ``runs`` timed calls after ``warm_ups`` (the first calls of a shape allocate and plan), the
+    share of ``threads`` cores' time this process had during it: CPU seconds over wall seconds x threads)."""
     for _ in range(warm_ups):
         call()
-    times = []
+    timed = []
     for _ in range(runs):
-        began = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         call()
-        times.append(time.perf_counter() - began)
-    return min(times)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        timed.append((wall, cpu / (wall * threads)))
+    return min(timed)
 
 
-def time_decode(size: int) -> float:
-    """Seconds to decode one 640x480 JPEG to at least ``size`` px on its short side, as the frames stage does."""
+def time_decode(size: int) -> tuple[float, float]:
+    """(seconds to decode one 640x480 JPEG to at least ``size`` px on its short side as the frames stage does, on
+    one core; the share of that core's time it had)."""
     import cv2
 
     from pipeline.data.decoding import decode_rgb
@@ -107,32 +117,34 @@ def time_decode(size: int) -> float:
     pixels = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     data = cv2.imencode(".jpg", cv2.GaussianBlur(pixels, (9, 9), 3))[1].tobytes()
     shape = (size * 4 // 3, size)
-    decode_rgb(data, "calibration", shape)
-    began = time.perf_counter()
-    for _ in range(10):
-        decode_rgb(data, "calibration", shape)
-    return (time.perf_counter() - began) / 10
+    seconds, share = _fastest(lambda: [decode_rgb(data, "calibration", shape) for _ in range(10)], threads=1)
+    return seconds / 10, share
 
 
 def this_machine(nets: list[tuple[str, int]], frame_size: int, cache: Path | None = None) -> Machine:
-    """This machine's rates for ``nets``: from the cache, else timed now and cached."""
+    """This machine's rates for ``nets``: from the cache, else timed now and cached (a figure timed beside other
+    work is used for this run only: the Machine says ``busy``)."""
     cache = cache or CACHE
     key = machine_key()
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     mine = known.setdefault(key, {})
+    now = {}  # timed beside other work: this run's figures, not the cache's
     wanted = list(dict.fromkeys([REFERENCE, *nets]))
-    missing = [(b, s) for b, s in wanted if f"{b}@{s}" not in mine]
-    for backbone, size in missing:
+    timed = False
+    for backbone, size in [(b, s) for b, s in wanted if f"{b}@{s}" not in mine]:
         cost = time_net(backbone, size)
-        mine[f"{backbone}@{size}"] = [cost.forward, cost.train]
+        (mine if cost.share >= BUSY else now)[f"{backbone}@{size}"] = [cost.forward, cost.train]
+        timed = True
     if f"decode@{frame_size}" not in mine:
-        mine[f"decode@{frame_size}"] = time_decode(frame_size)
-        missing.append(("decode", frame_size))
-    if missing:
+        seconds, share = time_decode(frame_size)
+        (mine if share >= BUSY else now)[f"decode@{frame_size}"] = seconds
+        timed = True
+    if timed:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(known, indent=2) + "\n")
-    return Machine("here", {(b, s): ImageCost(*mine[f"{b}@{s}"]) for b, s in wanted}, mine[f"decode@{frame_size}"],
-                   os.cpu_count() or 1, estimate=False)
+    figures = {**mine, **now}
+    return Machine("here", {(b, s): ImageCost(*figures[f"{b}@{s}"]) for b, s in wanted},
+                   figures[f"decode@{frame_size}"], os.cpu_count() or 1, estimate=False, busy=bool(now))
 
 
 def gpu_machines(here: Machine, table: Path) -> list[Machine]:

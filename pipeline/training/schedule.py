@@ -33,7 +33,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_factor(warmup_steps, total_steps))
 
 
-def ema_settings(ema_decay: float, ema_half_life: float, steps_per_epoch: int) -> dict | None:
+def ema_settings(ema_decay: float, ema_half_life: float, steps_per_epoch: int, warmup: bool = True) -> dict | None:
     """timm ``ModelEmaV3``'s arguments for a recipe, or None (no EMA of the weights).
 
     ``ema_half_life`` (epochs): a step's weight in the average halves every that many epochs of *this* run's
@@ -41,13 +41,17 @@ def ema_settings(ema_decay: float, ema_half_life: float, steps_per_epoch: int) -
     so far (decay (k - 1) / k at the k-th update: the first replaces the starting weights outright). Both are
     measured in the run's own steps, so the same recipe averages the same share of its run on 1,400 photos (11
     steps an epoch at batch 128) and on 22,000 (131); timm's default warm-up (power 2/3) is not: it holds the
-    decay down for thousands of steps whatever the run's length. ``ema_decay``: a fixed decay per step, no
-    warm-up: what the CPU default measured (0.99 at ~45 steps an epoch, a half-life of ~1.5 epochs); on 11 steps
-    an epoch a decay of 0.998 would still hold 88 % of the starting weights after 66 steps.
+    decay down for thousands of steps whatever the run's length. ``warmup=False``: the half-life from the first
+    step, the starting weights decaying as any step's do (what a fixed 0.99 a step is at ~45 steps an epoch, the
+    CPU preset's measured recipe, in a form that keeps its share of the run at any dataset size). ``ema_decay``: a
+    fixed decay per step, no warm-up; on 11 steps an epoch a decay of 0.998 would still hold 88 % of the starting
+    weights after 66 steps.
     """
     if ema_half_life:
-        return {"decay": 0.5 ** (1 / max(ema_half_life * steps_per_epoch, 1.0)), "use_warmup": True,
-                "warmup_gamma": 1.0, "warmup_power": 1.0}
+        decay = 0.5 ** (1 / max(ema_half_life * steps_per_epoch, 1.0))
+        if not warmup:
+            return {"decay": decay}
+        return {"decay": decay, "use_warmup": True, "warmup_gamma": 1.0, "warmup_power": 1.0}
     return {"decay": ema_decay} if ema_decay else None
 
 

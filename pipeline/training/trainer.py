@@ -191,7 +191,7 @@ class Trainer:
         # One factor per group, chosen by the group's name: freezing never depends on the groups' order.
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [body_factor if group["name"] == "body" else curve for group in groups])
-        ema = ema_settings(recipe.ema_decay, recipe.ema_half_life, steps_per_epoch)
+        ema = ema_settings(recipe.ema_decay, recipe.ema_half_life, steps_per_epoch, recipe.ema_warmup)
         self.ema = ModelEmaV3(model, **ema) if ema else None
         mixing = recipe.mixup_alpha or recipe.cutmix_alpha
         self.mixup = Mixup(mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha, mode="batch",
