@@ -90,7 +90,7 @@ def main() -> None:
     lines, _ = table(rows, machines)
     log.info("%s\n%s", counts, "\n".join(lines))
     log.info("here: measured on this machine (%d cores); est.: bench/gpu_costs.csv's figures scaled by each net's "
-             "cost here (a T4 has not measured one)", machines[0].cores)
+             "forward FLOPs (a T4 has not measured one)", machines[0].cores)
     if machines[0].busy:
         log.warning("here: some figures were timed beside other work on this machine's cores, so they are too slow "
                     "and were not cached; run the plan again when the machine is quiet")

@@ -34,13 +34,14 @@ def test_a_fine_tuning_fold_costs_its_training_epochs_and_its_test_views():
     assert stage_work("download", params, STATE_FARM, 22424, 79726) is None  # the network's time, not estimated
 
 
-def test_a_cards_rates_are_its_reference_rates_scaled_by_each_nets_cost_here(tmp_path):
-    here = Machine("here", {("tf_efficientnet_lite0", 224): ImageCost(0.02, 0.06),
-                            ("tf_efficientnet_lite1", 176): ImageCost(0.01, 0.03)}, 0.004, 2, estimate=False)
+def test_a_cards_rates_are_its_reference_rates_scaled_by_each_nets_flops_not_by_its_noisy_seconds_here(tmp_path):
+    # lite1's seconds here a third of lite0's (a calibration that ran slow for lite0), its FLOPs half
+    here = Machine("here", {("tf_efficientnet_lite0", 224): ImageCost(0.03, 0.09, flops=8e8),
+                            ("tf_efficientnet_lite1", 176): ImageCost(0.01, 0.03, flops=4e8)}, 0.004, 2, estimate=False)
     [t4] = [m for m in gpu_machines(here, REPO / "bench" / "gpu_costs.csv") if m.name == "T4"]
     assert t4.estimate and t4.cores == 4
     assert t4.net("tf_efficientnet_lite0", 224).train == pytest.approx(1 / 154)
-    assert t4.net("tf_efficientnet_lite1", 176).train == pytest.approx(0.5 / 154)  # half the reference's cost here
+    assert t4.net("tf_efficientnet_lite1", 176).train == pytest.approx(0.5 / 154)
     assert t4.net("tf_efficientnet_lite1", 176).forward == pytest.approx(0.5 / 480)
 
 
@@ -51,14 +52,20 @@ def test_the_calibration_is_timed_once_per_machine_and_read_from_the_cache_after
     assert timed == [("tf_efficientnet_lite0", 224), ("tf_efficientnet_lite1", 176)]  # the reference, then the net
     again = this_machine([("tf_efficientnet_lite1", 176)], 224, tmp_path / "costs.json")
     assert len(timed) == 2 and again == first
-    assert list(json.loads((tmp_path / "costs.json").read_text())) == [costs.machine_key()]
+    cache = json.loads((tmp_path / "costs.json").read_text())
+    assert list(cache) == [costs.machine_key()]
+    # a figure cached before FLOPs were counted (seconds only) is timed again, the others read
+    cache[costs.machine_key()]["tf_efficientnet_lite1@176"] = [0.01, 0.02]
+    (tmp_path / "costs.json").write_text(json.dumps(cache))
+    this_machine([("tf_efficientnet_lite1", 176)], 224, tmp_path / "costs.json")
+    assert timed[2:] == [("tf_efficientnet_lite1", 176)]
 
 
 def test_a_figure_timed_beside_other_work_is_used_once_and_never_cached(tmp_path, monkeypatch):
     shares = iter([0.5, 1.0, 1.0])  # the first net timed beside a run (its threads had half their time), then alone
-    monkeypatch.setattr(costs, "time_net", lambda b, s, batch=16: ImageCost(0.04, 0.12, next(shares)))
+    monkeypatch.setattr(costs, "time_net", lambda b, s, batch=16: ImageCost(0.04, 0.12, 1e9, next(shares)))
     busy = this_machine([("tf_efficientnet_lite1", 176)], 224, tmp_path / "costs.json")
-    assert busy.busy and busy.net("tf_efficientnet_lite0", 224) == ImageCost(0.04, 0.12)
+    assert busy.busy and busy.net("tf_efficientnet_lite0", 224) == ImageCost(0.04, 0.12, 1e9)
     cached = json.loads((tmp_path / "costs.json").read_text())[costs.machine_key()]
     assert "tf_efficientnet_lite0@224" not in cached and "tf_efficientnet_lite1@176" in cached
     again = this_machine([("tf_efficientnet_lite1", 176)], 224, tmp_path / "costs.json")  # timed again, alone
@@ -69,6 +76,8 @@ def test_a_figure_timed_beside_other_work_is_used_once_and_never_cached(tmp_path
 def test_timing_a_net_gives_seconds_per_image_a_training_step_dearer_than_a_forward_pass_and_sees_other_work():
     cost = time_net("tf_efficientnet_lite0", 32, batch=2)  # the function itself, not tests/conftest.py's figures
     assert 0 < cost.forward < cost.train < 10
+    # lite0 at 224 px is ~0.39 GMACs (its paper's figure): a FLOP is half a multiply-add, counted per image
+    assert cost.flops * (224 / 32) ** 2 == pytest.approx(2 * 0.39e9, rel=0.05)
     # beside twice as many busy processes as cores, the timing has at most a third of its threads' time
     hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2 * (os.cpu_count() or 1))]
     try:

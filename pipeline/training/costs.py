@@ -7,8 +7,9 @@ it is cached per machine (CPU model, cores, torch version) under ``~/.cache/kagg
 it ran beside other work: a figure timed with less than ``BUSY`` of its threads' time (a `dvc repro` on the same
 cores halves it, and doubles or triples the figure) is used once and timed again next time. A GPU's rate for
 the reference net (lite0 at 224 px) comes from bench/gpu_costs.csv, each figure with its source; another net or
-size is that rate scaled by what it costs here against the reference (the nets' relative cost on a CPU stands in
-for their FLOP ratio on a card). GPU figures are estimates until a card measures them, and the table says so.
+size is that rate scaled by its forward pass's FLOPs against the reference's (counted by torch's FlopCounterMode:
+the same on every machine, where the nets' seconds here vary by ~20 % between calibrations and once put lite0 above
+lite1). GPU figures are estimates until a card measures them, and the table says so.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class ImageCost:
 
     forward: float  # inference
     train: float  # a training step's share: forward, backward, the optimizer
+    flops: float = 0.0  # one image's forward pass, counted: what a card's rates are scaled by
     share: float = 1.0  # of its threads' time the timing had (under BUSY: other work ran beside it)
 
 
@@ -72,10 +74,15 @@ def machine_key() -> str:
 
 def time_net(backbone: str, size: int, batch: int = BATCH) -> ImageCost:
     """One forward pass and one training step of ``backbone`` at ``size`` px, per image (the second of two runs: the
-    first allocates)."""
+    first allocates), and one image's forward FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from pipeline.training.backbones import create_backbone
 
     model = create_backbone(backbone, num_classes=10, pretrained=False)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.eval()(torch.randn(1, 3, size, size))  # one image: batch norm as at inference
+    model.train()
     images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -90,7 +97,8 @@ def time_net(backbone: str, size: int, batch: int = BATCH) -> ImageCost:
 
     threads = torch.get_num_threads()
     (forward_s, forward_share), (train_s, train_share) = _fastest(forward, threads), _fastest(step, threads)
-    return ImageCost(forward=forward_s / batch, train=train_s / batch, share=min(forward_share, train_share))
+    return ImageCost(forward=forward_s / batch, train=train_s / batch, flops=float(counter.get_total_flops()),
+                     share=min(forward_share, train_share))
 
 
 def _fastest(call, threads: int, warm_ups: int = 1, runs: int = 2) -> tuple[float, float]:
@@ -131,9 +139,10 @@ def this_machine(nets: list[tuple[str, int]], frame_size: int, cache: Path | Non
     now = {}  # timed beside other work: this run's figures, not the cache's
     wanted = list(dict.fromkeys([REFERENCE, *nets]))
     timed = False
-    for backbone, size in [(b, s) for b, s in wanted if f"{b}@{s}" not in mine]:
+    # a figure cached before FLOPs were counted (two numbers, not three) is timed again
+    for backbone, size in [(b, s) for b, s in wanted if len(mine.get(f"{b}@{s}", ())) != 3]:
         cost = time_net(backbone, size)
-        (mine if cost.share >= BUSY else now)[f"{backbone}@{size}"] = [cost.forward, cost.train]
+        (mine if cost.share >= BUSY else now)[f"{backbone}@{size}"] = [cost.forward, cost.train, cost.flops]
         timed = True
     if f"decode@{frame_size}" not in mine:
         seconds, share = time_decode(frame_size)
@@ -149,7 +158,8 @@ def this_machine(nets: list[tuple[str, int]], frame_size: int, cache: Path | Non
 
 def gpu_machines(here: Machine, table: Path) -> list[Machine]:
     """Each card of ``table`` (bench/gpu_costs.csv), its rates for the nets ``here`` knows: the reference net's
-    measured or estimated rate, scaled by each net's cost here against the reference's."""
+    measured or estimated rate, scaled by each net's forward FLOPs against the reference's (training too: a
+    step's FLOPs are ~3x its forward pass's for each of these nets)."""
     try:
         with table.open(newline="") as f:
             rows = list(csv.DictReader(f))
@@ -160,8 +170,8 @@ def gpu_machines(here: Machine, table: Path) -> list[Machine]:
     for row in rows:
         if row["use"] != "yes":
             continue
-        nets = {key: ImageCost(forward=cost.forward / reference.forward / float(row["forward_img_s"]),
-                               train=cost.train / reference.train / float(row["train_img_s"]))
+        nets = {key: ImageCost(forward=cost.flops / reference.flops / float(row["forward_img_s"]),
+                               train=cost.flops / reference.flops / float(row["train_img_s"]), flops=cost.flops)
                 for key, cost in here.nets.items()}
         machines.append(Machine(row["device"], nets, 1.0 / float(row["decode_img_s_per_core"]), int(row["cores"]),
                                 estimate=row["measured"] != "yes"))
