@@ -75,14 +75,10 @@ def machine_key() -> str:
 def time_net(backbone: str, size: int, batch: int = BATCH) -> ImageCost:
     """One forward pass and one training step of ``backbone`` at ``size`` px, per image (the second of two runs: the
     first allocates), and one image's forward FLOPs."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from pipeline.training.backbones import create_backbone
 
     model = create_backbone(backbone, num_classes=10, pretrained=False)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model.eval()(torch.randn(1, 3, size, size))  # one image: batch norm as at inference
-    model.train()
+    flops = forward_flops(model, size)
     images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -97,8 +93,19 @@ def time_net(backbone: str, size: int, batch: int = BATCH) -> ImageCost:
 
     threads = torch.get_num_threads()
     (forward_s, forward_share), (train_s, train_share) = _fastest(forward, threads), _fastest(step, threads)
-    return ImageCost(forward=forward_s / batch, train=train_s / batch, flops=float(counter.get_total_flops()),
+    return ImageCost(forward=forward_s / batch, train=train_s / batch, flops=flops,
                      share=min(forward_share, train_share))
+
+
+def forward_flops(model: torch.nn.Module, size: int) -> float:
+    """One ``size`` px image's forward pass through ``model``, in FLOPs (a multiply-add is two), as torch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    training = model.training
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.eval()(torch.randn(1, 3, size, size))  # one image: batch norm as at inference
+    model.train(training)
+    return float(counter.get_total_flops())
 
 
 def _fastest(call, threads: int, warm_ups: int = 1, runs: int = 2) -> tuple[float, float]:
