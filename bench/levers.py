@@ -121,6 +121,16 @@ ROWS: dict[str, list[str]] = {
                           "regions: [full, head, hands]}",
                           "ensemble.models=[heads-tf_efficientnet_lite0,finetune-net,finetune-regions3]",
                           "ensemble.neighbour_features=[tf_efficientnet_lite0,finetune-net,finetune-regions3]"],
+    # presets/gpu.yaml as a row, a fold a stage so that it resumes across sessions (a `--from-nothing` run does not):
+    # gpu_lite1_regions on the preset's 320x240 frame cache (frames.size 224, params.yaml's) and its EMA rule, the
+    # half-life of 1.5 epochs from the first step. features.batch_size (256 there) is left out: speed, not numbers.
+    "gpu_preset": [LITE1, "finetune.models.net.image_size=224", "finetune.models.net.epochs=8",
+                   "finetune.defaults.ema_decay=0", "finetune.defaults.ema_half_life=1.5",
+                   "finetune.defaults.ema_warmup=false",
+                   "+finetune.models.regions3={backbone: tf_efficientnet_lite1, image_size: 224, epochs: 8, "
+                   "regions: [full, head, hands]}",
+                   "ensemble.models=[heads-tf_efficientnet_lite0,finetune-net,finetune-regions3]",
+                   "ensemble.neighbour_features=[tf_efficientnet_lite0,finetune-net,finetune-regions3]"],
 }
 FIELDS = ["row", "overrides", "nested_cv", "finetune_cv", "unseen", "unseen_public", "unseen_private",
           "fold_log_loss", "wall_s", "cpu_s", "threads", "cores", "commit", "finished", "returncode", "stage_s"]
