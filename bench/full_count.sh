@@ -8,20 +8,19 @@
 # every test photo; the ensemble blends the heads (the fine-tuned net has one fold). `estimate` writes what
 # `python -m pipeline.plan` expects each step to take here (pipeline/training/costs.py), `compare` appends each step's
 # estimate beside its measurement to bench/full_count.csv (stage, images, estimated_s, measured_s, peak_rss_mib,
-# commit), and `project` the GPU-preset `dvc repro` on a 16-core + one-GPU machine from the per-image costs measured
-# here and the GPU speeds of docs/gpu.md.
+# commit). A preset on a card: `python -m pipeline.plan --preset presets/gpu.yaml` (its T4 and H100 columns).
 #
 #   bash bench/full_count.sh setup state-farm|dogs-vs-cats [WORKDIR]     # full counts, stand-in generated offline
 #   bash bench/full_count.sh estimate [WORKDIR]                          # before the steps (the calibration: seconds)
 #   bash bench/full_count.sh standin|frames|features|folds|heads|finetune|ensemble|all [WORKDIR]
-#   bash bench/full_count.sh compare|project [WORKDIR]
+#   bash bench/full_count.sh compare [WORKDIR]
 #
 # State Farm: 22,360 train + 79,980 test images at 640x480 (the stand-in's driver x class x frame grid nearest the
 # competition's 22,424 + 79,726); Dogs vs. Cats Redux: 25,000 + 12,500, grouped by near-duplicates (folds.group_by:
 # auto), so its `folds` step is where that grouping runs at full count.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-step=${1:?a step: setup estimate standin frames features folds heads finetune ensemble all compare project}
+step=${1:?a step: setup estimate standin frames features folds heads finetune ensemble all compare}
 if [ "$step" = setup ]; then
   competition=${2:?state-farm or dogs-vs-cats}
   work=${3:-/tmp/full-count-$competition}
@@ -137,49 +136,6 @@ with target.open("a", newline="") as f:
         measured, estimated = steps.seconds[step], estimates.estimated_s[step]
         writer.writerow([step, steps.images[step], estimated, measured, steps.peak_rss_mib[step], commit])
         print(f"{step:10s} estimated {estimated:8.0f} s, measured {measured:8.0f} s: {estimated / measured - 1:+.0%}")
-PY
-    ;;
-  project)
-    python - "$repo/presets/gpu.yaml" <<'PY'
-import sys, yaml, pandas as pd
-steps = pd.read_csv("steps.tsv", sep="\t", names=["step", "seconds", "images", "img_per_s", "peak_rss_mib",
-                                                  "disk_mib", "cpu_s"]).groupby("step").last()
-print(steps.to_string())
-params, preset = yaml.safe_load(open("params.yaml")), yaml.safe_load(open(sys.argv[1]))
-folder = f"data/sample/{params['competition']}"
-train, test = (len(pd.read_csv(f"{folder}/{split}.csv")) for split in ("train", "test"))
-# One H100 (docs/gpu.md, measured 2026-11-28, lite0 at 224 px): features end to end 4,000 img/s, fine-tuning
-# 2,335 img/s; the CPU-bound steps (decoding frames, the heads, the ensemble) take their CPU seconds spread over
-# 16 cores (their wall time over 8 where a row has no CPU seconds); folds as measured (mostly one core).
-features_gpu, finetune_gpu, cores = 4000.0, 2335.0, 16
-
-
-def on_cores(step: str) -> float:
-    if step not in steps.index:
-        return float("nan")
-    cpu = steps.cpu_s.get(step)
-    return cpu / cores if pd.notna(cpu) else steps.seconds[step] / (cores / 2)
-
-
-views, fviews = len(preset["features"]["test_views"]), len(preset["finetune"]["test_views"])
-folds = params["folds"]["n_splits"]
-per_fold = 0.0
-for name, model in preset["finetune"]["models"].items():
-    pixels = len(model.get("regions", ["full"])) * (model["image_size"] / 224) ** 2  # cost per image vs lite0 224
-    trained = train * (folds - 1) / folds * model["epochs"] * pixels / finetune_gpu
-    predicted = (train / folds + test) * fviews * pixels / features_gpu
-    per_fold += trained + predicted
-projection = {
-    "frames": on_cores("frames"),
-    "features": (train + test) * views / features_gpu,
-    "folds": steps.seconds.get("folds", float("nan")),
-    "heads": on_cores("heads"),
-    "finetune (every model and fold)": per_fold * folds,
-    "ensemble": on_cores("ensemble"),
-}
-for key, seconds in projection.items():
-    print(f"projected on 16 cores + one H100, GPU preset: {key:32s} {seconds / 60:7.1f} min")
-print(f"projected whole GPU-preset dvc repro (after the download): {sum(projection.values()) / 60:.0f} min")
 PY
     ;;
   *) echo "unknown step $step"; exit 2 ;;
