@@ -2,7 +2,7 @@
 bench/gpu_costs.csv, and the arithmetic from a stage's image counts to its seconds (``python -m pipeline.plan``).
 
 On this machine a short calibration times each backbone at its size, a forward pass and a training step (batch
-16, the faster of two after a warm-up), and one JPEG decode as the frames stage decodes (pipeline/data/decoding.py);
+16, the fastest of three after two warm-ups), and one JPEG decode as the frames stage decodes (pipeline/data/decoding.py);
 it is cached per machine (CPU model, cores, torch version) under ``~/.cache/kaggle-image-pipeline/costs.json``, unless
 it ran beside other work: a figure timed with less than ``BUSY`` of its threads' time (a `dvc repro` on the same
 cores halves it, and doubles or triples the figure) is used once and timed again next time. A GPU's rate for
@@ -73,8 +73,8 @@ def machine_key() -> str:
 
 
 def time_net(backbone: str, size: int, batch: int = BATCH) -> ImageCost:
-    """One forward pass and one training step of ``backbone`` at ``size`` px, per image (the second of two runs: the
-    first allocates), and one image's forward FLOPs."""
+    """One forward pass and one training step of ``backbone`` at ``size`` px, per image (the fastest of three runs
+    after two that allocate and plan), and one image's forward FLOPs."""
     from pipeline.training.backbones import create_backbone
 
     model = create_backbone(backbone, num_classes=10, pretrained=False)
@@ -92,7 +92,11 @@ def time_net(backbone: str, size: int, batch: int = BATCH) -> ImageCost:
             model(images)
 
     threads = torch.get_num_threads()
-    (forward_s, forward_share), (train_s, train_share) = _fastest(forward, threads), _fastest(step, threads)
+    # The training step first: a forward pass timed first in a process read ~0.03 s an image for lite0 at 224 px
+    # (and a cached 0.036 put the full count's features 46 % over their 2,502 s), ~0.016 once anything had run (the
+    # allocator's first large blocks, fresh pages from the OS); the step's timing is steady either way.
+    (train_s, train_share) = _fastest(step, threads, warm_ups=2, runs=3)
+    (forward_s, forward_share) = _fastest(forward, threads, warm_ups=2, runs=3)
     return ImageCost(forward=forward_s / batch, train=train_s / batch, flops=flops,
                      share=min(forward_share, train_share))
 
