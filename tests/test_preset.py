@@ -101,7 +101,8 @@ def test_the_gpu_presets_ema_is_the_rows_measured_decay_on_the_development_set_a
         arguments[steps_per_epoch] = ema_settings(recipe.ema_decay, recipe.ema_half_life, steps_per_epoch,
                                                   recipe.ema_warmup)
         steps = steps_per_epoch * recipe.epochs
-        shares[steps_per_epoch] = _averaged(arguments[steps_per_epoch], steps, 1.0, lambda step: 0.0)  # the start's part
+        # the starting weights' part, and where in the run the average sits
+        shares[steps_per_epoch] = _averaged(arguments[steps_per_epoch], steps, 1.0, lambda step: 0.0)
         positions[steps_per_epoch] = _averaged(arguments[steps_per_epoch], steps, 0.0, lambda step: step / steps)
     # The rows measured a fixed 0.99 a step (a half-life of 69 steps) on the development set's 44 steps an epoch.
     half_life = math.log(0.5) / math.log(arguments[44]["decay"])
@@ -135,7 +136,8 @@ def test_the_gpu_preset_fits_one_kaggle_session_on_a_t4_by_the_plans_flop_scaled
     hours = sum(seconds.values()) / 3600
     assert estimate and hours <= 9  # a Kaggle session's 12 h, with margin for a T4 never measured
     # the figure the preset cites is this one
-    [cited] = re.findall(r"on one T4: ([\d.]+) h by `python -m pipeline.plan", GPU_PRESET.read_text().replace("\n# ", " "))
+    comments = GPU_PRESET.read_text().replace("\n# ", " ")
+    [cited] = re.findall(r"on one T4: ([\d.]+) h by `python -m pipeline.plan", comments)
     assert float(cited) == round(hours, 1), hours
 
 

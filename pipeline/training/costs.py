@@ -1,11 +1,12 @@
 """What a run's stages cost before it starts: seconds per image measured on this machine, on a T4 and an H100 from
 bench/gpu_costs.csv, and the arithmetic from a stage's image counts to its seconds (``python -m pipeline.plan``).
 
-On this machine a short calibration times each backbone at its size, a forward pass and a training step (batch
-16, the fastest of three after two warm-ups), and one JPEG decode as the frames stage decodes (pipeline/data/decoding.py);
-it is cached per machine (CPU model, cores, torch version) under ``~/.cache/kaggle-image-pipeline/costs.json``, unless
-it ran beside other work: a figure timed with less than ``BUSY`` of its threads' time (a `dvc repro` on the same
-cores halves it, and doubles or triples the figure) is used once and timed again next time. A GPU's rate for
+On this machine a short calibration times each backbone at its size, a training step and a forward pass (batch
+16, the fastest of three after two warm-ups), and one JPEG decode as the frames stage decodes
+(pipeline/data/decoding.py); it is cached per machine (CPU model, cores, torch version) under
+``~/.cache/kaggle-image-pipeline/costs.json``, unless it ran beside other work: a figure timed with less than
+``BUSY`` of its threads' time (a `dvc repro` on the same cores halves it, and doubles or triples the figure) is used
+once and timed again next time. A GPU's rate for
 the reference net (lite0 at 224 px) comes from bench/gpu_costs.csv, each figure with its source; another net or
 size is that rate scaled by its forward pass's FLOPs against the reference's (counted by torch's FlopCounterMode:
 the same on every machine, where the nets' seconds here vary by ~20 % between calibrations and once put lite0 above
@@ -102,7 +103,7 @@ def time_net(backbone: str, size: int, batch: int = BATCH) -> ImageCost:
 
 
 def forward_flops(model: torch.nn.Module, size: int) -> float:
-    """One ``size`` px image's forward pass through ``model``, in FLOPs (a multiply-add is two), as torch counts them."""
+    """One ``size`` px image's forward pass through ``model`` in FLOPs (a multiply-add is two), as torch counts them."""
     from torch.utils.flop_counter import FlopCounterMode
 
     training = model.training
