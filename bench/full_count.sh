@@ -106,14 +106,15 @@ case "$step" in
 # competition's official ones before.
 from pipeline.config import load_params
 from pipeline.data.competitions import competition_of
-from pipeline.training.costs import image_counts, nets_of, stage_work, this_machine
+from pipeline.training.costs import image_counts, stage_work, this_machine
 
 params = load_params()
 spec = competition_of(params)
 train, test, _ = image_counts(params, spec)
-here = this_machine(nets_of(params), params.frames.size)
+here = this_machine(params)
 backbone = next(iter(params.features.backbones))
-for step, stage in {"frames": "frames", "features": f"features@{backbone}", "finetune": "finetune@net-0"}.items():
+for step, stage in {"frames": "frames", "features": f"features@{backbone}", "heads": f"heads@{backbone}",
+                    "finetune": "finetune@net-0"}.items():
     work = stage_work(stage, params, spec, train, test)
     print(f"{step}\t{work.images}\t{work.seconds(here):.0f}")
 PY

@@ -20,8 +20,8 @@ from pathlib import Path
 from pipeline.config import PARAMS_FILE, load_params
 from pipeline.data.competitions import competition_of
 from pipeline.errors import cli
-from pipeline.training.costs import (GPU_TABLE, Machine, Work, dvc_stages, gpu_machines, image_counts, nets_of,
-                                     stage_work, this_machine)
+from pipeline.training.costs import (GPU_TABLE, Machine, Work, dvc_stages, gpu_machines, image_counts, stage_work,
+                                     this_machine)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def plan(preset: Path | None, overrides: list[str]) -> tuple[list[Row], list[Mac
     train, test, source = image_counts(params, spec)
     stages, to_run = dvc_stages(text)
     rows = [Row(s, stage_work(s, params, spec, train, test), s not in to_run) for s in stages]
-    here = this_machine(nets_of(params), params.frames.size)
+    here = this_machine(params)
     return rows, [here, *gpu_machines(here, GPU_TABLE)], f"{train:,} train and {test:,} test images ({source})"
 
 

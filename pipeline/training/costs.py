@@ -2,24 +2,30 @@
 bench/gpu_costs.csv, and the arithmetic from a stage's image counts to its seconds (``python -m pipeline.plan``).
 
 On this machine a short calibration times each backbone at its size, a training step and a forward pass (batch
-16, the fastest of three after two warm-ups), and one JPEG decode as the frames stage decodes
-(pipeline/data/decoding.py); it is cached per machine (CPU model, cores, torch version) under
-``~/.cache/kaggle-image-pipeline/costs.json``, unless it ran beside other work: a figure timed with less than
-``BUSY`` of its threads' time (a `dvc repro` on the same cores halves it, and doubles or triples the figure) is used
-once and timed again next time. A GPU's rate for
+16, channels-last as the stages run a net, the fastest of three after two warm-ups); a frame as the frames
+stage's workers make one (decoded, fitted, written into a row of a memory-mapped array that is flushed every 64);
+MD5 over memory, which DVC spends on every byte a stage writes (the frame cache: 24 GB at State Farm's full count,
+~30 s); and a head's training step on each features backbone (the heads stage). It is cached per machine (CPU
+model, cores, torch version) under ``~/.cache/kaggle-image-pipeline/costs.json``, unless it ran beside other work:
+a figure timed with less than ``BUSY`` of its threads' time (a `dvc repro` on the same cores halves it, and doubles
+or triples the figure) is used once and timed again next time. A GPU's rate for
 the reference net (lite0 at 224 px) comes from bench/gpu_costs.csv, each figure with its source; another net or
 size is that rate scaled by its forward pass's FLOPs against the reference's (counted by torch's FlopCounterMode:
 the same on every machine, where the nets' seconds here vary by ~20 % between calibrations and once put lite0 above
-lite1). GPU figures are estimates until a card measures them, and the table says so.
+lite1). GPU figures are estimates until a card measures them, and the table says so; a card's machine hashes and
+trains heads at this machine's figures (MD5 runs on one core of any x86 CPU at about the same speed; heads are
+~1 % of a run). How close each figure came at State Farm's full count: bench/full_count.csv, docs/results.md.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import platform
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +39,7 @@ from pipeline.paths import raw_dir
 GPU_TABLE = Path("bench/gpu_costs.csv")  # from the repository's root, where DVC runs
 REFERENCE = ("tf_efficientnet_lite0", 224)  # the net and size bench/gpu_costs.csv's rates are of
 CACHE = Path.home() / ".cache" / "kaggle-image-pipeline" / "costs.json"
-BATCH = 16
+BATCH = 16  # per image, this CPU trains lite1 at 176 px faster at 16 (0.036 s) than at 32 (0.048), the stage's batch
 BUSY = 0.8  # of its threads' time: below it, a calibration ran beside other work (alone ~0.95-1.0; beside a run ~0.5)
 
 
@@ -49,7 +55,8 @@ class ImageCost:
 
 @dataclass(frozen=True)
 class Machine:
-    """A machine's rates: a net's per-image seconds, decoding's per-image seconds on one core, and its cores."""
+    """A machine's rates: a net's per-image seconds, a frame's seconds on one core (decoded and written), its cores,
+    the bytes a second MD5 hashes, and a head's training step per sample on each backbone's features."""
 
     name: str
     nets: dict[tuple[str, int], ImageCost]
@@ -57,6 +64,8 @@ class Machine:
     cores: int
     estimate: bool  # scaled from another machine's figures, not measured on this one
     busy: bool = False  # some figures were timed beside other work (slow, not cached)
+    md5: float = float("inf")  # bytes a second
+    heads: dict[str, float] = field(default_factory=dict)  # backbone -> seconds per sample stepped
 
     def net(self, backbone: str, size: int) -> ImageCost:
         return self.nets[(backbone, size)]
@@ -80,7 +89,11 @@ def time_net(backbone: str, size: int, batch: int = BATCH) -> ImageCost:
 
     model = create_backbone(backbone, num_classes=10, pretrained=False)
     flops = forward_flops(model, size)
-    images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    # channels-last, as pipeline/stages/features.py and pipeline/training/fold_training.py run a net: on a CPU
+    # oneDNN's depthwise convolutions take half the time they take contiguous
+    model = model.to(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -127,45 +140,115 @@ def _fastest(call, threads: int, warm_ups: int = 1, runs: int = 2) -> tuple[floa
     return min(timed)
 
 
-def time_decode(size: int) -> tuple[float, float]:
-    """(seconds to decode one 640x480 JPEG to at least ``size`` px on its short side as the frames stage does, on
-    one core; the share of that core's time it had)."""
+def sample_jpeg() -> bytes:
+    """A 640x480 JPEG (State Farm's size) of photo-like detail: it decodes in ~1.0 ms here, as the full count's
+    stand-in photos do (real State Farm photos: ~0.75 ms)."""
     import cv2
 
+    pixels = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", cv2.GaussianBlur(pixels, (9, 9), 3))[1].tobytes()
+
+
+def frame_shape(size: int) -> tuple[int, int]:
+    """The frame (height, width) the frames stage caches for a 640x480 image at ``size`` (pipeline/data/frames.py)."""
     from pipeline.data.decoding import decode_rgb
 
-    pixels = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    data = cv2.imencode(".jpg", cv2.GaussianBlur(pixels, (9, 9), 3))[1].tobytes()
-    shape = (size * 4 // 3, size)
-    seconds, share = _fastest(lambda: [decode_rgb(data, "calibration", shape) for _ in range(10)], threads=1)
-    return seconds / 10, share
+    return decode_rgb(sample_jpeg(), "calibration", (size, size)).shape[:2]
 
 
-def this_machine(nets: list[tuple[str, int]], frame_size: int, cache: Path | None = None) -> Machine:
-    """This machine's rates for ``nets``: from the cache, else timed now and cached (a figure timed beside other
-    work is used for this run only: the Machine says ``busy``)."""
+def time_decode(size: int, images: int = 64) -> tuple[float, float]:
+    """(seconds one core spends on a frame as the frames stage's workers make it: a 640x480 JPEG decoded to at
+    least ``size`` px, fitted, written into a row of a memory-mapped array (first touch of fresh pages) that is
+    flushed to disk after ``images`` (the stage's task); the share of that core's time it had)."""
+    from pipeline.data.decoding import decode_rgb
+    from pipeline.data.frames import fit_frame, new_frames
+
+    data, shape = sample_jpeg(), frame_shape(size)
+    with tempfile.TemporaryDirectory() as scratch:
+        frames = new_frames(Path(scratch), "calibration", images * 4, shape)
+        runs = iter(range(4))  # two warm-ups, then the fastest of two: each into rows not touched before
+
+        def task() -> None:
+            start = next(runs) * images
+            for row in range(start, start + images):
+                frames[row] = fit_frame(decode_rgb(data, "calibration", (size, size)), shape)
+            frames.flush()
+
+        seconds, share = _fastest(task, threads=1, warm_ups=2, runs=2)
+        del frames
+    return seconds / images, share
+
+
+def time_md5(megabytes: int = 64) -> tuple[float, float]:
+    """(bytes a second MD5 hashes, as DVC hashes each output a stage writes; the share of a core it had)."""
+    data = np.random.default_rng(0).integers(0, 255, megabytes << 20, dtype=np.uint8).tobytes()
+    seconds, share = _fastest(lambda: hashlib.md5(data, usedforsecurity=False).digest(), threads=1)
+    return len(data) / seconds, share
+
+
+def time_head(backbone: str, hidden: int, batch: int) -> tuple[float, float]:
+    """(seconds per sample of one training step of the heads stage's head (pipeline/training/head_model.py) on
+    ``backbone``'s features, ``hidden`` units, ``batch`` samples a step, AdamW; the share of its threads' time)."""
+    from pipeline.training.backbones import create_backbone
+    from pipeline.training.head_model import make_head
+    from pipeline.training.schedule import warmup_cosine
+
+    steps = 20
+    dim = create_backbone(backbone, num_classes=0, pretrained=False).num_features
+    head = make_head(dim, hidden, 10, 0.5)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    schedule = warmup_cosine(optimizer, steps, 10 * steps)
+    inputs, labels = torch.randn(steps * batch, dim), torch.randint(0, 10, (steps * batch,))
+
+    def epoch() -> None:  # as the stage steps: a random batch indexed out of every sample
+        order = torch.randperm(len(inputs))
+        for start in range(0, len(inputs), batch):
+            rows = order[start:start + batch]
+            loss = torch.nn.functional.cross_entropy(head(inputs[rows]), labels[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+
+    seconds, share = _fastest(epoch, torch.get_num_threads(), warm_ups=1, runs=3)
+    return seconds / len(inputs), share
+
+
+def this_machine(params: Params, cache: Path | None = None) -> Machine:
+    """This machine's rates for the nets, frames and heads of ``params``: from the cache, else timed now and cached
+    (a figure timed beside other work is used for this run only: the Machine says ``busy``)."""
     cache = cache or CACHE
     key = machine_key()
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     mine = known.setdefault(key, {})
     now = {}  # timed beside other work: this run's figures, not the cache's
-    wanted = list(dict.fromkeys([REFERENCE, *nets]))
+    wanted = list(dict.fromkeys([REFERENCE, *nets_of(params)]))
+    hidden, batch = params.heads.hidden, params.heads.batch_size
+    heads = {backbone: f"head@{backbone}@{hidden}x{batch}" for backbone in params.features.backbones}
+    frame, md5 = f"frame@{params.frames.size}", "md5"
     timed = False
-    # a figure cached before FLOPs were counted (two numbers, not three) is timed again
-    for backbone, size in [(b, s) for b, s in wanted if len(mine.get(f"{b}@{s}", ())) != 3]:
-        cost = time_net(backbone, size)
-        (mine if cost.share >= BUSY else now)[f"{backbone}@{size}"] = [cost.forward, cost.train, cost.flops]
-        timed = True
-    if f"decode@{frame_size}" not in mine:
-        seconds, share = time_decode(frame_size)
-        (mine if share >= BUSY else now)[f"decode@{frame_size}"] = seconds
-        timed = True
+    # timed channels-last, as the stages run them: a figure of an older version (contiguous: lite1's training step
+    # 0.051 s an image against 0.036, its forward pass 0.016 against 0.009) is not read
+    named = {(b, s): f"{b}@{s}@channels_last" for b, s in wanted}
+    for (backbone, size), name in named.items():
+        if name not in mine:
+            cost = time_net(backbone, size)
+            (mine if cost.share >= BUSY else now)[name] = [cost.forward, cost.train, cost.flops]
+            timed = True
+    scalars = {frame: lambda: time_decode(params.frames.size), md5: time_md5,
+               **{name: (lambda b=backbone: time_head(b, hidden, batch)) for backbone, name in heads.items()}}
+    for name, timing in scalars.items():
+        if name not in mine:
+            figure, share = timing()
+            (mine if share >= BUSY else now)[name] = figure
+            timed = True
     if timed:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(known, indent=2) + "\n")
     figures = {**mine, **now}
-    return Machine("here", {(b, s): ImageCost(*figures[f"{b}@{s}"]) for b, s in wanted},
-                   figures[f"decode@{frame_size}"], os.cpu_count() or 1, estimate=False, busy=bool(now))
+    return Machine("here", {key: ImageCost(*figures[name]) for key, name in named.items()}, figures[frame],
+                   os.cpu_count() or 1, estimate=False, busy=bool(now), md5=figures[md5],
+                   heads={backbone: figures[name] for backbone, name in heads.items()})
 
 
 def gpu_machines(here: Machine, table: Path) -> list[Machine]:
@@ -186,23 +269,27 @@ def gpu_machines(here: Machine, table: Path) -> list[Machine]:
                                train=cost.flops / reference.flops / float(row["train_img_s"]), flops=cost.flops)
                 for key, cost in here.nets.items()}
         machines.append(Machine(row["device"], nets, 1.0 / float(row["decode_img_s_per_core"]), int(row["cores"]),
-                                estimate=row["measured"] != "yes"))
+                                estimate=row["measured"] != "yes", md5=here.md5, heads=here.heads))
     return machines
 
 
 @dataclass(frozen=True)
 class Work:
-    """What a stage does, in images: a net's forward passes and training steps, and decodes."""
+    """What a stage does, in images: a net's forward passes and training steps, frames made, samples a head is
+    stepped on, and the bytes DVC hashes once the stage has written them."""
 
     images: int  # the images the stage reads (what the table shows)
     forward: tuple[tuple[str, int, float], ...] = ()  # (backbone, size, images) inferred
     train: tuple[tuple[str, int, float], ...] = ()  # (backbone, size, images) trained on, epochs counted
-    decode: float = 0.0  # images decoded
+    decode: float = 0.0  # frames made (decoded and written), spread over the machine's cores
+    heads: tuple[tuple[str, float], ...] = ()  # (backbone, samples) a head steps over, epochs and folds counted
+    hashed: float = 0.0  # bytes of output
 
     def seconds(self, machine: Machine) -> float:
         spent = sum(machine.net(b, s).forward * n for b, s, n in self.forward)
         spent += sum(machine.net(b, s).train * n for b, s, n in self.train)
-        return spent + self.decode * machine.decode / machine.cores
+        spent += sum(machine.heads[backbone] * n for backbone, n in self.heads)
+        return spent + self.decode * machine.decode / machine.cores + self.hashed / machine.md5
 
 
 def image_counts(params: Params, spec: CompetitionSpec) -> tuple[int, int, str]:
@@ -228,11 +315,16 @@ def stage_work(stage: str, params: Params, spec: CompetitionSpec, train: int, te
     if name == "download":
         return None
     if name == "frames":
-        return Work(train + test, decode=train + test)
+        height, width = frame_shape(params.frames.size)
+        return Work(train + test, decode=train + test, hashed=(train + test) * height * width * 3)
+    views, passes = len(params.features.test_views), params.features.train_passes
     if name == "features":
         size = params.features.backbones[item].image_size
-        passes = train * (1 + params.features.train_passes) + test * len(params.features.test_views)
-        return Work(train + test, forward=((item, size, passes),))
+        return Work(train + test, forward=((item, size, train * (views + passes) + test * views),))
+    if name == "heads":  # a head per fold on every train view and augmented pass; again on a random split
+        splits, settings = params.folds.n_splits, params.heads
+        samples = train * (splits - 1) * (views + passes) * settings.epochs * (1 + settings.random_split_check)
+        return Work(train, heads=((item, samples),))
     if name in ("finetune", "pseudo"):
         model = item.rsplit("-", 1)[0]
         recipe = params.finetune.recipe(model)
@@ -243,7 +335,7 @@ def stage_work(stage: str, params: Params, spec: CompetitionSpec, train: int, te
         return Work(round(trained + train / splits + test),
                     forward=((recipe.backbone, size, predicted * regions),),
                     train=((recipe.backbone, recipe.image_size, trained * recipe.epochs * regions),))
-    return Work(0)  # sample, folds, heads, ensemble, submission: seconds, whatever the machine
+    return Work(0)  # sample, folds, ensemble, submission: seconds, whatever the machine
 
 
 def nets_of(params: Params) -> list[tuple[str, int]]:
@@ -276,7 +368,7 @@ def kaggle_session(params: Params, spec: CompetitionSpec, stages: list[str]) -> 
     """Each of ``stages``' seconds on one T4 (bench/gpu_costs.csv's row, scaled by this machine's calibration) and
     whether that figure is an estimate: what a Kaggle session of this run would spend, nothing cached there."""
     train, test, _ = image_counts(params, spec)
-    here = this_machine(nets_of(params), params.frames.size)
+    here = this_machine(params)
     [t4] = [m for m in gpu_machines(here, GPU_TABLE) if m.name == "T4"]
     seconds = {}
     for stage in stages:
