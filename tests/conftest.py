@@ -212,7 +212,8 @@ def pytest_runtest_logreport(report):
 # What a run costs on this machine (pipeline/training/costs.py): its calibration kept, its timing of nets and decoding
 # given figures of the right order for a 2-core CPU, so that a test that estimates a run (`train send`,
 # `pipeline.plan`) times no net. tests/test_plan.py times a tiny net with the real functions.
-CALIBRATED = {"forward": 0.02, "train": 0.06, "flops": 1e9, "decode": 0.004, "md5": 5e8, "head": 3e-5}
+CALIBRATED = {"forward": 0.02, "train": 0.06, "flops": 1e9, "decode": 0.004, "md5": 5e8, "head": 3e-5,
+              "pair": 4e-8}
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -227,5 +228,6 @@ def calibrated_costs(tmp_path_factory):
             mock.patch.object(costs, "time_net", lambda backbone, size, batch=costs.BATCH: given), \
             mock.patch.object(costs, "time_decode", lambda size: (CALIBRATED["decode"], 1.0)), \
             mock.patch.object(costs, "time_md5", lambda: (CALIBRATED["md5"], 1.0)), \
-            mock.patch.object(costs, "time_head", lambda backbone, hidden, batch: (CALIBRATED["head"], 1.0)):
+            mock.patch.object(costs, "time_head", lambda backbone, hidden, batch: (CALIBRATED["head"], 1.0)), \
+            mock.patch.object(costs, "time_neighbours", lambda backbone, regions: (CALIBRATED["pair"], 1.0)):
         yield cache

@@ -104,3 +104,34 @@ def test_a_fold_trained_beside_another_stage_takes_half_the_cores_and_records_it
                        weights_only=True)
     assert metrics["threads"] == final["machine"]["threads"] == expected
     assert final["machine"]["precision"] == "float32" and final["machine"]["device"] == "cpu"
+
+
+ALLOCATE = """
+import resource, torch
+from pipeline.compute.cores import stage_command
+
+def faults_per_batch():
+    features = torch.rand(32, 32, 112, 112)  # 51 MB: lite0's first feature map at 224 px, a batch of 32
+    for _ in range(3):  # the heap grows to its size
+        features * 2
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        features * 2  # the next layer's output, allocated, filled and freed, as each batch's is
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+
+if __import__("sys").argv[1] == "stage":
+    stage_command(faults_per_batch)()
+else:
+    faults_per_batch()
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_a_stage_keeps_the_memory_it_frees_instead_of_faulting_it_in_again_each_batch(tmp_path):
+    def faults(how: str) -> int:
+        done = subprocess.run([sys.executable, "-c", ALLOCATE, how], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PIPELINE_RUNS_DIR": str(tmp_path)})
+        return int(done.stdout.split()[0])
+
+    assert faults("plain") > 10_000  # 51 MB of 4 KiB pages, zeroed by the kernel every time
+    assert faults("stage") < 100

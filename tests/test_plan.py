@@ -16,7 +16,7 @@ from pipeline.config import load_params
 from pipeline.data.competitions import STATE_FARM
 from pipeline.training import costs
 from pipeline.training.costs import (ImageCost, Machine, gpu_machines, stage_work, this_machine, time_decode, time_head,
-                                     time_md5, time_net)
+                                     time_md5, time_neighbours, time_net)
 from tests.conftest import CALIBRATED, REPO, run
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -37,6 +37,17 @@ def test_a_fine_tuning_fold_costs_its_training_epochs_and_its_test_views():
     heads = stage_work("heads@tf_efficientnet_lite0", params, STATE_FARM, 22424, 79726)
     with_heads = Machine("here", {}, 0.0, 2, estimate=False, heads={"tf_efficientnet_lite0": 3e-5})
     assert heads.seconds(with_heads) == pytest.approx(22424 * 3 * 10 * 2 * 3e-5)
+    # the ensemble: neighbours searched in each space within each fold, and among the test images in the widest
+    ensemble = stage_work("ensemble", params, STATE_FARM, 22424, 79726)
+    spaces = {("tf_efficientnet_lite0", 1): 4e-8, (recipe.backbone, 1): 5e-8}
+    searching = Machine("here", {}, 0.0, 2, estimate=False, neighbours=spaces)
+    within_folds = 4 * (22424 / 4) ** 2
+    assert ensemble.seconds(searching) == pytest.approx(within_folds * (4e-8 + 5e-8) + 79726 ** 2 * 4e-8)
+    regions = params.model_copy(update={"finetune": params.finetune.model_copy(update={"models": {
+        "net": params.finetune.models["net"].model_copy(update={"regions": ["full", "head", "hands"]})}})})
+    searching = Machine("here", {}, 0.0, 2, estimate=False, neighbours={**spaces, (recipe.backbone, 3): 1.5e-7})
+    assert stage_work("ensemble", regions, STATE_FARM, 22424, 79726).seconds(searching) == pytest.approx(
+        within_folds * (4e-8 + 1.5e-7) + 79726 ** 2 * 1.5e-7)  # the net over 3 regions: 3x as wide
     assert stage_work("download", params, STATE_FARM, 22424, 79726) is None  # the network's time, not estimated
 
 
@@ -100,10 +111,11 @@ def test_timing_a_net_gives_seconds_per_image_a_training_step_dearer_than_a_forw
     # lite0 at 224 px is ~0.39 GMACs (its paper's figure): a FLOP is half a multiply-add, counted per image
     assert cost.flops * (224 / 32) ** 2 == pytest.approx(2 * 0.39e9, rel=0.05)
     # a frame as the frames stage's workers make it, MD5, a head's step: seconds of the right order, all timed alone
-    (frame, frame_share), (md5, md5_share), (head, head_share) = (time_decode(224, images=8), time_md5(8),
-                                                                  time_head("test_efficientnet", 16, 8))
-    assert 1e-4 < frame < 0.1 and 1e7 < md5 < 1e11 and 0 < head < 0.01
-    assert min(frame_share, md5_share, head_share) > 0
+    (frame, frame_share), (md5, md5_share), (head, head_share), (pair, pair_share) = (
+        time_decode(224, images=8), time_md5(8), time_head("test_efficientnet", 16, 8),
+        time_neighbours("test_efficientnet", 2, queries=64, rows=256))
+    assert 1e-4 < frame < 0.1 and 1e7 < md5 < 1e11 and 0 < head < 0.01 and 0 < pair < 1e-4
+    assert min(frame_share, md5_share, head_share, pair_share) > 0
     # beside twice as many busy processes as cores, the timing has at most a third of its threads' time
     hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2 * (os.cpu_count() or 1))]
     try:

@@ -12,13 +12,20 @@ tests set 1). On a GPU the share sizes the rank's DataLoader workers (pipeline/c
 
 A registration is a file named by the pid holding the process's start time: a stage SIGKILLed before it could
 remove its file leaves a pid the system may give to another process later, which then is not counted.
+
+A stage also keeps the memory it frees (``keep_freed_memory``): glibc hands every block above its mmap threshold
+(32 MB at most: lite0's first feature map at 224 px is 51 MB for a batch of 32) back to the OS when freed, and the
+next batch faults it in again, page by page, zeroed. On 2 cores that was 2,093 of the full-count features stage's
+4,729 CPU seconds, in the kernel (docs/results.md); bench/allocator.py measures it.
 """
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import logging
 import os
+import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -112,6 +119,31 @@ def take_share() -> int:
     return threads
 
 
+# mallopt(3)'s parameters (malloc.h): how many blocks may be mmapped, how much free memory the heap's top keeps
+M_MMAP_MAX, M_TRIM_THRESHOLD = -4, -1
+KEPT_FREE = 1 << 30  # bytes of free memory the heap's top may hold before it is handed back
+
+
+def allocator_settings(libc: str) -> list[tuple[int, int]]:
+    """The mallopt calls that keep a process's freed memory for its next allocations: on glibc, no block mmapped
+    (every block from the heap; a thread's arena still maps one it cannot hold) and up to ``KEPT_FREE`` kept at
+    the heap's top; another C library (musl, macOS) keeps its own ways."""
+    return [(M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEPT_FREE)] if libc == "glibc" else []
+
+
+def keep_freed_memory() -> None:
+    """This process's allocator keeps what it frees (glibc; see the module's docstring). Set at a stage's start:
+    blocks allocated before keep their ways."""
+    for parameter, value in allocator_settings(platform.libc_ver()[0]):
+        ctypes.CDLL(None).mallopt(parameter, value)
+
+
+def start_stage() -> None:
+    """What a stage process does first: take its share of the cores, keep the memory it frees."""
+    take_share()
+    keep_freed_memory()
+
+
 def give_back() -> None:
     """Stop counting as a running stage: a process that only waits for its children (torchrun's parent)."""
     _registration().unlink(missing_ok=True)
@@ -119,5 +151,6 @@ def give_back() -> None:
 
 def stage_command(main: Callable[[], None]) -> Callable[[], None]:
     """A stage's ``main`` as its command: ``cli``'s logging, one-line errors and timing, with the stage's share of
-    the cores taken first (commands that mostly wait, submit and leaderboard, use ``cli`` alone)."""
-    return cli(main, start=take_share)
+    the cores taken first and its allocator told to keep what it frees (commands that mostly wait, submit and
+    leaderboard, use ``cli`` alone)."""
+    return cli(main, start=start_stage)

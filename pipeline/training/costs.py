@@ -1,20 +1,22 @@
 """What a run's stages cost before it starts: seconds per image measured on this machine, on a T4 and an H100 from
 bench/gpu_costs.csv, and the arithmetic from a stage's image counts to its seconds (``python -m pipeline.plan``).
 
-On this machine a short calibration times each backbone at its size, a training step and a forward pass (batch
-16, channels-last as the stages run a net, the fastest of three after two warm-ups); a frame as the frames
-stage's workers make one (decoded, fitted, written into a row of a memory-mapped array that is flushed every 64);
-MD5 over memory, which DVC spends on every byte a stage writes (the frame cache: 24 GB at State Farm's full count,
-~30 s); and a head's training step on each features backbone (the heads stage). It is cached per machine (CPU
-model, cores, torch version) under ``~/.cache/kaggle-image-pipeline/costs.json``, unless it ran beside other work:
-a figure timed with less than ``BUSY`` of its threads' time (a `dvc repro` on the same cores halves it, and doubles
-or triples the figure) is used once and timed again next time. A GPU's rate for
-the reference net (lite0 at 224 px) comes from bench/gpu_costs.csv, each figure with its source; another net or
-size is that rate scaled by its forward pass's FLOPs against the reference's (counted by torch's FlopCounterMode:
-the same on every machine, where the nets' seconds here vary by ~20 % between calibrations and once put lite0 above
-lite1). GPU figures are estimates until a card measures them, and the table says so; a card's machine hashes and
-trains heads at this machine's figures (MD5 runs on one core of any x86 CPU at about the same speed; heads are
-~1 % of a run). How close each figure came at State Farm's full count: bench/full_count.csv, docs/results.md.
+On this machine a short calibration times each backbone at its size, a training step and a forward pass (batch 16,
+channels-last as the stages run a net, the fastest of three after two warm-ups); a frame as the frames stage's
+workers make one (decoded, fitted, written into a row of a memory-mapped array that is flushed every 64); MD5 over
+memory, which DVC spends on every byte a stage writes (the frame cache: 24 GB at State Farm's full count, ~30 s); a
+head's training step on each features backbone (the heads stage); and the ensemble's neighbour search, per pair of
+images, in each of its spaces. Nets are timed in a process that keeps the memory it frees, as a stage does
+(pipeline/compute/cores.py). It is cached per machine (CPU model, cores, torch version) under
+``~/.cache/kaggle-image-pipeline/costs.json``, unless it ran beside other work: a figure timed with less than
+``BUSY`` of its threads' time (a `dvc repro` on the same cores halves it, and doubles or triples the figure) is used
+once and timed again next time. A GPU's rate for the reference net (lite0 at 224 px) comes from bench/gpu_costs.csv,
+each figure with its source; another net or size is that rate scaled by its forward pass's FLOPs against the
+reference's (counted by torch's FlopCounterMode: the same on every machine, where the nets' seconds here vary by
+~20 % between calibrations and once put lite0 above lite1). GPU figures are estimates until a card measures them,
+and the table says so; a card's machine hashes, trains heads and searches neighbours at this machine's figures (MD5
+runs on one core of any x86 CPU at about the same speed; heads are ~1 % of a run). How close each figure came at
+State Farm's full count: bench/full_count.csv, docs/results.md.
 """
 from __future__ import annotations
 
@@ -66,6 +68,8 @@ class Machine:
     busy: bool = False  # some figures were timed beside other work (slow, not cached)
     md5: float = float("inf")  # bytes a second
     heads: dict[str, float] = field(default_factory=dict)  # backbone -> seconds per sample stepped
+    # (backbone, regions) -> seconds per (query, row) pair of the ensemble's neighbour search in that space
+    neighbours: dict[tuple[str, int], float] = field(default_factory=dict)
 
     def net(self, backbone: str, size: int) -> ImageCost:
         return self.nets[(backbone, size)]
@@ -85,8 +89,10 @@ def machine_key() -> str:
 def time_net(backbone: str, size: int, batch: int = BATCH) -> ImageCost:
     """One forward pass and one training step of ``backbone`` at ``size`` px, per image (the fastest of three runs
     after two that allocate and plan), and one image's forward FLOPs."""
+    from pipeline.compute.cores import keep_freed_memory
     from pipeline.training.backbones import create_backbone
 
+    keep_freed_memory()  # as a stage's process allocates: the freed activations kept, not faulted in again
     model = create_backbone(backbone, num_classes=10, pretrained=False)
     flops = forward_flops(model, size)
     # channels-last, as pipeline/stages/features.py and pipeline/training/fold_training.py run a net: on a CPU
@@ -214,6 +220,33 @@ def time_head(backbone: str, hidden: int, batch: int) -> tuple[float, float]:
     return seconds / len(inputs), share
 
 
+def time_neighbours(backbone: str, regions: int, queries: int = 1024, rows: int = 8192) -> tuple[float, float]:
+    """(seconds per (query, row) pair of the ensemble's neighbour search (pipeline/ensemble/blending.py's
+    ``nearest``: scikit-learn's brute-force cosine k-NN) among rows as wide as ``backbone``'s pooled features times
+    ``regions``; the share of its threads' time)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from pipeline.training.backbones import create_backbone
+
+    width = create_backbone(backbone, num_classes=0, pretrained=False).num_features * regions
+    space = np.random.default_rng(0).standard_normal((rows, width), dtype=np.float32)
+    search = NearestNeighbors(n_neighbors=21, metric="cosine").fit(space)
+    seconds, share = _fastest(lambda: search.kneighbors(space[:queries]), torch.get_num_threads())
+    return seconds / (queries * rows), share
+
+
+def neighbour_spaces(params: Params) -> dict[str, tuple[str, int]]:
+    """The ensemble's neighbour spaces (pipeline/stages/ensemble.py's candidates): name -> (backbone, regions)."""
+    settings, spaces = params.ensemble, {}
+    for name in settings.neighbour_features if settings.neighbours else ():
+        if not name.startswith(("finetune-", "pseudo-")):
+            spaces[name] = (name, 1)  # a backbone's cached features
+        elif name in settings.models:  # a fine-tuned model's embeddings: its regions side by side
+            recipe = params.finetune.recipe(name.split("-", 1)[1])
+            spaces[name] = (recipe.backbone, len(recipe.regions))
+    return spaces
+
+
 def this_machine(params: Params, cache: Path | None = None) -> Machine:
     """This machine's rates for the nets, frames and heads of ``params``: from the cache, else timed now and cached
     (a figure timed beside other work is used for this run only: the Machine says ``busy``)."""
@@ -225,6 +258,7 @@ def this_machine(params: Params, cache: Path | None = None) -> Machine:
     wanted = list(dict.fromkeys([REFERENCE, *nets_of(params)]))
     hidden, batch = params.heads.hidden, params.heads.batch_size
     heads = {backbone: f"head@{backbone}@{hidden}x{batch}" for backbone in params.features.backbones}
+    searches = {space: f"neighbours@{space[0]}x{space[1]}" for space in neighbour_spaces(params).values()}
     frame, md5 = f"frame@{params.frames.size}", "md5"
     timed = False
     # timed channels-last, as the stages run them: a figure of an older version (contiguous: lite1's training step
@@ -236,7 +270,8 @@ def this_machine(params: Params, cache: Path | None = None) -> Machine:
             (mine if cost.share >= BUSY else now)[name] = [cost.forward, cost.train, cost.flops]
             timed = True
     scalars = {frame: lambda: time_decode(params.frames.size), md5: time_md5,
-               **{name: (lambda b=backbone: time_head(b, hidden, batch)) for backbone, name in heads.items()}}
+               **{name: (lambda b=backbone: time_head(b, hidden, batch)) for backbone, name in heads.items()},
+               **{name: (lambda s=space: time_neighbours(*s)) for space, name in searches.items()}}
     for name, timing in scalars.items():
         if name not in mine:
             figure, share = timing()
@@ -248,7 +283,8 @@ def this_machine(params: Params, cache: Path | None = None) -> Machine:
     figures = {**mine, **now}
     return Machine("here", {key: ImageCost(*figures[name]) for key, name in named.items()}, figures[frame],
                    os.cpu_count() or 1, estimate=False, busy=bool(now), md5=figures[md5],
-                   heads={backbone: figures[name] for backbone, name in heads.items()})
+                   heads={backbone: figures[name] for backbone, name in heads.items()},
+                   neighbours={space: figures[name] for space, name in searches.items()})
 
 
 def gpu_machines(here: Machine, table: Path) -> list[Machine]:
@@ -269,7 +305,8 @@ def gpu_machines(here: Machine, table: Path) -> list[Machine]:
                                train=cost.flops / reference.flops / float(row["train_img_s"]), flops=cost.flops)
                 for key, cost in here.nets.items()}
         machines.append(Machine(row["device"], nets, 1.0 / float(row["decode_img_s_per_core"]), int(row["cores"]),
-                                estimate=row["measured"] != "yes", md5=here.md5, heads=here.heads))
+                                estimate=row["measured"] != "yes", md5=here.md5, heads=here.heads,
+                                neighbours=here.neighbours))
     return machines
 
 
@@ -283,12 +320,14 @@ class Work:
     train: tuple[tuple[str, int, float], ...] = ()  # (backbone, size, images) trained on, epochs counted
     decode: float = 0.0  # frames made (decoded and written), spread over the machine's cores
     heads: tuple[tuple[str, float], ...] = ()  # (backbone, samples) a head steps over, epochs and folds counted
+    pairs: tuple[tuple[tuple[str, int], float], ...] = ()  # ((backbone, regions), pairs) a neighbour search compares
     hashed: float = 0.0  # bytes of output
 
     def seconds(self, machine: Machine) -> float:
         spent = sum(machine.net(b, s).forward * n for b, s, n in self.forward)
         spent += sum(machine.net(b, s).train * n for b, s, n in self.train)
         spent += sum(machine.heads[backbone] * n for backbone, n in self.heads)
+        spent += sum(machine.neighbours[space] * n for space, n in self.pairs)
         return spent + self.decode * machine.decode / machine.cores + self.hashed / machine.md5
 
 
@@ -335,7 +374,13 @@ def stage_work(stage: str, params: Params, spec: CompetitionSpec, train: int, te
         return Work(round(trained + train / splits + test),
                     forward=((recipe.backbone, size, predicted * regions),),
                     train=((recipe.backbone, recipe.image_size, trained * recipe.epochs * regions),))
-    return Work(0)  # sample, folds, ensemble, submission: seconds, whatever the machine
+    if name == "ensemble":  # each space searched within each fold; the test images among themselves, in the space
+        # the ensemble picks: counted in the one with the most regions, the widest (EfficientNet-lite's are 1,280 each)
+        spaces, splits = list(neighbour_spaces(params).values()), params.folds.n_splits
+        pairs = [(space, splits * (train / splits) ** 2) for space in spaces]
+        pairs += [(max(spaces, key=lambda space: space[1]), test ** 2)] if spaces else []
+        return Work(train + test, pairs=tuple(pairs))
+    return Work(0)  # sample, folds, submission: seconds, whatever the machine
 
 
 def nets_of(params: Params) -> list[tuple[str, int]]:
