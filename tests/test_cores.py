@@ -110,19 +110,19 @@ ALLOCATE = """
 import resource, torch
 from pipeline.compute.cores import stage_command
 
-def faults_per_batch():
+def batches_faulted_in():
     features = torch.rand(32, 32, 112, 112)  # 51 MB: lite0's first feature map at 224 px, a batch of 32
-    for _ in range(3):  # the heap grows to its size
-        features * 2
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    faulted = 0
+    for _ in range(30):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         features * 2  # the next layer's output, allocated, filled and freed, as each batch's is
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+        faulted += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before > 10_000  # 51 MB of 4 KiB pages
+    print(faulted)
 
 if __import__("sys").argv[1] == "stage":
-    stage_command(faults_per_batch)()
+    stage_command(batches_faulted_in)()
 else:
-    faults_per_batch()
+    batches_faulted_in()
 """
 
 
@@ -133,5 +133,7 @@ def test_a_stage_keeps_the_memory_it_frees_instead_of_faulting_it_in_again_each_
                               env={**os.environ, "PIPELINE_RUNS_DIR": str(tmp_path)})
         return int(done.stdout.split()[0])
 
-    assert faults("plain") > 10_000  # 51 MB of 4 KiB pages, zeroed by the kernel every time
-    assert faults("stage") < 100
+    assert faults("plain") == 30  # handed back to the OS when freed, faulted in zeroed by the kernel every batch
+    # Kept, the heap grows to its size in a few fits (torch's 64-byte-aligned blocks and the OpenMP threads' small
+    # ones land between freed ones: 1 to 9 of the first 20 batches in 50 runs), then every batch reuses it.
+    assert faults("stage") <= 15

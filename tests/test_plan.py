@@ -125,17 +125,20 @@ def test_timing_a_net_gives_seconds_per_image_a_training_step_dearer_than_a_forw
             hog.kill()
 
 
-def test_plan_prints_every_stage_here_on_a_t4_and_an_h100_and_a_cached_stage_costs_nothing(repo_copy, monkeypatch,
-                                                                                           caplog):
-    run(DVC + ["repro", "download"], repo_copy)  # the tiny stand-in: the counts are its own, download cached
+def test_plan_prints_each_stage_here_on_a_t4_and_an_h100_a_cached_one_free_unless_upstream_runs(repo_copy, monkeypatch,
+                                                                                         caplog):
+    run(DVC + ["repro", "frames"], repo_copy)  # the tiny stand-in: the counts are its own, download..frames cached
     params_before = (repo_copy / "params.yaml").read_text()
     monkeypatch.chdir(repo_copy)
-    monkeypatch.setattr(sys, "argv", ["plan", "-S", "finetune.models.net.epochs=3"])
+    # a changed seed re-runs the sample stage, and with it frames, cached but downstream of it
+    monkeypatch.setattr(sys, "argv", ["plan", "-S", "finetune.models.net.epochs=3", "-S", "data.sample_seed=1"])
     plan.main()
     lines = caplog.text.splitlines()
     header = next(line for line in lines if line.startswith("stage"))
     assert header.split() == ["stage", "images", "here", "H100", "(est.)", "T4", "(est.)"]
     assert next(line for line in lines if line.startswith("download")).split()[1:] == ["cached"] * 3
+    assert "cached" not in next(line for line in lines if line.startswith("sample"))
+    assert "cached" not in next(line for line in lines if line.startswith("frames"))
     # the stand-in's own counts; 3 folds, 3 epochs, one test view; the given per-image seconds (tests/conftest.py)
     train, test = (int(n.replace(",", "")) for n in caplog.text.split(" train and ")[0].split()[-1:] +
                    caplog.text.split(" train and ")[1].split()[:1])

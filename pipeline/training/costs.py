@@ -393,7 +393,10 @@ def nets_of(params: Params) -> list[tuple[str, int]]:
 
 def dvc_stages(params_text: str) -> tuple[list[str], set[str]]:
     """(every stage in dvc.yaml's order, those DVC would run) for params.yaml holding ``params_text``: laid over the
-    workspace's params.yaml while DVC looks, then put back."""
+    workspace's params.yaml while DVC looks, then put back. ``repo.status()`` names only the stages whose own deps or
+    params changed; every stage that depends on one of them runs too (DVC's graph points from a stage to those it
+    depends on)."""
+    import networkx
     from dvc.repo import Repo
 
     from pipeline.config import PARAMS_FILE
@@ -403,10 +406,14 @@ def dvc_stages(params_text: str) -> tuple[list[str], set[str]]:
         PARAMS_FILE.write_text(params_text)
         with Repo(".") as repo:
             stages = [s.addressing for s in repo.index.stages]
-            changed = set(repo.status())
+            status = repo.status()
+            changed = [s for s in repo.index.stages if s.addressing in status]
+            to_run = {s.addressing for s in changed}
+            for stage in changed:
+                to_run |= {s.addressing for s in networkx.ancestors(repo.index.graph, stage)}
     finally:
         PARAMS_FILE.write_text(saved)
-    return stages, {s for s in stages if s in changed}
+    return stages, {s for s in stages if s in to_run}
 
 
 def kaggle_session(params: Params, spec: CompetitionSpec, stages: list[str]) -> tuple[dict[str, float], bool]:
