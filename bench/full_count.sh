@@ -114,7 +114,7 @@ train, test, _ = image_counts(params, spec)
 here = this_machine(params)
 backbone = next(iter(params.features.backbones))
 for step, stage in {"frames": "frames", "features": f"features@{backbone}", "heads": f"heads@{backbone}",
-                    "finetune": "finetune@net-0"}.items():
+                    "finetune": "finetune@net-0", "ensemble": "ensemble"}.items():
     work = stage_work(stage, params, spec, train, test)
     print(f"{step}\t{work.images}\t{work.seconds(here):.0f}")
 PY
