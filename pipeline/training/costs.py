@@ -396,7 +396,6 @@ def dvc_stages(params_text: str) -> tuple[list[str], set[str]]:
     workspace's params.yaml while DVC looks, then put back. ``repo.status()`` names only the stages whose own deps or
     params changed; every stage that depends on one of them runs too (DVC's graph points from a stage to those it
     depends on)."""
-    import networkx
     from dvc.repo import Repo
 
     from pipeline.config import PARAMS_FILE
@@ -408,9 +407,13 @@ def dvc_stages(params_text: str) -> tuple[list[str], set[str]]:
             stages = [s.addressing for s in repo.index.stages]
             status = repo.status()
             changed = [s for s in repo.index.stages if s.addressing in status]
+            graph, waiting = repo.index.graph, list(changed)
             to_run = {s.addressing for s in changed}
-            for stage in changed:
-                to_run |= {s.addressing for s in networkx.ancestors(repo.index.graph, stage)}
+            while waiting:  # walk up the edges: every stage that depends on one to run
+                for stage in graph.predecessors(waiting.pop()):
+                    if stage.addressing not in to_run:
+                        to_run.add(stage.addressing)
+                        waiting.append(stage)
     finally:
         PARAMS_FILE.write_text(saved)
     return stages, {s for s in stages if s in to_run}
