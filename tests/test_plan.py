@@ -113,7 +113,7 @@ def test_timing_a_net_gives_seconds_per_image_a_training_step_dearer_than_a_forw
     # a frame as the frames stage's workers make it, MD5, a head's step: seconds of the right order, all timed alone
     (frame, frame_share), (md5, md5_share), (head, head_share), (pair, pair_share) = (
         time_decode(224, images=8), time_md5(8), time_head("test_efficientnet", 16, 8),
-        time_neighbours("test_efficientnet", 2, queries=64, rows=256))
+        time_neighbours("test_efficientnet", 2, rows=256))
     assert 1e-4 < frame < 0.1 and 1e7 < md5 < 1e11 and 0 < head < 0.01 and 0 < pair < 1e-4
     assert min(frame_share, md5_share, head_share, pair_share) > 0
     # beside twice as many busy processes as cores, the timing has at most a third of its threads' time

@@ -24,11 +24,10 @@ from typing import Callable
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
-from sklearn.neighbors import NearestNeighbors
 
 from pipeline.config import EnsembleParams
 from pipeline.data.metrics import KAGGLE_EPS, METRICS, Metric, fit_thresholds, graded, kaggle_proba, multiclass_log_loss
-from pipeline.progress import progress
+from pipeline.data.neighbours import nearest
 
 NEIGHBOUR_WEIGHTS = np.linspace(0.0, 0.9, 10)
 BLEND_SPACES = ("probability", "log")
@@ -145,23 +144,6 @@ def choose_calibration(proba: np.ndarray, labels: np.ndarray, fold_of: np.ndarra
     losses = calibration_losses(proba, labels, fold_of, candidates, metric) if len(candidates) > 1 else {}
     name = min(losses, key=losses.get) if losses else candidates[0]
     return fit_calibration(name, proba, labels), losses
-
-
-def nearest(features: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
-    """Each row's k nearest (cosine) other rows within its group, nearest first; [n, k] row indices (a group
-    smaller than k + 1 repeats its nearest)."""
-    result = np.zeros((len(features), k), np.int64)
-    with progress(total=len(features), desc=f"{k} nearest neighbours") as bar:
-        for group in np.unique(groups):
-            rows = np.nonzero(groups == group)[0]
-            n = min(k + 1, len(rows))
-            index = NearestNeighbors(n_neighbors=n, metric="cosine").fit(features[rows])
-            for start in range(0, len(rows), 4096):  # in chunks: a bar that moves, memory that stays flat
-                chunk = rows[start:start + 4096]
-                found = rows[index.kneighbors(features[chunk])[1][:, 1:]] if n > 1 else chunk[:, None]
-                result[chunk] = np.pad(found, ((0, 0), (0, k - found.shape[1])), mode="edge")
-                bar.update(len(chunk))
-    return result
 
 
 def neighbour_mean(proba: np.ndarray, neighbours: np.ndarray, k: int) -> np.ndarray:

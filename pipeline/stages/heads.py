@@ -96,23 +96,24 @@ def training_rows(features: FeatureSet, rows: np.ndarray) -> np.ndarray:
 
 
 def cross_validate(features: FeatureSet, labels: np.ndarray, fold_of: np.ndarray, setup: HeadSetup,
-                   live: Live | None = None):
-    """Per fold: (held-out rows, held-out probabilities, test probabilities, head)."""
+                   live: Live | None = None, predict_test: bool = True):
+    """Per fold: (held-out rows, held-out probabilities, test probabilities (None unless ``predict_test``), head).
+    The held-out views are predicted every epoch only for ``live``'s curves."""
     results = []
     copies = len(features.train_views) + len(features.train_aug)
     for fold in progress(np.unique(fold_of), desc=f"heads on {len(features.train_ids)} images", unit="fold"):
         train, held_out = np.nonzero(fold_of != fold)[0], np.nonzero(fold_of == fold)[0]
 
         def curve(epoch: int, train_loss: float, val_loss: float, fold=fold) -> None:
-            if live is not None:
-                live.step = epoch
-                live.log_metric(f"fold{fold}/train_loss", train_loss)
-                live.log_metric(f"fold{fold}/val_log_loss", val_loss)
+            live.step = epoch
+            live.log_metric(f"fold{fold}/train_loss", train_loss)
+            live.log_metric(f"fold{fold}/val_log_loss", val_loss)
 
         val_views = np.asarray(features.train_views[:, held_out], np.float32)
         head = train_head(training_rows(features, train), np.tile(labels[train], copies), val_views,
-                          labels[held_out], setup, setup.settings.seed + int(fold), curve)
-        results.append((held_out, predict(head, val_views), predict(head, features.test_views), head))
+                          labels[held_out], setup, setup.settings.seed + int(fold), curve if live is not None else None)
+        results.append((held_out, predict(head, val_views),
+                        predict(head, features.test_views) if predict_test else None, head))
     return results
 
 
@@ -124,7 +125,7 @@ def random_split_oof(features: FeatureSet, labels: np.ndarray, n_folds: int, set
     for k, (_, rows) in enumerate(splitter.split(labels, labels)):
         random_fold[rows] = k
     oof = np.zeros((len(labels), setup.n_classes))
-    for held_out, proba, _, _ in cross_validate(features, labels, random_fold, setup):
+    for held_out, proba, _, _ in cross_validate(features, labels, random_fold, setup, predict_test=False):
         oof[held_out] = proba
     return oof
 
