@@ -63,6 +63,22 @@ def test_neighbour_mean_stays_inside_each_group():
     np.testing.assert_allclose(neighbour_mean(proba, neighbours, 1), proba[[1, 0, 3, 2]])
 
 
+def test_the_neighbour_search_finds_what_scikit_learns_cosine_search_finds_across_chunks_and_small_groups():
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((2600, 32)).astype(np.float32)  # more rows a group than a chunk of 1,024
+    groups = rng.integers(0, 2, len(features))
+    groups[:3] = 7  # a group of three: fewer rows than k + 1, its nearest repeated
+    found = nearest(features, groups, 10)
+    for group in np.unique(groups):
+        rows = np.nonzero(groups == group)[0]
+        search = NearestNeighbors(n_neighbors=min(11, len(rows)), metric="cosine").fit(features[rows])
+        expected = rows[search.kneighbors(features[rows])[1][:, 1:]]
+        expected = np.pad(expected, ((0, 0), (0, 10 - expected.shape[1])), mode="edge")
+        np.testing.assert_array_equal(found[rows], expected)
+
+
 def test_a_log_space_blend_is_a_renormalised_weighted_geometric_mean_and_is_chosen_when_it_fits_better():
     a, b = np.array([[0.9, 0.1], [0.5, 0.5]]), np.array([[0.6, 0.4], [0.01, 0.99]])
     geometric = blend([a, b], np.array([0.5, 0.5]), "log")
