@@ -13,7 +13,7 @@
 #   bash bench/full_count.sh setup state-farm|dogs-vs-cats [WORKDIR]     # full counts, stand-in generated offline
 #   bash bench/full_count.sh estimate [WORKDIR]                          # before the steps (the calibration: seconds)
 #   bash bench/full_count.sh standin|frames|features|folds|heads|finetune|ensemble|all [WORKDIR]
-#   bash bench/full_count.sh compare [WORKDIR]
+#   bash bench/full_count.sh compare [WORKDIR] [STEP...]              # STEPs: those measured again (default every one)
 #
 # State Farm: 22,360 train + 79,980 test images at 640x480 (the stand-in's driver x class x frame grid nearest the
 # competition's 22,424 + 79,726); Dogs vs. Cats Redux: 25,000 + 12,500, grouped by near-duplicates (folds.group_by:
@@ -120,11 +120,11 @@ for step, stage in {"frames": "frames", "features": f"features@{backbone}", "hea
 PY
     cat estimates.tsv ;;
   compare)
-    python - "$repo/bench/full_count.csv" "$(git -C "$repo" rev-parse --short HEAD)" <<'PY'
+    python - "$repo/bench/full_count.csv" "$(git -C "$repo" rev-parse --short HEAD)" "${@:3}" <<'PY'
 import csv, sys
 from pathlib import Path
 import pandas as pd
-target, commit = Path(sys.argv[1]), sys.argv[2]
+target, commit, only = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 steps = pd.read_csv("steps.tsv", sep="\t", names=["step", "seconds", "images", "img_per_s", "peak_rss_mib",
                                                   "disk_mib", "cpu_s"]).groupby("step").last()
 estimates = pd.read_csv("estimates.tsv", sep="\t", names=["step", "images", "estimated_s"]).set_index("step")
@@ -133,7 +133,7 @@ with target.open("a", newline="") as f:
     writer = csv.writer(f)
     if new:
         writer.writerow(["stage", "images", "estimated_s", "measured_s", "peak_rss_mib", "commit"])
-    for step in estimates.index.intersection(steps.index):
+    for step in estimates.index.intersection(steps.index).intersection(only or steps.index):
         measured, estimated = steps.seconds[step], estimates.estimated_s[step]
         writer.writerow([step, steps.images[step], estimated, measured, steps.peak_rss_mib[step], commit])
         print(f"{step:10s} estimated {estimated:8.0f} s, measured {measured:8.0f} s: {estimated / measured - 1:+.0%}")
